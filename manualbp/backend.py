@@ -1,0 +1,108 @@
+"""The backend: one object that knows the array module, the dtype, the random generator
+and how arrays move between host and device.
+
+This is the only module of the engine that imports NumPy or CuPy. Every layer, model and
+optimiser gets its array module as ``backend.xp``, so the same code runs on the CPU (NumPy)
+and on an NVIDIA GPU (CuPy).
+"""
+import numpy
+
+BACKENDS = ("numpy", "cupy")
+DTYPES = ("float32", "float64")
+
+
+class BackendError(RuntimeError):
+    """A backend was asked for that this machine cannot provide."""
+
+
+def _import_cupy():
+    """Return the cupy module with a usable GPU, or raise one clear BackendError."""
+    try:
+        import cupy
+    except ImportError:
+        raise BackendError(
+            "backend 'cupy' needs CuPy, which is not installed: pip install -e '.[cuda12]' "
+            "(CUDA 12) or '.[cuda13]' (CUDA 13), or use --backend numpy") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDA driver missing or broken
+        raise BackendError(f"backend 'cupy': CuPy is installed but no GPU is usable ({err}); "
+                           "use --backend numpy") from None
+    if count == 0:
+        raise BackendError("backend 'cupy': CuPy is installed but sees no GPU; use --backend numpy")
+    return cupy
+
+
+class Backend:
+    """Array module, working dtype, seeded random generator and host/device transfer.
+
+    Parameters
+    ----------
+    name : "numpy" or "cupy".
+    dtype : "float32" (default, for training) or "float64" (for gradient checks).
+    seed : seed of the generator that draws initial weights and every noise sample ``eps``.
+    """
+
+    def __init__(self, name="numpy", dtype="float32", seed=0):
+        if name not in BACKENDS:
+            raise BackendError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
+        if str(dtype) not in DTYPES:
+            raise BackendError(f"unsupported dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        self.name = name
+        self.xp = numpy if name == "numpy" else _import_cupy()
+        self.dtype = self.xp.dtype(str(dtype))
+        self.seed(seed)
+
+    def __repr__(self):
+        return f"Backend({self.name!r}, dtype={self.dtype.name!r})"
+
+    def seed(self, seed):
+        """Restart the random generator from ``seed`` (an int or a sequence of ints)."""
+        seq = numpy.random.SeedSequence(seed)
+        if self.name == "numpy":
+            self.rng = numpy.random.Generator(numpy.random.PCG64(seq))
+        else:
+            self.rng = self.xp.random.RandomState(int(seq.generate_state(1)[0]))
+
+    # --- random draws, always in the working dtype -----------------------------------------
+    def normal(self, shape, out=None):
+        """Standard normal draws ``eps ~ N(0, 1)``; written into ``out`` when it has that shape."""
+        shape = tuple(shape)
+        if self.name == "numpy":
+            if out is not None and out.shape == shape and out.dtype == self.dtype:
+                return self.rng.standard_normal(out=out, dtype=self.dtype)
+            return self.rng.standard_normal(shape, dtype=self.dtype)
+        return self.rng.standard_normal(shape, dtype=self.dtype)
+
+    def uniform(self, low, high, shape):
+        """Uniform draws on ``[low, high)`` in the working dtype."""
+        return self.rng.uniform(low, high, size=tuple(shape)).astype(self.dtype, copy=False)
+
+    # --- arrays ----------------------------------------------------------------------------
+    def zeros(self, shape):
+        return self.xp.zeros(shape, dtype=self.dtype)
+
+    def full(self, shape, value):
+        return self.xp.full(shape, value, dtype=self.dtype)
+
+    def asarray(self, a, dtype=None):
+        """Move a host (or device) array to this backend, cast to ``dtype`` (default: working dtype)."""
+        return self.xp.asarray(a, dtype=self.dtype if dtype is None else dtype)
+
+    def to_host(self, a):
+        """Return ``a`` as a NumPy array on the host."""
+        return a.get() if self.name == "cupy" else numpy.asarray(a)
+
+    def scalar(self, a):
+        """A 0-d or 1-element array as a Python float (synchronises on the GPU)."""
+        return float(a)
+
+    def synchronize(self):
+        """Wait for queued GPU work (for honest timings); nothing to do on NumPy."""
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+
+
+def get_backend(name="numpy", dtype="float32", seed=0):
+    """Build a :class:`Backend`; the single entry point used by examples and tests."""
+    return Backend(name, dtype, seed)

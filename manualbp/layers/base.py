@@ -1,0 +1,91 @@
+"""The layer protocol shared by every layer, block and model.
+
+A layer holds
+
+* ``params``   -- trained arrays by local name (``"weight"``, ``"sigma"``, ...);
+* ``grads``    -- their gradients, written by ``backward`` (same names and shapes);
+* ``buffers``  -- arrays that are state but not trained (a fixed ``sigma``, running statistics);
+* ``children`` -- sub-layers by local name, in forward order.
+
+``forward(x)`` keeps what ``backward`` needs; ``backward(delta)`` takes ``dL/d(output)``, fills
+``grads`` and returns ``dL/d(input)`` -- one step of the paper's Eq. (2). Full names join the
+local names with dots: ``"fc1.weight"``, ``"fc1.noise.sigma"``.
+"""
+
+
+class Module:
+    """Base class: naming, state and train/eval switches; subclasses write forward/backward."""
+
+    def __init__(self, bk):
+        self.bk = bk
+        self.xp = bk.xp
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}
+        self.children = {}
+        self.training = True
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, delta):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # --- walking the tree ----------------------------------------------------------------
+    def modules(self, prefix=""):
+        """Yield ``(full name, module)`` for this module and every descendant, parents first."""
+        yield prefix, self
+        for name, child in self.children.items():
+            yield from child.modules(f"{prefix}.{name}" if prefix else name)
+
+    def parameter_slots(self):
+        """``[(full name, module, local name)]`` of every trained array, in a fixed order."""
+        return [(f"{path}.{key}" if path else key, module, key)
+                for path, module in self.modules() for key in module.params]
+
+    def named_parameters(self):
+        return {name: module.params[key] for name, module, key in self.parameter_slots()}
+
+    def named_gradients(self):
+        """Gradients by full name (present after a backward pass)."""
+        return {name: module.grads[key] for name, module, key in self.parameter_slots()
+                if key in module.grads}
+
+    def named_buffers(self):
+        return {(f"{path}.{key}" if path else key): array
+                for path, module in self.modules() for key, array in module.buffers.items()}
+
+    def state_dict(self):
+        """Every parameter and buffer by full name (what a checkpoint stores)."""
+        return {**self.named_parameters(), **self.named_buffers()}
+
+    def load_state_dict(self, state):
+        """Copy arrays into this model in place; names and shapes must match exactly."""
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"state does not fit this model: missing {missing}, unexpected {unexpected}")
+        for name, array in own.items():
+            value = state[name]
+            if tuple(value.shape) != tuple(array.shape):
+                raise ValueError(f"{name}: expected shape {tuple(array.shape)}, got {tuple(value.shape)}")
+            array[...] = self.bk.asarray(value, dtype=array.dtype)
+
+    # --- modes ---------------------------------------------------------------------------
+    def train(self):
+        """Training mode: noise layers draw noise, batch statistics are used."""
+        for _, module in self.modules():
+            module.training = True
+        return self
+
+    def eval(self, noise=None):
+        """Evaluation mode. ``noise=True``/``False`` sets whether noise layers still draw noise
+        (the randomised model) or not (the mean model); ``None`` keeps each layer's own choice."""
+        for _, module in self.modules():
+            module.training = False
+            if noise is not None and hasattr(module, "eval_noise"):
+                module.eval_noise = bool(noise)
+        return self

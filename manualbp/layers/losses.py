@@ -1,0 +1,41 @@
+"""Softmax cross-entropy: the loss ``L`` and the seed ``e = dL/dx_tau`` of Eq. (2)."""
+
+
+class SoftmaxCrossEntropy:
+    """Mean over the batch of ``-log softmax(logits)[label]``, computed stably (log-sum-exp).
+
+    Shapes: ``logits`` ``(N, K)``; ``labels`` integer ``(N,)`` in ``0 .. K-1``. The loss is a
+    0-d array (no host synchronisation); ``backward()`` returns ``e = (softmax - onehot) / N``
+    of shape ``(N, K)``, so ``delta`` already carries the ``1/N`` of the mean and Eq. (3) sums
+    over the batch.
+    """
+
+    def __init__(self, bk):
+        self.bk = bk
+        self.xp = bk.xp
+
+    def forward(self, logits, labels):
+        xp = self.xp
+        if logits.ndim != 2:
+            raise ValueError(f"logits must be (N, classes), got shape {tuple(logits.shape)}")
+        n, k = logits.shape
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},) to match the logits, got {tuple(labels.shape)}")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= k:
+            raise ValueError(f"labels must lie in 0..{k - 1}, got values in {low}..{high}")
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        self.p = xp.exp(log_p)
+        self.labels = labels
+        return -log_p[xp.arange(n), labels].mean()
+
+    def backward(self):
+        """``e = dL/dlogits = (softmax(logits) - onehot(labels)) / N`` -- the seed of Eq. (2)."""
+        n = self.p.shape[0]
+        e = self.p.copy()
+        e[self.xp.arange(n), self.labels] -= 1
+        e /= n
+        return e

@@ -1,0 +1,84 @@
+"""Gaussian noise on neurons: the noise term ``z = mu + sigma * eps`` of Eq. (1), and Eq. (3)."""
+from .base import Module
+
+NOISE_MODES = ("off", "fixed", "learned")
+
+
+class GaussianNoise(Module):
+    """Adds ``z = mu + sigma * eps``, ``eps ~ N(0, 1)`` drawn per neuron and per sample (Eq. 1).
+
+    Shapes: input and output ``(N, *shape)``; ``sigma`` and ``mu`` have the neuron shape
+    ``shape`` -- ``(features,)`` after a dense layer, ``(C, H, W)`` on a feature map.
+
+    Parameters
+    ----------
+    shape : neuron shape.
+    mode : ``"off"`` (identity), ``"fixed"`` (``sigma`` a constant buffer: the paper's "+" models)
+        or ``"learned"`` (``sigma`` a parameter trained by Eq. (3) and (7): the "N" models).
+    sigma0 : initial (or fixed) noise level.
+    learn_mean : also learn a mean ``mu`` (the paper's conv "bias").
+    eval_noise : whether noise is still drawn in evaluation mode (the randomised model).
+    abs_sigma : use ``|sigma|`` in the forward pass, as the paper's released code does when it
+        trains ``sigma`` with the weights' own optimiser; the paper's Eq. (7) keeps ``sigma > 0``
+        in the update instead, so this is off by default.
+
+    After ``forward``, ``eps`` holds the last draw (``None`` when no noise was drawn). While
+    ``hold_eps`` is true, forward reuses that draw instead of drawing anew (gradient checks,
+    parity tests).
+    """
+
+    def __init__(self, bk, shape, mode="learned", sigma0=1.0, learn_mean=False, eval_noise=False,
+                 abs_sigma=False):
+        super().__init__(bk)
+        if mode not in NOISE_MODES:
+            raise ValueError(f"unknown noise mode {mode!r}: expected one of {', '.join(NOISE_MODES)}")
+        self.shape = tuple(int(s) for s in shape)
+        self.mode = mode
+        self.eval_noise = eval_noise
+        self.abs_sigma = abs_sigma
+        self.hold_eps = False
+        self.eps = None
+        if mode != "off":
+            store = self.params if mode == "learned" else self.buffers
+            store["sigma"] = bk.full(self.shape, sigma0)
+        if learn_mean:
+            self.params["mu"] = bk.zeros(self.shape)
+
+    @property
+    def draws(self):
+        """Whether the next forward pass adds noise."""
+        return self.mode != "off" and (self.training or self.eval_noise)
+
+    def _sigma(self):
+        sigma = self.params.get("sigma", self.buffers.get("sigma"))
+        return self.xp.abs(sigma) if self.abs_sigma else sigma
+
+    def forward(self, v):
+        if tuple(v.shape[1:]) != self.shape:
+            raise ValueError(f"noise layer expects input (N, {', '.join(map(str, self.shape))}), "
+                             f"got {tuple(v.shape)}")
+        out = v
+        if self.draws:
+            if not (self.hold_eps and self.eps is not None and self.eps.shape == v.shape):
+                self.eps = self.bk.normal(v.shape, out=self.eps)   # eps ~ N(0, 1), Eq. (1)
+            out = v + self._sigma() * self.eps                     # v + z, z = sigma * eps, Eq. (1)
+        elif not self.hold_eps:
+            self.eps = None
+        if "mu" in self.params:
+            out = out + self.params["mu"]
+        return out
+
+    def backward(self, delta):
+        """``delta`` passes through unchanged (``dv/dz = 1``); the noise parameters get
+        ``dL/dsigma = sum_n delta * eps`` (Eq. 3) and ``dL/dmu = sum_n delta``."""
+        if "sigma" in self.params:
+            if self.eps is None:
+                self.grads["sigma"] = self.xp.zeros_like(self.params["sigma"])
+            else:
+                grad_sigma = (delta * self.eps).sum(axis=0)        # Eq. (3), summed over the batch
+                if self.abs_sigma:
+                    grad_sigma *= self.xp.sign(self.params["sigma"])
+                self.grads["sigma"] = grad_sigma
+        if "mu" in self.params:
+            self.grads["mu"] = delta.sum(axis=0)
+        return delta

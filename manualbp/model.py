@@ -1,0 +1,71 @@
+"""Containers: chain forward passes, and run Eq. (2) as a loop over the layers in reverse."""
+from contextlib import contextmanager
+
+from .layers.base import Module
+from .layers.noise import GaussianNoise
+
+
+class Sequential(Module):
+    """Layers applied in order; ``backward`` walks them in reverse (Eq. 2) and returns ``dL/dx``.
+
+    ``layers``: ``(name, layer)`` pairs (or a dict), e.g. ``[("fc1", Linear(...)), ("act1",
+    ReLU(bk)), ...]``. ``input_shape`` (per sample, e.g. ``(784,)``), when given, makes ``forward``
+    check its input: shape, dtype and finiteness -- the checks a top-level model needs.
+    """
+
+    def __init__(self, bk, layers, input_shape=None):
+        super().__init__(bk)
+        self.children.update(dict(layers))
+        self.input_shape = None if input_shape is None else tuple(input_shape)
+
+    def check_input(self, x):
+        """Raise a clear error for input of the wrong shape, dtype, or with NaN/inf values."""
+        expected = "(N, " + ", ".join(map(str, self.input_shape)) + ")"
+        if tuple(x.shape[1:]) != self.input_shape or x.ndim != len(self.input_shape) + 1:
+            raise ValueError(f"model input must have shape {expected}, got {tuple(x.shape)}")
+        if x.dtype != self.bk.dtype:
+            raise TypeError(f"model input must have dtype {self.bk.dtype.name} (the backend's), "
+                            f"got {x.dtype}; convert with backend.asarray(x)")
+        if not bool(self.xp.isfinite(x.sum())) and not bool(self.xp.isfinite(x).all()):
+            raise ValueError("model input contains NaN or infinite values")
+
+    def forward(self, x):
+        if self.input_shape is not None:
+            self.check_input(x)
+        for layer in self.children.values():
+            x = layer.forward(x)
+        return x
+
+    def backward(self, delta):
+        """Propagate the residual error from the output down to the input: Eq. (2)."""
+        for layer in reversed(list(self.children.values())):
+            delta = layer.backward(delta)
+        return delta
+
+    @property
+    def layers(self):
+        return list(self.children.values())
+
+
+def noise_layers(model):
+    """``{full name: GaussianNoise}`` of every noise layer in ``model``."""
+    return {name: m for name, m in model.modules() if isinstance(m, GaussianNoise)}
+
+
+def named_eps(model):
+    """The last noise draw ``eps`` of every noise layer that drew one, by ``"<layer>.eps"``."""
+    return {f"{name}.eps": m.eps for name, m in noise_layers(model).items() if m.eps is not None}
+
+
+@contextmanager
+def held_noise(model):
+    """Within the block, noise layers reuse their last ``eps`` instead of drawing new ones
+    (the first forward inside the block draws if a layer has no draw yet)."""
+    layers = noise_layers(model).values()
+    for layer in layers:
+        layer.hold_eps = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.hold_eps = False
