@@ -1,0 +1,13 @@
+"""Host-side data loading: IDX files, verified downloads, MNIST, splits."""
+
+from .download import ChecksumError, default_cache_dir, fetch, sha256_of, verify_file
+from .idx import DataError, read_idx
+from .mnist import DATASETS, load_mnist, verify_dataset_dir
+from .split import iterate_batches, split_dataset, split_indices, split_sizes
+
+__all__ = [
+    "DataError", "ChecksumError", "read_idx",
+    "default_cache_dir", "sha256_of", "verify_file", "fetch",
+    "DATASETS", "load_mnist", "verify_dataset_dir",
+    "split_sizes", "split_indices", "split_dataset", "iterate_batches",
+]
