@@ -74,6 +74,10 @@ class Backend:
             return self.rng.standard_normal(shape, dtype=self.dtype)
         return self.rng.standard_normal(shape, dtype=self.dtype)
 
+    def permutation(self, n):
+        """A random permutation of ``0 .. n-1`` (on the device)."""
+        return self.rng.permutation(n)
+
     def uniform(self, low, high, shape):
         """Uniform draws on ``[low, high)`` in the working dtype."""
         return self.rng.uniform(low, high, size=tuple(shape)).astype(self.dtype, copy=False)

@@ -36,10 +36,13 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def backward(self, delta):
-        """Propagate the residual error from the output down to the input: Eq. (2)."""
-        for layer in reversed(list(self.children.values())):
-            delta = layer.backward(delta)
+    def backward(self, delta, input_grad=True):
+        """Propagate the residual error from the output down to the input: Eq. (2).
+
+        Returns ``dL/dx``; with ``input_grad=False`` the first layer skips it (training)."""
+        layers = list(self.children.values())
+        for i in range(len(layers) - 1, -1, -1):
+            delta = layers[i].backward(delta, input_grad=input_grad or i > 0)
         return delta
 
     @property
@@ -52,9 +55,33 @@ def noise_layers(model):
     return {name: m for name, m in model.modules() if isinstance(m, GaussianNoise)}
 
 
+def sigma_summary(model):
+    """``{noise layer: {"mean", "std", "min", "max"}}`` of every noise level ``sigma`` (host floats)."""
+    summary = {}
+    for name, layer in noise_layers(model).items():
+        sigma = layer.params.get("sigma", layer.buffers.get("sigma"))
+        if sigma is not None:
+            summary[name] = {stat: float(getattr(sigma, stat)()) for stat in ("mean", "std", "min", "max")}
+    return summary
+
+
 def named_eps(model):
     """The last noise draw ``eps`` of every noise layer that drew one, by ``"<layer>.eps"``."""
     return {f"{name}.eps": m.eps for name, m in noise_layers(model).items() if m.eps is not None}
+
+
+@contextmanager
+def evaluating(model, noise=None):
+    """Evaluation mode within the block, then training mode again. ``noise`` (``True``/``False``)
+    overrides every noise layer's ``eval_noise`` for the block; ``None`` keeps each layer's own."""
+    saved = {name: layer.eval_noise for name, layer in noise_layers(model).items()}
+    model.eval(noise)
+    try:
+        yield model
+    finally:
+        for name, layer in noise_layers(model).items():
+            layer.eval_noise = saved[name]
+        model.train()
 
 
 @contextmanager

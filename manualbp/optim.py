@@ -12,33 +12,56 @@ def is_noise_level(name):
 
 
 class Optimizer:
-    """Base: holds ``(full name, module, local name)`` slots chosen by ``select(name)``."""
+    """Base: updates the parameters of ``model`` whose full names pass ``select(name)``.
+
+    It gathers those parameters, and their gradients, into one contiguous array each and makes
+    the layers' arrays views of them, so one update is a few whole-array operations however many
+    layers there are (the layers keep writing their gradients in place, as always).
+    """
 
     def __init__(self, model, lr, select=None):
         self.bk, self.xp = model.bk, model.xp
         self.lr = lr
-        self.slots = [s for s in model.parameter_slots() if select is None or select(s[0])]
-        if not self.slots:
+        slots = [s for s in model.parameter_slots() if select is None or select(s[0])]
+        if not slots:
             raise ValueError("optimiser was given no parameters to update")
+        self.names = [name for name, _, _ in slots]
+        self.param = self._gather(slots, "params")
+        self.grad = self._gather(slots, "grads")
+        self.scratch = self.xp.empty_like(self.param)
         self.t = 0
         self.state = {}
 
-    @property
-    def names(self):
-        return [name for name, _, _ in self.slots]
+    def _gather(self, slots, kind):
+        """One flat array holding every ``module.<kind>[key]``, which become views of it."""
+        flat = self.bk.zeros((sum(int(m.params[k].size) for _, m, k in slots),))
+        offset = 0
+        for _, module, key in slots:
+            old = getattr(module, kind)[key]
+            view = flat[offset:offset + old.size].reshape(old.shape)
+            view[...] = old
+            getattr(module, kind)[key] = view
+            offset += old.size
+        return flat
 
-    def _buffer(self, kind, name, like):
-        key = f"{kind}.{name}"
-        if key not in self.state:
-            self.state[key] = self.xp.zeros_like(like)
-        return self.state[key]
+    def _buffer(self, kind):
+        if kind not in self.state:
+            self.state[kind] = self.xp.zeros_like(self.param)
+        return self.state[kind]
+
+    def _decayed_grad(self, weight_decay):
+        """``g + weight_decay * p`` (L2 weight decay), or ``g`` itself when there is none."""
+        if not weight_decay:
+            return self.grad
+        g = self.xp.multiply(self.param, weight_decay, out=self.scratch)
+        g += self.grad
+        return g
 
     def step(self):
         self.t += 1
-        for name, module, key in self.slots:
-            self.update(name, module.params[key], module.grads[key])
+        self.update(self.param, self.grad)
 
-    def update(self, name, p, g):
+    def update(self, p, g):
         raise NotImplementedError
 
     def state_dict(self):
@@ -61,23 +84,25 @@ class Adam(Optimizer):
         super().__init__(model, lr, select)
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay, self.keep_positive = eps, weight_decay, keep_positive
+        self.work = self.xp.empty_like(self.param)
 
-    def update(self, name, p, g):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
-        h = self._buffer("m", name, p)
-        v = self._buffer("v", name, p)
-        h *= self.beta1
-        h += (1 - self.beta1) * g                                   # h <- b1 h + (1 - b1) g, Eq. (7)
-        v *= self.beta2
-        v += (1 - self.beta2) * (g * g)                             # v <- b2 v + (1 - b2) g^2, Eq. (7)
-        h_hat_scale = 1 / (1 - self.beta1 ** self.t)                # h_hat = h / (1 - b1^N)
-        v_hat_scale = 1 / (1 - self.beta2 ** self.t)                # v_hat = v / (1 - b2^N)
-        step = (self.lr * h_hat_scale) * h / (self.xp.sqrt(v * v_hat_scale) + self.eps)
+    def update(self, p, g):
+        xp, b1, b2, s = self.xp, self.beta1, self.beta2, self.work
+        g = self._decayed_grad(self.weight_decay)
+        h, v = self._buffer("m"), self._buffer("v")
+        h *= b1
+        h += xp.multiply(g, 1 - b1, out=s)                         # h <- b1 h + (1 - b1) g, Eq. (7)
+        v *= b2
+        v += xp.multiply(xp.multiply(g, g, out=s), 1 - b2, out=s)  # v <- b2 v + (1 - b2) g^2, Eq. (7)
+        h_hat_scale = 1 / (1 - b1 ** self.t)                        # h_hat = h / (1 - b1^N)
+        v_hat_scale = 1 / (1 - b2 ** self.t)                        # v_hat = v / (1 - b2^N)
+        denom = xp.sqrt(xp.multiply(v, v_hat_scale, out=s), out=s)
+        denom += self.eps                                           # sqrt(v_hat) + eps
+        step = xp.divide(h, denom, out=s)
+        step *= self.lr * h_hat_scale                               # alpha * h_hat / (sqrt(v_hat) + eps)
+        p -= step
         if self.keep_positive:
-            p[...] = self.xp.abs(p - step)                          # sigma <- |sigma - step|, Eq. (7)
-        else:
-            p -= step
+            xp.abs(p, out=p)                                        # sigma <- |sigma - step|, Eq. (7)
 
 
 class SGD(Optimizer):
@@ -87,15 +112,14 @@ class SGD(Optimizer):
         super().__init__(model, lr, select)
         self.momentum, self.weight_decay = momentum, weight_decay
 
-    def update(self, name, p, g):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
+    def update(self, p, g):
+        g = self._decayed_grad(self.weight_decay)
         if self.momentum:
-            buf = self._buffer("momentum", name, p)
+            buf = self._buffer("momentum")
             buf *= self.momentum
-            buf += g
+            buf += g                                                # b <- momentum b + g
             g = buf
-        p -= self.lr * g
+        p -= self.xp.multiply(g, self.lr, out=self.scratch)         # p <- p - lr b
 
 
 def noise_level_optimizer(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):

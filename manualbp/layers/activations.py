@@ -12,7 +12,7 @@ class ReLU(Module):
         self.active = v > 0
         return self.xp.maximum(v, 0)
 
-    def backward(self, delta):
+    def backward(self, delta, input_grad=True):
         return self.xp.where(self.active, delta, 0)          # phi'(v) * delta, Eq. (2)
 
 
@@ -27,7 +27,7 @@ class LeakyReLU(Module):
         self.active = v > 0
         return self.xp.where(self.active, v, self.slope * v)
 
-    def backward(self, delta):
+    def backward(self, delta, input_grad=True):
         return self.xp.where(self.active, delta, self.slope * delta)
 
 
@@ -39,7 +39,7 @@ class Sigmoid(Module):
         self.y = 0.5 * (1 + self.xp.tanh(0.5 * v))
         return self.y
 
-    def backward(self, delta):
+    def backward(self, delta, input_grad=True):
         return delta * self.y * (1 - self.y)                 # phi'(v) * delta, Eq. (2)
 
 

@@ -3,13 +3,14 @@
 A layer holds
 
 * ``params``   -- trained arrays by local name (``"weight"``, ``"sigma"``, ...);
-* ``grads``    -- their gradients, written by ``backward`` (same names and shapes);
+* ``grads``    -- their gradients, written in place by ``backward`` (same names and shapes);
 * ``buffers``  -- arrays that are state but not trained (a fixed ``sigma``, running statistics);
 * ``children`` -- sub-layers by local name, in forward order.
 
-``forward(x)`` keeps what ``backward`` needs; ``backward(delta)`` takes ``dL/d(output)``, fills
-``grads`` and returns ``dL/d(input)`` -- one step of the paper's Eq. (2). Full names join the
-local names with dots: ``"fc1.weight"``, ``"fc1.noise.sigma"``.
+``forward(x)`` keeps what ``backward`` needs; ``backward(delta, input_grad=True)`` takes
+``dL/d(output)``, fills ``grads`` and returns ``dL/d(input)`` -- one step of the paper's Eq. (2)
+-- or ``None`` when ``input_grad`` is false (nobody needs it: the first layer in training).
+Full names join the local names with dots: ``"fc1.weight"``, ``"fc1.noise.sigma"``.
 """
 
 
@@ -28,8 +29,13 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, delta):
+    def backward(self, delta, input_grad=True):
         raise NotImplementedError
+
+    def add_param(self, name, value):
+        """Register a trained array and a zero gradient of its shape."""
+        self.params[name] = value
+        self.grads[name] = self.xp.zeros_like(value)
 
     def __call__(self, x):
         return self.forward(x)
@@ -50,9 +56,8 @@ class Module:
         return {name: module.params[key] for name, module, key in self.parameter_slots()}
 
     def named_gradients(self):
-        """Gradients by full name (present after a backward pass)."""
-        return {name: module.grads[key] for name, module, key in self.parameter_slots()
-                if key in module.grads}
+        """Gradients by full name (those of the last backward pass)."""
+        return {name: module.grads[key] for name, module, key in self.parameter_slots()}
 
     def named_buffers(self):
         return {(f"{path}.{key}" if path else key): array

@@ -19,9 +19,9 @@ class Linear(Module):
         super().__init__(bk)
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
-        self.params["weight"] = bk.uniform(-bound, bound, (out_features, in_features))
+        self.add_param("weight", bk.uniform(-bound, bound, (out_features, in_features)))
         if bias:
-            self.params["bias"] = bk.uniform(-bound, bound, (out_features,))
+            self.add_param("bias", bk.uniform(-bound, bound, (out_features,)))
         if noise is not None:
             self.children["noise"] = noise
 
@@ -36,11 +36,13 @@ class Linear(Module):
             v = self.children["noise"].forward(v)            # + z_i, Eq. (1)
         return v
 
-    def backward(self, delta):
+    def backward(self, delta, input_grad=True):
         """``delta``: ``dL/dv`` ``(N, out_features)``; returns ``theta^T delta`` (Eq. 2)."""
         if "noise" in self.children:
             delta = self.children["noise"].backward(delta)   # fills dL/dsigma, Eq. (3)
-        self.grads["weight"] = delta.T @ self.x              # dL/dtheta_ij = delta_i x_j
+        self.xp.matmul(delta.T, self.x, out=self.grads["weight"])   # dL/dtheta_ij = delta_i x_j
         if "bias" in self.params:
-            self.grads["bias"] = delta.sum(axis=0)
-        return delta @ self.params["weight"]                 # sum_j theta_ji delta_j, Eq. (2)
+            delta.sum(axis=0, out=self.grads["bias"])
+        if input_grad:
+            return delta @ self.params["weight"]             # sum_j theta_ji delta_j, Eq. (2)
+        return None

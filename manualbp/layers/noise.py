@@ -39,10 +39,13 @@ class GaussianNoise(Module):
         self.hold_eps = False
         self.eps = None
         if mode != "off":
-            store = self.params if mode == "learned" else self.buffers
-            store["sigma"] = bk.full(self.shape, sigma0)
+            sigma = bk.full(self.shape, sigma0)
+            if mode == "learned":
+                self.add_param("sigma", sigma)
+            else:
+                self.buffers["sigma"] = sigma
         if learn_mean:
-            self.params["mu"] = bk.zeros(self.shape)
+            self.add_param("mu", bk.zeros(self.shape))
 
     @property
     def draws(self):
@@ -68,17 +71,17 @@ class GaussianNoise(Module):
             out = out + self.params["mu"]
         return out
 
-    def backward(self, delta):
+    def backward(self, delta, input_grad=True):
         """``delta`` passes through unchanged (``dv/dz = 1``); the noise parameters get
         ``dL/dsigma = sum_n delta * eps`` (Eq. 3) and ``dL/dmu = sum_n delta``."""
         if "sigma" in self.params:
+            grad_sigma = self.grads["sigma"]
             if self.eps is None:
-                self.grads["sigma"] = self.xp.zeros_like(self.params["sigma"])
+                grad_sigma[...] = 0
             else:
-                grad_sigma = (delta * self.eps).sum(axis=0)        # Eq. (3), summed over the batch
+                (delta * self.eps).sum(axis=0, out=grad_sigma)      # Eq. (3), summed over the batch
                 if self.abs_sigma:
                     grad_sigma *= self.xp.sign(self.params["sigma"])
-                self.grads["sigma"] = grad_sigma
         if "mu" in self.params:
-            self.grads["mu"] = delta.sum(axis=0)
+            delta.sum(axis=0, out=self.grads["mu"])
         return delta

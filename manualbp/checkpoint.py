@@ -1,0 +1,71 @@
+"""Checkpoints: named arrays in one ``.npz`` plus JSON metadata, written atomically, no pickle.
+
+The metadata (JSON, stored inside the archive as ``meta.json``) records the SHA-256 of every
+array, so a damaged or tampered file is refused instead of silently resuming from bad state.
+"""
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy
+
+META_KEY = "meta.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not fit what it is loaded into."""
+
+
+def _digest(array):
+    return hashlib.sha256(numpy.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def save(path, arrays, meta):
+    """Write ``arrays`` (name -> host array) and ``meta`` (JSON-able dict) to ``path`` atomically:
+    a temporary file in the same directory, flushed to disk, then renamed over ``path``."""
+    arrays = {name: numpy.asarray(a) for name, a in arrays.items()}
+    meta = dict(meta, sha256={name: _digest(a) for name, a in arrays.items()})
+    payload = dict(arrays)
+    payload[META_KEY] = numpy.frombuffer(json.dumps(meta).encode(), dtype=numpy.uint8)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            numpy.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path):
+    """Read a checkpoint; returns ``(arrays, meta)``. Raises :class:`CheckpointError` when the
+    file is missing, not a valid archive, lacks metadata, or an array fails its checksum."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with numpy.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {err}") from None
+    if META_KEY not in arrays:
+        raise CheckpointError(f"checkpoint {path} has no {META_KEY}: not written by manualbp")
+    try:
+        meta = json.load(io.BytesIO(arrays.pop(META_KEY).tobytes()))
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path}: unreadable metadata ({err})") from None
+    digests = meta.pop("sha256", {})
+    if set(digests) != set(arrays):
+        raise CheckpointError(f"checkpoint {path}: arrays {sorted(arrays)} do not match the "
+                              f"metadata's list {sorted(digests)}")
+    for name, array in arrays.items():
+        if _digest(array) != digests[name]:
+            raise CheckpointError(f"checkpoint {path}: array {name!r} fails its SHA-256 check")
+    return arrays, meta

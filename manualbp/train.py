@@ -1,0 +1,157 @@
+"""The training loop (Algorithm 1 of the paper): forward (Eq. 1), loss, backward (Eq. 2, 3),
+weight update, noise-level update (Eq. 7) -- with history, progress bar and checkpoints.
+
+Reproducibility: the backend's generator is re-seeded from ``(seed, epoch)`` at the start of
+every epoch, and it alone shuffles the data and draws the noise. A run resumed from the
+checkpoint of epoch ``k`` therefore continues exactly as the uninterrupted run would have.
+"""
+import os
+import time
+
+from . import checkpoint
+from .layers import SoftmaxCrossEntropy
+from .model import evaluating, sigma_summary
+
+
+class Trainer:
+    """Trains ``model`` with ``optimizers`` (e.g. the weights' Adam and the Eq. (7) optimiser).
+
+    Parameters
+    ----------
+    model : a model whose ``forward`` gives logits ``(N, K)``.
+    optimizers : list of optimisers (``None`` entries are ignored).
+    schedule : optional learning-rate schedule with ``set_epoch(epoch)``.
+    batch_size, seed : mini-batch size; seed of shuffling and noise (see module docstring).
+    augment : optional ``f(x_batch, backend) -> x_batch`` applied to training batches.
+    limit_batches : stop each training epoch after this many batches (quick runs).
+    progress : show a progress bar per epoch.
+    """
+
+    def __init__(self, model, optimizers, schedule=None, batch_size=128, seed=0, augment=None,
+                 limit_batches=None, progress=True):
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.model, self.bk = model, model.bk
+        self.optimizers = [o for o in optimizers if o is not None]
+        self.schedule, self.batch_size, self.seed = schedule, int(batch_size), seed
+        self.augment, self.limit_batches, self.progress = augment, limit_batches, progress
+        self.loss = SoftmaxCrossEntropy(self.bk)
+        self.history = []
+
+    # --- one step and one epoch ----------------------------------------------------------
+    def step(self, x, y):
+        """One iteration of Algorithm 1; returns the batch loss (a 0-d device array)."""
+        loss = self.loss.forward(self.model.forward(x), y)         # Eq. (1) forward, then L
+        self.model.backward(self.loss.backward(), input_grad=False)  # Eq. (2) and (3)
+        for opt in self.optimizers:                                 # weights, then Eq. (7)
+            opt.step()
+        return loss
+
+    def batches(self, n, shuffle):
+        order = self.bk.permutation(n) if shuffle else self.bk.xp.arange(n)
+        count = -(-n // self.batch_size)
+        if shuffle and self.limit_batches:
+            count = min(count, self.limit_batches)
+        return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
+
+    def train_epoch(self, x, y, epoch=0):
+        """One pass over ``(x, y)``; returns the mean training loss."""
+        self.bk.seed([self.seed, epoch])
+        if self.schedule is not None:
+            self.schedule.set_epoch(epoch)
+        self.model.train()
+        batches = self.batches(len(x), shuffle=True)
+        total = 0.0
+        for idx in self._progress(batches, f"epoch {epoch + 1}"):
+            xb = x[idx]
+            if self.augment is not None:
+                xb = self.augment(xb, self.bk)
+            total = total + self.step(xb, y[idx])
+        return self.bk.scalar(total) / len(batches)
+
+    def evaluate(self, x, y, noise=None, batch_size=1000):
+        """``(mean loss, accuracy)`` on ``(x, y)`` in evaluation mode; ``noise`` as in
+        :func:`manualbp.model.evaluating` (``None``: each noise layer's own ``eval_noise``)."""
+        total_loss, correct = 0.0, 0
+        with evaluating(self.model, noise):
+            for i in range(0, len(x), batch_size):
+                logits = self.model.forward(x[i:i + batch_size])
+                yb = y[i:i + batch_size]
+                total_loss = total_loss + self.loss.forward(logits, yb) * len(yb)
+                correct = correct + (logits.argmax(axis=1) == yb).sum()
+        return self.bk.scalar(total_loss) / len(x), self.bk.scalar(correct) / len(x)
+
+    def _progress(self, items, label):
+        if not self.progress:
+            return items
+        from tqdm import tqdm
+        return tqdm(items, desc=label, leave=False, unit="batch")
+
+    # --- the whole run ---------------------------------------------------------------------
+    def fit(self, splits, epochs, checkpoint_path=None, resume=False, log=print):
+        """Train for ``epochs`` epochs on ``splits["train"]``; after each, record the training
+        loss, validation loss and accuracy, test accuracy (the data of the paper's Fig. 3), the
+        seconds the epoch took and the learned noise levels. ``splits`` maps ``"train"``,
+        ``"val"``, ``"test"`` to ``(x, y)`` backend arrays. With ``checkpoint_path`` a checkpoint
+        is written after every epoch; ``resume=True`` continues from it if it exists."""
+        start = 0
+        if resume and checkpoint_path is not None:
+            start = self.load(checkpoint_path, missing_ok=True)
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            train_loss = self.train_epoch(*splits["train"], epoch=epoch)
+            self.bk.synchronize()
+            seconds = time.perf_counter() - t0
+            val_loss, val_acc = self.evaluate(*splits["val"])
+            _, test_acc = self.evaluate(*splits["test"])
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                      "val_accuracy": val_acc, "test_accuracy": test_acc, "seconds": seconds,
+                      "sigma": sigma_summary(self.model)}
+            self.history.append(record)
+            if log:
+                log(f"epoch {epoch + 1:3d}/{epochs}  train loss {train_loss:.4f}  val loss "
+                    f"{val_loss:.4f}  val acc {val_acc:.4f}  test acc {test_acc:.4f}  {seconds:.2f} s")
+            if checkpoint_path is not None:
+                self.save(checkpoint_path)
+        return self.history
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def save(self, path):
+        """Model, optimiser states and history after the last finished epoch."""
+        to_host = self.bk.to_host
+        arrays = {f"model/{k}": to_host(v) for k, v in self.model.state_dict().items()}
+        optimizers = []
+        for i, opt in enumerate(self.optimizers):
+            state = opt.state_dict()
+            optimizers.append({"t": state.pop("t"), "lr": state.pop("lr"), "names": opt.names})
+            arrays.update({f"optimizer{i}/{k}": to_host(v) for k, v in state.items()})
+        meta = {"epochs_done": len(self.history), "history": self.history, "seed": self.seed,
+                "batch_size": self.batch_size, "dtype": self.bk.dtype.name, "optimizers": optimizers}
+        checkpoint.save(path, arrays, meta)
+
+    def load(self, path, missing_ok=False):
+        """Restore a checkpoint written by :meth:`save`; returns the number of finished epochs."""
+        if missing_ok and not os.path.exists(path):
+            return 0
+        arrays, meta = checkpoint.load(path)
+        for key in ("seed", "batch_size"):
+            if meta[key] != getattr(self, key):
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {path} was written with {key}={meta[key]}, this run has "
+                    f"{key}={getattr(self, key)}: resuming would not continue the same run")
+        if len(meta["optimizers"]) != len(self.optimizers):
+            raise checkpoint.CheckpointError(f"checkpoint {path} holds {len(meta['optimizers'])} "
+                                             f"optimisers, this run has {len(self.optimizers)}")
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        except ValueError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {path}: {err}") from None
+        for i, (opt, info) in enumerate(zip(self.optimizers, meta["optimizers"])):
+            if info["names"] != opt.names:
+                raise checkpoint.CheckpointError(f"checkpoint {path}: optimiser {i} updated "
+                                                 f"{info['names']}, this one updates {opt.names}")
+            prefix = f"optimizer{i}/"
+            opt.load_state_dict({"t": info["t"], "lr": info["lr"],
+                                 **{k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}})
+        self.history = meta["history"]
+        return meta["epochs_done"]
