@@ -1,0 +1,156 @@
+"""One training epoch of MLP, MLP+ and MLPN (784-100-50-10, ReLU, batch 128, Adam) on the NumPy
+backend against the same models in PyTorch on the CPU, side by side in one run.
+
+    python benchmarks/bench_mlp.py [--repeats 5] [--json out.json]
+
+Each epoch is 50,000 images (the paper's training split of Fashion-MNIST when the data is found,
+random images otherwise). Runs alternate between the engines; the median of ``--repeats`` epochs
+is reported, with ratios manualbp / PyTorch (below 1: manualbp is faster). Also reports the cost
+of learning sigma (MLPN / MLP+) and the speed of the noise draws.
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from manualbp import get_backend
+from manualbp.experiments import make_optimizers
+from manualbp.train import Trainer
+from manualbp.zoo import mlp
+
+VARIANTS = ("mlp", "mlp+", "mlpn")
+N_TRAIN, BATCH = 50000, 128
+
+
+def training_data():
+    try:
+        from manualbp.data import load_mnist, split_dataset
+        x, y = split_dataset(load_mnist("fashion-mnist", download=False), (5, 1, 1), seed=0)["train"]
+        return x, y.astype(np.int64), "Fashion-MNIST"
+    except Exception:
+        rng = np.random.default_rng(0)
+        return (rng.random((N_TRAIN, 784), dtype=np.float32), rng.integers(0, 10, N_TRAIN),
+                "random images")
+
+
+class TorchMLP(torch.nn.Module):
+    """The same MLP in PyTorch; noise ``v + sigma * eps`` on both hidden layers."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.fc = torch.nn.ModuleList([torch.nn.Linear(784, 100), torch.nn.Linear(100, 50),
+                                       torch.nn.Linear(50, 10)])
+        self.mode = mode
+        sigmas = [torch.ones(100), torch.ones(50)]
+        if mode == "learned":
+            self.sigma = torch.nn.ParameterList([torch.nn.Parameter(s) for s in sigmas])
+        else:
+            self.sigma = sigmas
+
+    def forward(self, x):
+        for i, fc in enumerate(self.fc):
+            x = fc(x)
+            if i < 2:
+                if self.mode != "off":
+                    x = x + self.sigma[i] * torch.randn_like(x)
+                x = torch.relu(x)
+        return x
+
+
+def torch_epoch(x, y, mode, seed):
+    torch.manual_seed(seed)
+    model = TorchMLP(mode)
+    weights = [p for n, p in model.named_parameters() if not n.startswith("sigma")]
+    opt = torch.optim.Adam(weights, lr=1e-3, weight_decay=1e-4)
+    sigma_opt = torch.optim.Adam(model.sigma.parameters(), lr=1e-3) if mode == "learned" else None
+    t0 = time.perf_counter()
+    perm = torch.randperm(len(x))
+    for i in range(0, len(x), BATCH):
+        idx = perm[i:i + BATCH]
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        if sigma_opt:
+            sigma_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sigma_opt:
+            sigma_opt.step()
+            with torch.no_grad():                      # Eq. (7): absolute value after Adam
+                for s in model.sigma:
+                    s.abs_()
+    return time.perf_counter() - t0
+
+
+def manualbp_epoch(x, y, variant, seed):
+    bk = get_backend("numpy", "float32", seed)
+    model = mlp(bk, variant, "relu")
+    optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
+    trainer = Trainer(model, optimizers, batch_size=BATCH, seed=seed, progress=False)
+    t0 = time.perf_counter()
+    trainer.train_epoch(x, y, epoch=0)
+    return time.perf_counter() - t0
+
+
+def noise_draw_rates(n=1 << 22):
+    """Million samples per second of N(0, 1) draws: NumPy's ziggurat (float64, float32, float32
+    into a preallocated buffer), the backend's float32 sampler, and PyTorch (float32)."""
+    rng = np.random.default_rng(0)
+    bk = get_backend("numpy", "float32", 0)
+    buf = np.empty(n, np.float32)
+    tbuf = torch.empty(n)
+    cases = {"numpy float64": lambda: rng.standard_normal(n),
+             "numpy float32": lambda: rng.standard_normal(n, dtype=np.float32),
+             "numpy float32, out=": lambda: rng.standard_normal(dtype=np.float32, out=buf),
+             "manualbp backend, out=": lambda: bk.normal(buf.shape, out=buf),
+             "torch float32, out=": lambda: tbuf.normal_()}
+    rates = {}
+    for name, draw in cases.items():
+        draw()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            draw()
+        rates[name] = 5 * n / (time.perf_counter() - t0) / 1e6
+    return rates
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    x, y, source = training_data()
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    modes = {"mlp": "off", "mlp+": "fixed", "mlpn": "learned"}
+    times = {v: {"manualbp": [], "torch": []} for v in VARIANTS}
+    manualbp_epoch(x, y, "mlp", 0)                      # warm-up: touch the data once
+    torch_epoch(tx, ty, "off", 0)
+    for r in range(args.repeats):
+        for v in VARIANTS:
+            times[v]["manualbp"].append(manualbp_epoch(x, y, v, r))
+            times[v]["torch"].append(torch_epoch(tx, ty, modes[v], r))
+    med = {v: {k: statistics.median(t) for k, t in times[v].items()} for v in VARIANTS}
+    print(f"data: {source}, {len(x)} images, batch {BATCH}; threads: {threads}; "
+          f"torch {torch.__version__}, numpy {np.__version__}; median of {args.repeats} epochs")
+    print(f"{'model':6s} {'manualbp s':>11s} {'torch s':>8s} {'ratio':>6s}")
+    for v in VARIANTS:
+        m = med[v]
+        print(f"{v:6s} {m['manualbp']:11.3f} {m['torch']:8.3f} {m['manualbp'] / m['torch']:6.2f}")
+    cost = med["mlpn"]["manualbp"] / med["mlp+"]["manualbp"]
+    print(f"cost of learning sigma, MLPN / MLP+ (manualbp): {cost:.3f}")
+    rates = noise_draw_rates()
+    for name, rate in rates.items():
+        print(f"N(0,1) draws, {name:22s} {rate:7.0f} M/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"source": source, "threads": threads, "median_seconds": med,
+                       "mlpn_over_mlp_plus": cost, "noise_draws_M_per_s": rates}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
