@@ -68,8 +68,15 @@ class Optimizer:
         return {"t": self.t, "lr": self.lr, **self.state}
 
     def load_state_dict(self, state):
+        """Restore ``t``, ``lr`` and copies of the state arrays (never aliases of ``state``'s,
+        which may be another optimiser's live buffers)."""
+        arrays = {k: v for k, v in state.items() if k not in ("t", "lr")}
+        for k, v in arrays.items():
+            if tuple(v.shape) != tuple(self.param.shape):
+                raise ValueError(f"optimiser state {k!r}: expected shape {tuple(self.param.shape)}, "
+                                 f"got {tuple(v.shape)}")
         self.t, self.lr = int(state["t"]), float(state["lr"])
-        self.state = {k: self.bk.asarray(v) for k, v in state.items() if k not in ("t", "lr")}
+        self.state = {k: self.xp.array(v, dtype=self.bk.dtype) for k, v in arrays.items()}
 
 
 class Adam(Optimizer):
