@@ -7,3 +7,7 @@ from .noise import NOISE_MODES, GaussianNoise
 
 __all__ = ["ACTIVATIONS", "GaussianNoise", "LeakyReLU", "Linear", "Module", "NOISE_MODES", "ReLU",
            "Sigmoid", "SoftmaxCrossEntropy"]
+from .norm import BatchNorm1d, BatchNorm2d
+from .normalize import Normalize
+
+__all__ += ["BatchNorm1d", "BatchNorm2d", "Normalize"]
