@@ -53,7 +53,9 @@ def load(path):
     try:
         with numpy.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+    # a damaged zip header can also claim an unknown compression method or encryption
+    # (NotImplementedError, RuntimeError from zipfile)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {err}") from None
     if META_KEY not in arrays:
         raise CheckpointError(f"checkpoint {path} has no {META_KEY}: not written by manualbp")
