@@ -2,6 +2,8 @@
 
 A digest argument may be one hex string or a collection of accepted hex
 strings (a file can be published in more than one byte-exact form).
+Digests are SHA-256 (64 hex digits); a 32-digit digest is read as MD5,
+for files whose publisher gives only an MD5.
 Downloads go to a temporary file beside the target, are verified, and only
 then renamed into place with ``os.replace`` so a failed or interrupted
 download never leaves a file under the final name.
@@ -19,10 +21,12 @@ from .idx import DataError
 __all__ = ["ChecksumError", "default_cache_dir", "sha256_of", "verify_file", "fetch"]
 
 _CHUNK = 1 << 20
+#: hex length of a digest -> (hashlib name, name in messages)
+_ALGORITHMS = {64: ("sha256", "SHA-256"), 32: ("md5", "MD5")}
 
 
 class ChecksumError(DataError):
-    """A file's SHA-256 digest is not one of the accepted digests."""
+    """A file's digest is not one of the accepted digests."""
 
 
 def default_cache_dir():
@@ -33,11 +37,17 @@ def default_cache_dir():
 
 def sha256_of(path):
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+    return _digests_of(path, ("sha256",))["sha256"]
+
+
+def _digests_of(path, algorithms):
+    """``{algorithm: hex digest}`` of a file, read once in 1 MiB chunks."""
+    hashes = {a: hashlib.new(a) for a in algorithms}
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+            for h in hashes.values():
+                h.update(chunk)
+    return {a: h.hexdigest() for a, h in hashes.items()}
 
 
 def _accepted(sha256):
@@ -49,9 +59,25 @@ def _accepted(sha256):
     return out
 
 
+def _algorithms(accepted):
+    """The hashlib names the accepted digests need, in a fixed order."""
+    bad = [d for d in accepted if len(d) not in _ALGORITHMS]
+    if bad:
+        raise ValueError(f"digest {bad[0]!r} is neither SHA-256 (64 hex digits) nor MD5 (32)")
+    return tuple(sorted({_ALGORITHMS[len(d)][0] for d in accepted}, reverse=True))
+
+
+def _matches(accepted, actual):
+    """Whether one of the ``{algorithm: digest}`` values is an accepted digest."""
+    return any(d in accepted for d in actual.values())
+
+
 def _mismatch(name, accepted, actual):
     want = " or ".join(accepted)
-    return ChecksumError(f"{name}: SHA-256 mismatch: expected {want}, got {actual}")
+    labels = {a: label for a, label in _ALGORITHMS.values()}
+    kind = "/".join(labels[a] for a in actual)
+    got = " / ".join(actual.values())
+    return ChecksumError(f"{name}: {kind} mismatch: expected {want}, got {got}")
 
 
 def verify_file(path, sha256):
@@ -60,23 +86,24 @@ def verify_file(path, sha256):
     Returns the actual digest; raises :class:`ChecksumError` on a mismatch.
     """
     accepted = _accepted(sha256)
-    actual = sha256_of(path)
-    if actual not in accepted:
+    actual = _digests_of(path, _algorithms(accepted))
+    if not _matches(accepted, actual):
         raise _mismatch(Path(path).name, accepted, actual)
-    return actual
+    return next(iter(actual.values()))
 
 
 def _download(url, dest, accepted, timeout):
     """Download ``url`` to ``dest`` via a verified temporary file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
-        h = hashlib.sha256()
+        hashes = {a: hashlib.new(a) for a in _algorithms(accepted)}
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                h.update(chunk)
+                for h in hashes.values():
+                    h.update(chunk)
                 out.write(chunk)
-        actual = h.hexdigest()
-        if actual not in accepted:
+        actual = {a: h.hexdigest() for a, h in hashes.items()}
+        if not _matches(accepted, actual):
             raise _mismatch(f"{dest.name} (from {url})", accepted, actual)
         os.replace(tmp, dest)
     finally:
@@ -95,7 +122,7 @@ def fetch(filename, mirrors, sha256, dest_dir, timeout=30.0):
     accepted = _accepted(sha256)
     dest_dir = Path(dest_dir)
     dest = dest_dir / filename
-    if dest.is_file() and sha256_of(dest) in accepted:
+    if dest.is_file() and _matches(accepted, _digests_of(dest, _algorithms(accepted))):
         return dest
     if not mirrors:
         raise DataError(f"{filename}: no mirror URL to download it from")
