@@ -8,9 +8,10 @@ import argparse
 import json
 import os
 import time
+from functools import partial
 
 from .backend import get_backend
-from .data import load_mnist, split_dataset
+from .data import load_cifar10, load_mnist, load_tiny_imagenet, split_dataset
 from .model import noise_layers, sigma_summary
 from .optim import SGD, Adam, StepLR, is_noise_level, noise_level_optimizer
 from .train import Trainer
@@ -18,9 +19,15 @@ from .train import Trainer
 # Table 1 of the paper: optimiser, learning rate, L2 weight decay, epochs, batch size, lr decay.
 PRESETS = {
     "mnist": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 30, "batch_size": 128},
+    "cifar10": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 50, "batch_size": 128},
+    "tiny-imagenet": {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4,
+                      "epochs": 80, "batch_size": 128, "decay_every": 20, "decay_gamma": 0.8},
 }
-# The paper's split of all images into train / validation / test (section 4.2: 5:1:1 for MNIST).
-SPLITS = {"mnist": (5, 1, 1), "fashion-mnist": (5, 1, 1)}
+# The paper's split of all images into train / validation / test (sections 4.2-4.4: 5:1:1 for
+# MNIST, 4:1:1 for CIFAR-10, 10:1:1 for the 110,000 labelled Tiny-ImageNet images).
+SPLITS = {"mnist": (5, 1, 1), "fashion-mnist": (5, 1, 1), "cifar10": (4, 1, 1), "tiny-imagenet": (10, 1, 1)}
+LOADERS = {"mnist": partial(load_mnist, "mnist"), "fashion-mnist": partial(load_mnist, "fashion-mnist"),
+           "cifar10": load_cifar10, "tiny-imagenet": load_tiny_imagenet}
 
 
 def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=0.9,
@@ -51,21 +58,31 @@ def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentu
 
 
 def load_splits(bk, dataset, data_dir=None, seed=0):
-    """The dataset split as in the paper, moved to the backend: ``{"train": (x, y), ...}``."""
+    """The dataset split as in the paper, moved to the backend: ``{"train": (x, y), ...}``
+    (uint8 images become pixels in ``[0, 1]``, one split at a time)."""
     if dataset not in SPLITS:
         raise ValueError(f"unknown dataset {dataset!r}: expected one of {', '.join(SPLITS)}")
-    data = load_mnist(dataset, data_dir=data_dir)
+    data = LOADERS[dataset](data_dir=data_dir)
     splits = split_dataset(data, SPLITS[dataset], seed=seed)
-    return {name: (bk.asarray(x), bk.asarray(y, dtype="int64")) for name, (x, y) in splits.items()}
+    return {name: (_pixels(bk, x), bk.asarray(y, dtype="int64")) for name, (x, y) in splits.items()}
 
 
-def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=None, log=print):
+def _pixels(bk, x):
+    out = bk.asarray(x)
+    if x.dtype == "uint8":
+        out /= 255
+    return out
+
+
+def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=None, log=print,
+                augment=None):
     """Train one model variant and evaluate it; returns its entry of ``metrics.json``."""
     bk.seed([args.seed, 0xC0DE])
     model = build(bk, variant, activation)
     optimizers, schedule = make_optimizers(model, **vars(args))
     trainer = Trainer(model, optimizers, schedule, batch_size=args.batch_size, seed=args.seed,
-                      limit_batches=getattr(args, "limit_batches", None), progress=args.progress)
+                      augment=augment, limit_batches=getattr(args, "limit_batches", None),
+                      progress=args.progress)
     path = None
     if checkpoint_dir:
         path = os.path.join(checkpoint_dir, f"{variant}-{activation}.npz" if activation else f"{variant}.npz")
@@ -96,6 +113,10 @@ def add_arguments(parser, variants, activations=None, preset="mnist", datasets=(
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default=p["optimizer"])
     parser.add_argument("--lr", type=float, default=p["lr"])
     parser.add_argument("--weight-decay", type=float, default=p["weight_decay"])
+    parser.add_argument("--momentum", type=float, default=p.get("momentum", 0.9), help="SGD only")
+    parser.add_argument("--decay-every", type=int, default=p.get("decay_every"),
+                        help="multiply the learning rate by --decay-gamma every this many epochs")
+    parser.add_argument("--decay-gamma", type=float, default=p.get("decay_gamma", 1.0))
     parser.add_argument("--sigma-lr", type=float, default=1e-3, help="learning rate of Eq. (7)")
     parser.add_argument("--sigma-update", choices=["eq7", "weights"], default="eq7",
                         help="eq7: the paper's separate Adam + abs; weights: the released code's way")
@@ -107,8 +128,9 @@ def add_arguments(parser, variants, activations=None, preset="mnist", datasets=(
     return parser
 
 
-def run(args, build, variants, activations=(None,)):
-    """Train and evaluate every requested variant (x activation); write ``OUT/metrics.json``."""
+def run(args, build, variants, activations=(None,), augment=None):
+    """Train and evaluate every requested variant (x activation); write ``OUT/metrics.json``.
+    ``augment``: optional ``f(x_batch, backend)`` applied to training batches."""
     bk = get_backend(args.backend, args.dtype, args.seed)
     splits = load_splits(bk, args.dataset, args.data_dir, args.seed)
     chosen = list(variants) if args.variant == "all" else [args.variant]
@@ -120,7 +142,7 @@ def run(args, build, variants, activations=(None,)):
         for activation in activations:
             print(f"== {variant}" + (f" ({activation})" if activation else ""))
             results.append(run_variant(bk, build, variant, activation, splits, args,
-                                       os.path.join(args.out, "checkpoints")))
+                                       os.path.join(args.out, "checkpoints"), augment=augment))
     metrics = {"dataset": args.dataset, "backend": args.backend, "dtype": args.dtype,
                "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
                "split_sizes": {k: int(len(v[1])) for k, v in splits.items()},

@@ -11,3 +11,9 @@ __all__ = [
     "DATASETS", "load_mnist", "verify_dataset_dir",
     "split_sizes", "split_indices", "split_dataset", "iterate_batches",
 ]
+from .augment import crop_flip, random_crop_flip
+from .cifar10 import load_cifar10, read_cifar10_archive
+from .tinyimagenet import load_tiny_imagenet, read_tiny_imagenet_archive
+
+__all__ += ["crop_flip", "random_crop_flip", "load_cifar10", "read_cifar10_archive",
+            "load_tiny_imagenet", "read_tiny_imagenet_archive"]

@@ -1,0 +1,292 @@
+"""CIFAR-10 and Tiny-ImageNet loaders on small archives written here in the official formats,
+checksums, truncated archives, the paper's splits, and the crop-and-flip augmentation."""
+import hashlib
+import io
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from manualbp import experiments, get_backend
+from manualbp.data import ChecksumError, DataError, crop_flip, random_crop_flip
+from manualbp.data import cifar10 as cifar_mod
+from manualbp.data import tinyimagenet as tiny_mod
+from manualbp.data.cifar10 import load_cifar10, read_cifar10_archive
+from manualbp.data.tinyimagenet import load_tiny_imagenet, read_tiny_imagenet_archive
+
+CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+
+
+# --- archive writers (official layouts, tiny contents) ---------------------------------------
+
+def cifar_records(n, seed):
+    """``n`` random records: labels and images ``(n, 3, 32, 32)``, and their bytes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.uint8)
+    raw = np.concatenate([labels[:, None], images.reshape(n, -1)], axis=1).tobytes()
+    return labels, images, raw
+
+
+def write_cifar_archive(path, records=3, files=None, seed=0):
+    """A ``cifar-10-binary.tar.gz`` with ``records`` records per batch file (or the raw bytes
+    given in ``files``); returns ``(images, labels)`` in load order."""
+    files = dict(files or {})
+    xs, ys = [], []
+    for i, name in enumerate(CIFAR_FILES):
+        if name not in files:
+            labels, images, files[name] = cifar_records(records, seed + i)
+            xs.append(images)
+            ys.append(labels)
+    with tarfile.open(path, "w:gz") as tar:
+        entries = {"batches.meta.txt": b"airplane\n"} | {f: files[f] for f in files if files[f] is not None}
+        for name, data in entries.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return (np.concatenate(xs) if xs else None), (np.concatenate(ys) if ys else None)
+
+
+def jpeg_bytes(rgb, gray=False):
+    """A 64x64 JPEG of one flat colour (decodes back almost exactly)."""
+    img = Image.new("L", (64, 64), int(rgb[0])) if gray else Image.new("RGB", (64, 64), tuple(rgb))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+TINY_WNIDS = ["n02", "n01"]              # deliberately unsorted in wnids.txt
+
+
+def write_tiny_archive(path, train_per_class=3, val=(("val_0.JPEG", "n02"), ("val_1.JPEG", "n01"))):
+    """A ``tiny-imagenet-200.zip`` with two classes. Image colours encode (class, index); the
+    first training image of ``n01`` is grayscale. Returns the expected colours and labels."""
+    root = "tiny-imagenet-200"
+    colours, labels = [], []
+    sorted_wnids = sorted(TINY_WNIDS)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{root}/wnids.txt", "\n".join(TINY_WNIDS) + "\n")
+        zf.writestr(f"{root}/words.txt", "n01\tthing\nn02\tother thing\n")
+        for w in sorted_wnids:
+            label = sorted_wnids.index(w)
+            zf.writestr(f"{root}/train/{w}/{w}_boxes.txt", "")
+            for i in range(train_per_class):
+                gray = w == "n01" and i == 0
+                rgb = (40 * i + 20,) * 3 if gray else (40 * i + 20, 100 + 100 * label, 60)
+                zf.writestr(f"{root}/train/{w}/images/{w}_{i}.JPEG", jpeg_bytes(rgb, gray))
+                colours.append(rgb)
+                labels.append(label)
+        lines = []
+        for j, (name, w) in enumerate(val):
+            rgb = (200, 30 * j, 90)
+            zf.writestr(f"{root}/val/images/{name}", jpeg_bytes(rgb))
+            lines.append(f"{name}\t{w}\t0\t0\t63\t63")
+            colours.append(rgb)
+            labels.append(sorted_wnids.index(w) if w in sorted_wnids else -1)
+        zf.writestr(f"{root}/val/val_annotations.txt", "\n".join(lines) + "\n")
+        zf.writestr(f"{root}/test/images/test_0.JPEG", jpeg_bytes((1, 2, 3)))
+    return np.array(colours), np.array(labels)
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# --- CIFAR-10 --------------------------------------------------------------------------------
+
+def test_cifar10_loads_official_binary_layout(tmp_path, monkeypatch):
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    x, y = write_cifar_archive(path, records=4)
+    monkeypatch.setattr(cifar_mod, "CHECKSUMS", (sha256(path),))
+    data = load_cifar10(data_dir=tmp_path)
+    assert data["x"].dtype == np.uint8 and data["x"].shape == (24, 3, 32, 32)
+    assert data["y"].dtype == np.int64
+    np.testing.assert_array_equal(data["x"], x)
+    np.testing.assert_array_equal(data["y"], y)
+    np.testing.assert_array_equal(data["official_test"], np.arange(24) >= 20)
+    # byte 1 of a record is the first red pixel, byte 1 + 1024 the first green one
+    raw = cifar_records(4, 0)[2]
+    assert data["x"][0, 0, 0, 0] == raw[1] and data["x"][0, 1, 0, 0] == raw[1 + 1024]
+    assert data["x"][0, 0, 0, 1] == raw[2] and data["x"][0, 0, 1, 0] == raw[1 + 32]
+
+
+def test_cifar10_checksum_mismatch(tmp_path):
+    write_cifar_archive(tmp_path / "cifar-10-binary.tar.gz")
+    with pytest.raises(ChecksumError, match="cifar-10-binary.tar.gz: SHA-256 mismatch: expected c4a38c50"):
+        load_cifar10(data_dir=tmp_path)
+    assert load_cifar10(data_dir=tmp_path, verify=False)["x"].shape == (18, 3, 32, 32)
+
+
+def test_cifar10_truncated_archive(tmp_path):
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    write_cifar_archive(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match="truncated or corrupt archive"):
+        read_cifar10_archive(path)
+
+
+def test_cifar10_bad_contents(tmp_path):
+    path = tmp_path / "a.tar.gz"
+    raw = cifar_records(3, 0)[2]
+    write_cifar_archive(path, files={"data_batch_2.bin": raw[:-5]})
+    with pytest.raises(DataError, match=r"data_batch_2.bin: 9214 bytes is not a whole, non-zero number of 3073-byte"):
+        read_cifar10_archive(path)
+    write_cifar_archive(path, files={"test_batch.bin": None})
+    with pytest.raises(DataError, match="test_batch.bin not found in the archive"):
+        read_cifar10_archive(path)
+    write_cifar_archive(path, files={"data_batch_5.bin": cifar_records(2, 0)[2]})
+    with pytest.raises(DataError, match="different numbers of records"):
+        read_cifar10_archive(path)
+    bad = bytearray(raw)
+    bad[0] = 10
+    write_cifar_archive(path, files={"data_batch_1.bin": bytes(bad)})
+    with pytest.raises(DataError, match="label 10 out of range, expected 0..9"):
+        read_cifar10_archive(path)
+
+
+def test_cifar10_locating(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match="cifar-10-binary.tar.gz not found in data_dir"):
+        load_cifar10(data_dir=tmp_path)
+    with pytest.raises(DataError, match="downloading is disabled"):
+        load_cifar10(cache_dir=tmp_path / "cache", download=False)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    x, _ = write_cifar_archive(mirror / "cifar-10-binary.tar.gz")
+    monkeypatch.setattr(cifar_mod, "MIRRORS", (mirror.as_uri() + "/",))
+    monkeypatch.setattr(cifar_mod, "CHECKSUMS", (sha256(mirror / "cifar-10-binary.tar.gz"),))
+    data = load_cifar10(cache_dir=tmp_path / "cache")           # verified download into the cache
+    assert (tmp_path / "cache" / "cifar10" / "cifar-10-binary.tar.gz").is_file()
+    np.testing.assert_array_equal(data["x"], x)
+
+
+def test_cifar10_paper_split(tmp_path, monkeypatch):
+    """4:1:1 of all images, in [0, 1] in the backend's dtype."""
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    x, y = write_cifar_archive(path, records=5)                 # 30 images -> 20 / 5 / 5
+    monkeypatch.setattr(cifar_mod, "CHECKSUMS", (sha256(path),))
+    splits = experiments.load_splits(get_backend("numpy", "float32"), "cifar10", tmp_path, seed=3)
+    assert {k: len(v[1]) for k, v in splits.items()} == {"train": 20, "val": 5, "test": 5}
+    xs = np.concatenate([v[0] for v in splits.values()])
+    assert xs.dtype == np.float32 and xs.shape[1:] == (3, 32, 32)
+    assert xs.min() >= 0 and xs.max() <= 1
+    np.testing.assert_allclose(np.sort(xs.ravel()), np.sort(x.ravel() / np.float32(255)), rtol=1e-6)
+    again = experiments.load_splits(get_backend("numpy", "float32"), "cifar10", tmp_path, seed=3)
+    np.testing.assert_array_equal(again["val"][1], splits["val"][1])
+
+
+# --- Tiny-ImageNet ---------------------------------------------------------------------------
+
+def test_tiny_imagenet_decodes_archive(tmp_path, monkeypatch):
+    path = tmp_path / "tiny-imagenet-200.zip"
+    colours, labels = write_tiny_archive(path)
+    monkeypatch.setattr(tiny_mod, "CHECKSUMS", (md5(path),))
+    data = load_tiny_imagenet(data_dir=tmp_path)
+    assert data["x"].dtype == np.uint8 and data["x"].shape == (8, 3, 64, 64)
+    np.testing.assert_array_equal(data["y"], labels)
+    np.testing.assert_array_equal(data["official_val"], np.arange(8) >= 6)
+    assert list(data["wnids"]) == ["n01", "n02"]
+    mean_colour = data["x"].mean(axis=(2, 3))
+    np.testing.assert_allclose(mean_colour, colours, atol=3)     # flat JPEGs decode almost exactly
+    gray = data["x"][0]
+    assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()   # grayscale -> RGB
+
+
+def test_tiny_imagenet_cache(tmp_path, monkeypatch):
+    path = tmp_path / "tiny-imagenet-200.zip"
+    write_tiny_archive(path)
+    first = load_tiny_imagenet(data_dir=tmp_path, verify=False)
+    assert (tmp_path / "tiny-imagenet-200.npz").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+    def no_decode(_):
+        raise AssertionError("decoded again although the cache is valid")
+    monkeypatch.setattr(tiny_mod, "read_tiny_imagenet_archive", no_decode)
+    second = load_tiny_imagenet(data_dir=tmp_path, verify=False)
+    for key in ("x", "y", "official_val", "wnids"):
+        np.testing.assert_array_equal(first[key], second[key])
+    monkeypatch.undo()
+    write_tiny_archive(path, train_per_class=2)                  # another archive: decoded afresh
+    assert load_tiny_imagenet(data_dir=tmp_path, verify=False)["x"].shape == (6, 3, 64, 64)
+
+
+def test_tiny_imagenet_checksum_and_corruption(tmp_path):
+    path = tmp_path / "tiny-imagenet-200.zip"
+    write_tiny_archive(path)
+    with pytest.raises(ChecksumError, match="tiny-imagenet-200.zip: MD5 mismatch: expected 90528d7c"):
+        load_tiny_imagenet(data_dir=tmp_path)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(DataError, match="truncated or corrupt archive"):
+        read_tiny_imagenet_archive(path)
+
+
+def test_tiny_imagenet_bad_annotations(tmp_path):
+    path = tmp_path / "t.zip"
+    write_tiny_archive(path, val=(("val_0.JPEG", "n99"),))
+    with pytest.raises(DataError, match="bad line in val_annotations.txt"):
+        read_tiny_imagenet_archive(path)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("tiny-imagenet-200/wnids.txt", "n01\n")
+    with pytest.raises(DataError, match="no training images for 1 classes"):
+        read_tiny_imagenet_archive(path)
+
+
+def test_tiny_imagenet_paper_split(tmp_path, monkeypatch):
+    path = tmp_path / "tiny-imagenet-200.zip"
+    write_tiny_archive(path, train_per_class=8, val=[(f"val_{i}.JPEG", "n01") for i in range(8)])
+    monkeypatch.setattr(tiny_mod, "CHECKSUMS", (md5(path),))
+    splits = experiments.load_splits(get_backend("numpy", "float32"), "tiny-imagenet", tmp_path)
+    assert {k: len(v[1]) for k, v in splits.items()} == {"train": 20, "val": 2, "test": 2}
+    assert splits["train"][0].shape[1:] == (3, 64, 64) and splits["train"][0].dtype == np.float32
+
+
+# --- augmentation ----------------------------------------------------------------------------
+
+def test_crop_flip_by_hand():
+    """A 1x1x2x3 image, padding 1: hand-computed crops and flips."""
+    x = np.array([[[[1, 2, 3], [4, 5, 6]]]], dtype=np.float32)
+    x2 = np.concatenate([x, x])
+    same = crop_flip(x2, np.array([1, 1]), np.array([1, 1]), np.array([False, False]), 1, np)
+    np.testing.assert_array_equal(same, x2)
+    out = crop_flip(x2, np.array([0, 2]), np.array([2, 0]), np.array([False, True]), 1, np)
+    # sample 0: one row down and one column left of the image -> zeros on top and on the right
+    np.testing.assert_array_equal(out[0, 0], [[0, 0, 0], [2, 3, 0]])
+    # sample 1: one row up and one column right -> [[0, 4, 5], [0, 0, 0]], then mirrored
+    np.testing.assert_array_equal(out[1, 0], [[5, 4, 0], [0, 0, 0]])
+
+
+def test_random_crop_flip_shape_seed_and_content(bk32):
+    bk = bk32
+    x = bk.asarray(np.random.default_rng(0).random((64, 3, 8, 8)))
+    bk.seed(5)
+    a = random_crop_flip(x, bk)
+    bk.seed(5)
+    b = random_crop_flip(x, bk)
+    bk.seed(6)
+    c = random_crop_flip(x, bk)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    np.testing.assert_array_equal(bk.to_host(a), bk.to_host(b))
+    assert not np.array_equal(bk.to_host(a), bk.to_host(c))
+    # every output is a shifted (and maybe mirrored) window of its own input
+    xh, ah = bk.to_host(x), bk.to_host(a)
+    padded = np.pad(xh, ((0, 0), (0, 0), (4, 4), (4, 4)))
+    flips = 0
+    for n in range(len(xh)):
+        windows = [(padded[n, :, i:i + 8, j:j + 8], f) for i in range(9) for j in range(9) for f in (0, 1)]
+        hits = [f for w, f in windows if np.array_equal(w[..., ::-1] if f else w, ah[n])]
+        assert hits, f"sample {n} is not a crop of its input"
+        flips += hits[0]
+    assert 10 < flips < 54
+    bk.seed(5)
+    unflipped = bk.to_host(random_crop_flip(x, bk, padding=0, flip=False))
+    np.testing.assert_array_equal(unflipped, xh)
+
+
+def test_random_crop_flip_rejects_non_images(bk32):
+    with pytest.raises(ValueError, match=r"expects images \(N, C, H, W\), got shape \(4, 12\)"):
+        random_crop_flip(bk32.zeros((4, 12)), bk32)
