@@ -1,0 +1,197 @@
+"""im2col and col2im: a convolution as one matrix product, plus a naive convolution for teaching.
+
+Notation
+--------
+========  ==================================================================
+N         batch size
+C         input channels
+H, W      input height and width
+KH, KW    kernel height and width
+SH, SW    strides (vertical, horizontal)
+PH, PW    zero padding added on each side (top and bottom, left and right)
+OH, OW    output height and width: ``OH = (H + 2 PH - KH) // SH + 1``, likewise ``OW``
+K         length of one patch: ``C * KH * KW``
+P         number of patches: ``N * OH * OW``
+========  ==================================================================
+
+Shapes
+------
+* image ``x``: ``(N, C, H, W)`` (any memory layout);
+* columns ``cols``: ``(C, KH, KW, N, OH, OW)``, read as a ``(K, P)`` matrix whose column
+  ``(n, oh, ow)`` is the patch under output pixel ``(oh, ow)`` of sample ``n``::
+
+      cols[c, i, j, n, oh, ow] = x_pad[n, c, oh * SH + i, ow * SW + j]
+
+  where ``x_pad`` is ``x`` with ``PH`` / ``PW`` zeros around it.
+
+A convolution with weights ``w`` ``(C_out, C, KH, KW)`` is then one product,
+``w.reshape(C_out, K) @ cols.reshape(K, P)`` of shape ``(C_out, P)`` = ``(C_out, N, OH, OW)``.
+Putting ``K`` first and ``(N, OH, OW)`` last makes both this product and the two of the backward
+pass (``delta @ cols^T`` for the weights, ``w^T @ delta`` for the columns) plain matrix products
+of contiguous or transposed-contiguous operands: no copy before or after the GEMM.
+
+Both functions loop only over the ``KH * KW`` kernel offsets ``(i, j)``; each iteration copies
+(im2col) or adds (col2im) one strided slice of the image -- the part of the image that offset
+``(i, j)`` sees. Where the slice would read the padding, im2col writes zeros and col2im drops
+the contribution, so no padded copy of the image is ever made. col2im is the adjoint (transpose)
+of im2col: ``<im2col(x), y> == <x, col2im(y)>``, which is exactly the backward pass of im2col.
+"""
+
+
+def pair(value, name="value"):
+    """``(a, b)`` from an int or a pair of ints."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        a, b = value
+    else:
+        a = b = value
+    if int(a) != a or int(b) != b:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(a), int(b)
+
+
+def output_size(size, kernel, stride, padding):
+    """Output length of a window of ``kernel`` moved by ``stride`` over ``size + 2 padding``."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_geometry(x_shape, kernel_size, stride=1, padding=0):
+    """``(KH, KW, SH, SW, PH, PW, OH, OW)`` for an input of shape ``(N, C, H, W)``; raises a
+    ``ValueError`` for a non-4-D shape, a non-positive kernel or stride, negative padding or a
+    kernel larger than the padded input."""
+    if len(x_shape) != 4:
+        raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x_shape)}")
+    (kh, kw), (sh, sw), (ph, pw) = (pair(kernel_size, "kernel_size"), pair(stride, "stride"),
+                                    pair(padding, "padding"))
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError(f"kernel ({kh}, {kw}) and stride ({sh}, {sw}) must be positive and "
+                         f"padding ({ph}, {pw}) non-negative")
+    h, w = x_shape[2], x_shape[3]
+    if kh > h + 2 * ph or kw > w + 2 * pw:
+        raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw} "
+                         f"(input {h}x{w}, padding ({ph}, {pw}))")
+    return kh, kw, sh, sw, ph, pw, output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
+
+
+def _valid(offset, stride, pad, size, out_size):
+    """For kernel offset ``offset``: the output range ``[lo, hi)`` whose input index
+    ``o * stride + offset - pad`` lies inside ``[0, size)``, and the input slice it reads."""
+    lo = max(0, -(-(pad - offset) // stride))
+    hi = min(out_size, (size - 1 + pad - offset) // stride + 1)
+    if hi <= lo:
+        return lo, lo, slice(0, 0)
+    start = lo * stride + offset - pad
+    return lo, hi, slice(start, start + (hi - lo - 1) * stride + 1, stride)
+
+
+def _offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow):
+    """Yield ``(i, j, output slices, input slices)`` for every kernel offset."""
+    rows = [_valid(i, sh, ph, h, oh) for i in range(kh)]
+    cols = [_valid(j, sw, pw, w, ow) for j in range(kw)]
+    for i, (r_lo, r_hi, r_in) in enumerate(rows):
+        for j, (c_lo, c_hi, c_in) in enumerate(cols):
+            yield i, j, (slice(r_lo, r_hi), slice(c_lo, c_hi)), (r_in, c_in)
+
+
+def im2col(x, kernel_size, stride=1, padding=0, out=None, xp=None):
+    """Unfold the patches of ``x`` ``(N, C, H, W)`` into ``cols`` ``(C, KH, KW, N, OH, OW)``.
+
+    ``out`` (optional): an array of that shape to write into (reused across calls by
+    :class:`~manualbp.layers.conv.Conv2d`); every entry is written. ``xp``: the array module
+    (default: NumPy, or CuPy for a CuPy ``x``).
+    """
+    xp = xp or _module_of(x)
+    n, c, h, w = x.shape
+    kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x.shape, kernel_size, stride, padding)
+    shape = (c, kh, kw, n, oh, ow)
+    if out is None:
+        out = xp.empty(shape, dtype=x.dtype)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"im2col: out has shape {tuple(out.shape)}, expected {shape}")
+    xt = x.transpose(1, 0, 2, 3)                               # (C, N, H, W) view, no copy
+    for i, j, (r_out, c_out), (r_in, c_in) in _offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow):
+        dst = out[:, i, j]                                     # (C, N, OH, OW)
+        if r_out.stop - r_out.start < oh or c_out.stop - c_out.start < ow:
+            _zero_border(dst, r_out, c_out, oh, ow)           # patches over the padding
+        dst[:, :, r_out, c_out] = xt[:, :, r_in, c_in]
+    return out
+
+
+def _zero_border(dst, r_out, c_out, oh, ow):
+    """Zero the rows and columns of ``dst[..., OH, OW]`` outside ``r_out`` x ``c_out``."""
+    dst[:, :, :r_out.start] = 0
+    dst[:, :, r_out.stop:] = 0
+    dst[:, :, r_out, :c_out.start] = 0
+    dst[:, :, r_out, c_out.stop:] = 0
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out=None, xp=None):
+    """Fold ``cols`` ``(C, KH, KW, N, OH, OW)`` back into an image of shape ``x_shape``
+    ``(N, C, H, W)``, summing where patches overlap and dropping the padding: the adjoint of
+    :func:`im2col`, i.e. ``dL/dx`` from ``dL/dcols``.
+
+    ``out`` (optional): an ``(N, C, H, W)`` array (any layout) to write into; by default a new
+    one is allocated with the memory layout ``(C, N, H, W)``, which matches ``cols``.
+    """
+    xp = xp or _module_of(cols)
+    n, c, h, w = x_shape
+    kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x_shape, kernel_size, stride, padding)
+    if tuple(cols.shape) != (c, kh, kw, n, oh, ow):
+        raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, expected {(c, kh, kw, n, oh, ow)}")
+    if out is None:
+        out = xp.empty((c, n, h, w), dtype=cols.dtype).transpose(1, 0, 2, 3)
+    elif tuple(out.shape) != tuple(x_shape):
+        raise ValueError(f"col2im: out has shape {tuple(out.shape)}, expected {tuple(x_shape)}")
+    xt = out.transpose(1, 0, 2, 3)                             # (C, N, H, W) view
+    offsets = list(_offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow))
+    # An offset whose slice covers the whole image is assigned first, saving a zero fill.
+    full = [k for k, (_, _, _, (r_in, c_in)) in enumerate(offsets)
+            if _covers(r_in, h) and _covers(c_in, w)]
+    if full:
+        i, j, (r_out, c_out), _ = offsets.pop(full[0])
+        xt[...] = cols[:, i, j, :, r_out, c_out]
+    else:
+        xt[...] = 0
+    for i, j, (r_out, c_out), (r_in, c_in) in offsets:
+        if r_out.stop > r_out.start and c_out.stop > c_out.start:
+            xt[:, :, r_in, c_in] += cols[:, i, j, :, r_out, c_out]
+    return out
+
+
+def _covers(s, size):
+    return s.start == 0 and (s.step or 1) == 1 and s.stop == size
+
+
+def _module_of(a):
+    """NumPy or CuPy, whichever ``a`` belongs to (for the standalone functions)."""
+    module = type(a).__module__.split(".")[0]
+    if module == "cupy":
+        import cupy
+        return cupy
+    import numpy
+    return numpy
+
+
+def conv2d_naive(x, weight, bias=None, stride=1, padding=0, xp=None):
+    """The convolution written the obvious way, for teaching and testing: loops over output
+    pixels, each one a dot product of a patch with every kernel (slow; use
+    :class:`~manualbp.layers.conv.Conv2d`).
+
+    ``x`` ``(N, C, H, W)``, ``weight`` ``(C_out, C, KH, KW)``, ``bias`` ``(C_out,)`` or ``None``;
+    returns ``(N, C_out, OH, OW)`` with
+    ``y[n, o, oh, ow] = b[o] + sum_{c, i, j} w[o, c, i, j] x_pad[n, c, oh SH + i, ow SW + j]``.
+    """
+    xp = xp or _module_of(x)
+    n, c, h, w = x.shape
+    kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x.shape, weight.shape[2:], stride, padding)
+    x_pad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    x_pad[:, :, ph:ph + h, pw:pw + w] = x
+    y = xp.zeros((n, weight.shape[0], oh, ow), dtype=x.dtype)
+    for r in range(oh):
+        for s in range(ow):
+            patch = x_pad[:, :, r * sh:r * sh + kh, s * sw:s * sw + kw]           # (N, C, KH, KW)
+            y[:, :, r, s] = xp.tensordot(patch, weight, axes=([1, 2, 3], [1, 2, 3]))
+    if bias is not None:
+        y += bias.reshape(1, -1, 1, 1)
+    return y

@@ -1,0 +1,172 @@
+"""Pooling and flattening: layers without parameters between convolutions and dense layers.
+
+Shapes (notation of :mod:`manualbp.layers.im2col`): pooling maps ``(N, C, H, W)`` to
+``(N, C, OH, OW)`` with ``OH = (H - KH) // SH + 1`` (no padding; rows and columns that no window
+reaches are dropped, as PyTorch's default ``ceil_mode=False``); :class:`GlobalAvgPool2d` maps to
+``(N, C)`` and :class:`Flatten` to ``(N, C * H * W)``. Outputs keep the memory layout of the
+input (see :class:`~manualbp.layers.conv.Conv2d`), and gradients that of the ``delta``.
+"""
+from .base import Module
+from .im2col import pair
+
+
+def _check_4d(layer, x):
+    if x.ndim != 4:
+        raise ValueError(f"{layer} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+class _Pool2d(Module):
+    """Window geometry shared by max and average pooling."""
+
+    def __init__(self, bk, kernel_size, stride=None):
+        super().__init__(bk)
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        if min(*self.kernel_size, *self.stride) < 1:
+            raise ValueError(f"{type(self).__name__}: kernel {self.kernel_size} and stride "
+                             f"{self.stride} must be positive")
+
+    def __repr__(self):
+        return f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride})"
+
+    def _geometry(self, x):
+        _check_4d(type(self).__name__, x)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        h, w = x.shape[2:]
+        if kh > h or kw > w:
+            raise ValueError(f"{type(self).__name__}: kernel {kh}x{kw} is larger than the input "
+                             f"{h}x{w} (input shape {tuple(x.shape)})")
+        return kh, kw, sh, sw, (h - kh) // sh + 1, (w - kw) // sw + 1
+
+    def _windows(self, a, oh, ow):
+        """Yield ``(index, view)`` for each kernel offset ``(i, j)`` in row-major order: the
+        ``(N, C, OH, OW)`` view of ``a`` holding element ``(i, j)`` of every window."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, a[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+    def output_shape(self, input_shape):
+        """``(C, OH, OW)`` for a per-sample input shape ``(C, H, W)``."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        c, h, w = input_shape
+        return (c, (h - kh) // sh + 1, (w - kw) // sw + 1)
+
+
+class MaxPool2d(_Pool2d):
+    """Maximum over each ``KH x KW`` window moved by ``stride`` (default: the kernel size).
+
+    The gradient of a window goes to its maximum; among equal maxima, to the first in row-major
+    order (as PyTorch). The common 2x2, stride 2 case works on a ``(N, C, OH, 2, OW, 2)`` view of
+    the input with three comparisons and no copy; other windows loop over the kernel offsets.
+    """
+
+    def forward(self, x):
+        kh, kw, sh, sw, oh, ow = self._geometry(x)
+        xp = self.xp
+        self.x_shape, self.x_like = tuple(x.shape), x
+        self.fast = (kh, kw, sh, sw) == (2, 2, 2, 2)
+        if self.fast:
+            n, c = x.shape[:2]
+            x6 = x[:, :, :2 * oh, :2 * ow].reshape(n, c, oh, 2, ow, 2)
+            a, b, c_, d = x6[:, :, :, 0, :, 0], x6[:, :, :, 0, :, 1], x6[:, :, :, 1, :, 0], x6[:, :, :, 1, :, 1]
+            self.right_top = b > a                         # ties keep the left (first) element
+            self.right_bottom = d > c_
+            top, bottom = xp.maximum(a, b), xp.maximum(c_, d)
+            self.lower = bottom > top                      # ties keep the top row
+            return xp.maximum(top, bottom, out=top)
+        out, self.argmax = None, None
+        for k, view in self._windows(x, oh, ow):
+            if out is None:
+                out = view.copy(order="K")
+                self.argmax = xp.zeros(out.shape, dtype=xp.int32)
+            else:
+                larger = view > out                        # strictly larger: the first max wins
+                self.argmax[larger] = k
+                xp.maximum(out, view, out=out)
+        return out
+
+    def backward(self, delta, input_grad=True):
+        if not input_grad:
+            return None
+        xp = self.xp
+        n, c, h, w = self.x_shape
+        oh, ow = delta.shape[2:]
+        covered = self.fast and h == 2 * oh and w == 2 * ow
+        dx = xp.empty_like(self.x_like) if covered else xp.zeros_like(self.x_like)
+        if self.fast:
+            d6 = dx[:, :, :2 * oh, :2 * ow].reshape(n, c, oh, 2, ow, 2)
+            low = delta * self.lower                       # to the bottom row, or 0
+            high = delta - low                             # to the top row, or 0
+            xp.multiply(high, self.right_top, out=d6[:, :, :, 0, :, 1])
+            xp.subtract(high, d6[:, :, :, 0, :, 1], out=d6[:, :, :, 0, :, 0])
+            xp.multiply(low, self.right_bottom, out=d6[:, :, :, 1, :, 1])
+            xp.subtract(low, d6[:, :, :, 1, :, 1], out=d6[:, :, :, 1, :, 0])
+            return dx
+        for k, view in self._windows(dx, oh, ow):
+            view += xp.where(self.argmax == k, delta, 0)
+        return dx
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each ``KH x KW`` window moved by ``stride`` (default: the kernel size); the
+    gradient of a window is shared equally among its elements."""
+
+    def forward(self, x):
+        kh, kw, sh, sw, oh, ow = self._geometry(x)
+        self.x_shape, self.x_like = tuple(x.shape), x
+        out = None
+        for _, view in self._windows(x, oh, ow):
+            out = view.copy(order="K") if out is None else self.xp.add(out, view, out=out)
+        out *= 1.0 / (kh * kw)
+        return out
+
+    def backward(self, delta, input_grad=True):
+        if not input_grad:
+            return None
+        kh, kw = self.kernel_size
+        oh, ow = delta.shape[2:]
+        dx = self.xp.zeros_like(self.x_like)
+        share = delta * (1.0 / (kh * kw))
+        for _, view in self._windows(dx, oh, ow):
+            view += share
+        return dx
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over the whole ``H x W`` map of each channel: ``(N, C, H, W)`` -> ``(N, C)``."""
+
+    def forward(self, x):
+        _check_4d("GlobalAvgPool2d", x)
+        self.x_shape = tuple(x.shape)
+        return x.mean(axis=(2, 3))
+
+    def backward(self, delta, input_grad=True):
+        if not input_grad:
+            return None
+        n, c, h, w = self.x_shape
+        dx = self.xp.empty((n, c, h, w), dtype=delta.dtype)
+        dx[...] = (delta * (1.0 / (h * w)))[:, :, None, None]
+        return dx
+
+
+class Flatten(Module):
+    """``(N, d1, d2, ...)`` -> ``(N, d1 * d2 * ...)`` in C order (as ``torch.flatten(x, 1)``)."""
+
+    def forward(self, x):
+        if x.ndim < 2:
+            raise ValueError(f"Flatten expects an input (N, ...) with at least 2 dimensions, "
+                             f"got shape {tuple(x.shape)}")
+        self.x_shape = tuple(x.shape)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, delta, input_grad=True):
+        if not input_grad:
+            return None
+        return delta.reshape(self.x_shape)
+
+    def output_shape(self, input_shape):
+        size = 1
+        for s in input_shape:
+            size *= int(s)
+        return (size,)
