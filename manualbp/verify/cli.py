@@ -1,0 +1,67 @@
+"""``python -m manualbp.verify``: compare zoo models with PyTorch or JAX, one table per model.
+
+    python -m manualbp.verify --against torch --model mlpn-relu --dtype float64
+
+Exit status: 0 when every array of every model agrees, 1 when one does not, 2 when the check
+cannot run (reference framework missing, a layer without a conversion rule).
+"""
+import argparse
+import json
+import sys
+
+import numpy
+
+from ..backend import get_backend
+from .compare import FRAMEWORKS, FrameworkMissing, verify_model
+from .models import zoo_models
+from .walk import ConversionError
+
+
+def random_batch(model, batch, seed):
+    """A batch of uniform [0, 1) inputs of the model's input shape and random labels."""
+    rng = numpy.random.default_rng(seed)
+    x = rng.random((batch,) + model.input_shape)
+    classes = model.forward(model.bk.asarray(x)).shape[1]
+    return x, rng.integers(0, classes, batch)
+
+
+def parse_args(argv, models):
+    parser = argparse.ArgumentParser(prog="python -m manualbp.verify", description=__doc__.split("\n")[0])
+    parser.add_argument("--against", choices=list(FRAMEWORKS), default="torch")
+    parser.add_argument("--model", choices=list(models) + ["all"], default="all")
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rtol", type=float, default=None, help="default: 1e-9 (float64), 1e-4 (float32)")
+    parser.add_argument("--atol", type=float, default=None, help="default: 1e-13 (float64), 1e-7 (float32)")
+    parser.add_argument("--json", default=None, help="also write the reports to this file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    models = zoo_models()
+    args = parse_args(argv, models)
+    names = list(models) if args.model == "all" else [args.model]
+    reports = []
+    for name in names:
+        bk = get_backend(args.backend, args.dtype, args.seed)
+        model = models[name](bk)
+        x, y = random_batch(model, args.batch, args.seed)
+        bk.seed(args.seed)
+        try:
+            report = verify_model(model, x, y, args.against, args.rtol, args.atol)
+        except (FrameworkMissing, ConversionError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        report.title = (f"{name}: manualbp vs {report.against} ({args.dtype}, batch {args.batch}, "
+                        f"seed {args.seed}, rtol {report.rtol:g}, atol {report.atol:g})")
+        print(report.format(), end="\n\n")
+        reports.append(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.to_dict() for r in reports], f, indent=2)
+    failed = [r.title.split(":")[0] for r in reports if not r.passed]
+    print(f"{len(reports) - len(failed)} of {len(reports)} models agree"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
