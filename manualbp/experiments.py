@@ -149,6 +149,8 @@ def run(args, build, variants, activations=(None,), augment=None):
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
+    from .plots import training_figures        # matplotlib is loaded only when figures are drawn
+    training_figures(results, args.out)         # OUT/training_curves.png, OUT/sigma_evolution.png
     print(format_table(results))
     return metrics
 

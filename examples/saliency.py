@@ -1,0 +1,101 @@
+"""SmoothGrad saliency maps (the paper's Fig. 4, Eq. 8) for every noise variant of a model.
+
+    python examples/mnist_mlp.py --dataset fashion-mnist --out runs/mlp        # checkpoints
+    python examples/saliency.py --checkpoints runs/mlp/checkpoints --out runs/saliency
+
+Loads OUT/checkpoints/<variant>-<activation>.npz (MLP) or <variant>.npz (CNN) as written by the
+training examples; a variant without a checkpoint is trained here for --epochs epochs. Picks the
+first --images test images that every model classifies correctly and writes OUT/saliency.png
+(image, then one map per model: the mean squared gradient of the true class score over 25 noisy
+copies, noise 0.15 of the image's range) and OUT/saliency.json.
+"""
+import argparse
+import json
+import os
+
+from manualbp import checkpoint, experiments, get_backend, zoo
+from manualbp.model import evaluating
+from manualbp.plots import saliency_grid
+from manualbp.saliency import smoothgrad
+from manualbp.train import Trainer
+
+FAMILIES = {"mlp": zoo.MLP_VARIANTS, "cnn": zoo.CNN_VARIANTS}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--family", choices=list(FAMILIES), default="mlp")
+    p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="MLP only")
+    p.add_argument("--checkpoints", default=None, help="directory of the training example's checkpoints")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--samples", type=int, default=25, help="noisy copies per image (n of Eq. 8)")
+    p.add_argument("--noise", type=float, default=0.15, help="noise level relative to the image range")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs where no checkpoint exists")
+    p.add_argument("--limit-batches", type=int, default=None, help="batches per training epoch")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/saliency")
+    return p.parse_args(argv)
+
+
+def build(bk, family, variant, activation):
+    if family == "mlp":
+        return zoo.mlp(bk, variant, activation)
+    return zoo.cnn(bk, variant)
+
+
+def load_or_train(bk, args, variant, splits):
+    """The trained model of ``variant``: from its checkpoint if there is one, else trained now."""
+    bk.seed([args.seed, 0xC0DE])
+    model = build(bk, args.family, variant, args.activation)
+    name = f"{variant}-{args.activation}" if args.family == "mlp" else variant
+    path = os.path.join(args.checkpoints, f"{name}.npz") if args.checkpoints else None
+    if path and os.path.exists(path):
+        arrays, _ = checkpoint.load(path)
+        model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")})
+        print(f"{name}: loaded {path}")
+        return model
+    print(f"{name}: no checkpoint, training {args.epochs} epoch(s)")
+    optimizers, schedule = experiments.make_optimizers(model)
+    trainer = Trainer(model, optimizers, schedule, seed=args.seed, limit_batches=args.limit_batches,
+                      progress=False)
+    trainer.fit(splits, args.epochs, log=None)
+    return model
+
+
+def correctly_classified(models, x, y, count):
+    """Indices of the first ``count`` images that every model classifies correctly."""
+    correct = None
+    for model in models.values():
+        with evaluating(model):
+            hit = model.forward(x).argmax(axis=1) == y
+        correct = hit if correct is None else correct & hit
+    return [int(i) for i in model.xp.flatnonzero(correct)[:count]]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    bk = get_backend(args.backend, "float32", args.seed)
+    splits = experiments.load_splits(bk, args.dataset, args.data_dir, args.seed)
+    if args.family == "cnn":
+        splits = {k: (x.reshape(-1, 1, 28, 28), y) for k, (x, y) in splits.items()}
+    models = {v.upper(): load_or_train(bk, args, v, splits) for v in FAMILIES[args.family]}
+    x_test, y_test = splits["test"]
+    index = correctly_classified(models, x_test[:1000], y_test[:1000], args.images)
+    x, y = x_test[index], y_test[index]
+    maps = {label: smoothgrad(model, x, y, args.samples, args.noise, seed=args.seed)[0]
+            for label, model in models.items()}
+    os.makedirs(args.out, exist_ok=True)
+    path = saliency_grid(x, maps, os.path.join(args.out, "saliency.png"))
+    with open(os.path.join(args.out, "saliency.json"), "w") as f:
+        json.dump({"dataset": args.dataset, "family": args.family, "activation": args.activation,
+                   "test_indices": index, "labels": [int(c) for c in bk.to_host(y)],
+                   "samples": args.samples, "noise": args.noise, "models": list(maps)}, f, indent=2)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

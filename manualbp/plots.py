@@ -1,0 +1,203 @@
+"""Figures (PNG, matplotlib's Agg renderer, no global state): the paper's Fig. 3 training
+curves, the learned noise levels over training, Fig. 4 saliency maps, clean vs adversarial
+images, and the Theorem 2 comparison of gradient estimators.
+
+Plots run on the host: every array is copied to NumPy first. Figure sizes are fixed multiples of
+a panel size at :data:`DPI`, so a figure's pixel size is known in advance.
+"""
+import math
+import os
+
+import numpy
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+PANEL = (4.0, 3.2)     # inches per panel of a curve plot
+TILE = 1.6             # inches per image of an image grid
+WIDE = (6.0, 3.6)      # inches per panel of the estimator comparison
+
+
+def figure_pixels(ncols, nrows, panel):
+    """``(width, height)`` in pixels of a figure of ``ncols x nrows`` panels of ``panel`` inches."""
+    return round(ncols * panel[0] * DPI), round(nrows * panel[1] * DPI)
+
+
+def _figure(ncols, nrows, panel):
+    fig = Figure(figsize=(ncols * panel[0], nrows * panel[1]), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig, path):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _host(a):
+    """A NumPy copy of a host or CuPy array."""
+    return numpy.asarray(a.get() if hasattr(a, "get") else a)
+
+
+def _label(result):
+    return result["variant"].upper() + (f" ({result['activation']})" if result.get("activation") else "")
+
+
+def _styles(results):
+    """A colour per variant and a line style per activation, stable across panels."""
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    activations = list(dict.fromkeys(r.get("activation") for r in results))
+    dashes = ["-", "--", ":", "-."]
+    return [{"color": f"C{variants.index(r['variant']) % 10}",
+             "linestyle": dashes[activations.index(r.get("activation")) % len(dashes)]} for r in results]
+
+
+# --- training ------------------------------------------------------------------------------
+def training_curves(results, path):
+    """The paper's Fig. 3: training loss, validation loss and test accuracy per epoch, one line per
+    model. ``results``: the ``"results"`` list of ``metrics.json`` (each with ``history``)."""
+    fig, axes = _figure(3, 1, PANEL)
+    panels = [("train_loss", "training loss"), ("val_loss", "validation loss"),
+              ("test_accuracy", "test accuracy")]
+    for ax, (key, title) in zip(axes[0], panels):
+        for result, style in zip(results, _styles(results)):
+            history = result["history"]
+            ax.plot([h["epoch"] for h in history], [h[key] for h in history], label=_label(result),
+                    marker=".", **style)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][2].legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _learned(result):
+    """Whether any layer's noise level changed during training (fixed noise stays constant)."""
+    history = result["history"]
+    return any(h["sigma"][layer] != history[0]["sigma"][layer]
+               for h in history for layer in h["sigma"])
+
+
+def sigma_evolution(results, path, columns=3):
+    """Per model with learned noise: each layer's mean ``sigma`` over epochs, with its min--max
+    range shaded (``history[i]["sigma"]``). Models whose noise never changed are left out; with
+    none left the figure says so."""
+    chosen = [r for r in results if r["history"] and _learned(r)]
+    ncols = max(1, min(columns, len(chosen)))
+    fig, axes = _figure(ncols, max(1, math.ceil(len(chosen) / ncols)), PANEL)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if not chosen:
+        axes[0][0].text(0.5, 0.5, "no learned noise levels in these results", ha="center", va="center")
+    for ax, result in zip(axes.flat, chosen):
+        ax.set_axis_on()
+        epochs = [h["epoch"] for h in result["history"]]
+        for i, layer in enumerate(result["history"][-1]["sigma"]):
+            stats = {k: [h["sigma"][layer][k] for h in result["history"]] for k in ("mean", "min", "max")}
+            ax.plot(epochs, stats["mean"], color=f"C{i % 10}", marker=".", label=layer)
+            ax.fill_between(epochs, stats["min"], stats["max"], color=f"C{i % 10}", alpha=0.2)
+        ax.set_title(f"{_label(result)}: sigma per layer")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def training_figures(results, out):
+    """Write ``training_curves.png`` and ``sigma_evolution.png`` into ``out``; returns the paths."""
+    return [training_curves(results, os.path.join(out, "training_curves.png")),
+            sigma_evolution(results, os.path.join(out, "sigma_evolution.png"))]
+
+
+# --- images -------------------------------------------------------------------------------
+def _as_images(x, image_shape=None):
+    """Images ``(N, H, W)`` (grey) or ``(N, H, W, 3)`` from ``(N, D)``, ``(N, 1, H, W)``,
+    ``(N, 3, H, W)`` or ``(N, H, W)``; ``image_shape`` reshapes flat rows (default square)."""
+    x = _host(x)
+    if x.ndim == 2:
+        side = math.isqrt(x.shape[1])
+        shape = image_shape or ((side, side) if side * side == x.shape[1] else None)
+        if shape is None:
+            raise ValueError(f"cannot show rows of {x.shape[1]} values as images: pass image_shape")
+        x = x.reshape((len(x),) + tuple(shape))
+    if x.ndim == 4:
+        x = x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"expected images (N, H, W), (N, C, H, W) or flat (N, D), got {x.shape}")
+    return x
+
+
+def _show(ax, image, title=None, cmap="gray", **limits):
+    if image.ndim == 3:
+        image = numpy.clip(image, 0, 1)
+    ax.imshow(image, cmap=cmap, **limits)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize="small")
+
+
+def saliency_grid(images, maps, path, image_shape=None):
+    """The paper's Fig. 4: one row per image, the image and then its saliency map under each model.
+
+    ``images`` ``(N, ...)``; ``maps``: ``{model label: maps (N, H, W) or (N, D)}`` (from
+    :func:`manualbp.saliency.smoothgrad`). Each map is scaled to its own maximum."""
+    images = _as_images(images, image_shape)
+    maps = {label: _as_images(m, image_shape) for label, m in maps.items()}
+    fig, axes = _figure(1 + len(maps), len(images), (TILE, TILE))
+    for n, row in enumerate(axes):
+        _show(row[0], images[n], "image" if n == 0 else None)
+        for ax, (label, m) in zip(row[1:], maps.items()):
+            _show(ax, m[n], label if n == 0 else None, cmap="inferno", vmin=0, vmax=float(m[n].max()) or 1)
+    return _save(fig, path)
+
+
+def adversarial_grid(clean, adversarial, path, predictions=None, image_shape=None):
+    """Clean images in the first row, each attack's images in the rows below.
+
+    ``adversarial``: ``{attack name: images (N, ...)}`` or one array; ``predictions`` (optional):
+    ``{row name ("clean" or an attack): predicted classes (N,)}``, shown above each image."""
+    if not isinstance(adversarial, dict):
+        adversarial = {"adversarial": adversarial}
+    rows = {"clean": _as_images(clean, image_shape)}
+    rows.update({name: _as_images(a, image_shape) for name, a in adversarial.items()})
+    count = len(rows["clean"])
+    for name, a in rows.items():
+        if len(a) != count:
+            raise ValueError(f"{name!r} holds {len(a)} images, the clean row {count}")
+    predictions = {k: _host(v) for k, v in (predictions or {}).items()}
+    fig, axes = _figure(count, len(rows), (TILE, TILE))
+    for ax_row, (name, images) in zip(axes, rows.items()):
+        for n, ax in enumerate(ax_row):
+            pred = predictions.get(name)
+            _show(ax, images[n], f"pred {int(pred[n])}" if pred is not None else None, vmin=0, vmax=1)
+        ax_row[0].set_ylabel(name)
+    return _save(fig, path)
+
+
+# --- Theorem 2 ------------------------------------------------------------------------------
+def estimator_comparison(estimates, path, level=0.99):
+    """Left: each estimator's mean of ``d E[L] / d sigma_i`` with its ``level`` confidence
+    interval, per noise level. Right: each estimator's variance per draw (log scale).
+    ``estimates``: :class:`manualbp.estimators.Estimate` objects of the same model."""
+    fig, axes = _figure(2, 1, WIDE)
+    names = estimates[0].names
+    index = numpy.arange(len(names))
+    width = 0.8 / len(estimates)
+    for k, est in enumerate(estimates):
+        offset = (k - (len(estimates) - 1) / 2) * width
+        axes[0][0].errorbar(index + offset, est.mean, yerr=est.half_width(level), fmt="o",
+                            markersize=3, capsize=2, label=est.method.replace("_", " "))
+        axes[0][1].bar(index + offset, est.variance, width, label=est.method.replace("_", " "))
+    axes[0][0].axhline(0, color="black", linewidth=0.5)
+    axes[0][0].set_title(f"d E[L] / d sigma, mean and {level:.0%} interval")
+    axes[0][1].set_yscale("log")
+    axes[0][1].set_title("variance per draw")
+    for ax in axes[0]:
+        ax.set_xticks(index, names, rotation=90, fontsize="x-small")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
