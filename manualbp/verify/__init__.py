@@ -7,6 +7,7 @@ forward and backward in both and reports per array the largest absolute and rela
 
 The reference frameworks are imported only when a comparison runs.
 """
+from . import containers  # noqa: F401  (registers the container rules)
 from .compare import TOLERANCES, FrameworkMissing, Report, Row, verify_model
 from .walk import RULES, ConversionError, Walker, register
 

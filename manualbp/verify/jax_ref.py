@@ -8,13 +8,6 @@ from jax import lax
 from .walk import Walker, register
 
 
-@register("jax", "Sequential")
-def sequential(w, m, x, path):
-    for name in m.children:
-        x = w.child(m, name, x, path)
-    return x
-
-
 @register("jax", "Linear")
 def linear(w, m, x, path):
     v = x @ w.array(path, "weight").T

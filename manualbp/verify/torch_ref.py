@@ -6,13 +6,6 @@ import torch.nn.functional as F
 from .walk import Walker, register
 
 
-@register("torch", "Sequential")
-def sequential(w, m, x, path):
-    for name in m.children:
-        x = w.child(m, name, x, path)
-    return x
-
-
 @register("torch", "Linear")
 def linear(w, m, x, path):
     v = F.linear(x, w.array(path, "weight"), w.array(path, "bias") if "bias" in m.params else None)
