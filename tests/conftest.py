@@ -1,0 +1,105 @@
+"""Shared fixtures: the backend parametrisation (NumPy always, CuPy where a GPU is usable),
+optional PyTorch, and the real Fashion-MNIST data.
+
+Environment switches (set by CI so that nothing it needs is silently skipped):
+
+* ``MANUALBP_REQUIRE_TORCH=1`` -- a missing ``torch`` fails the parity tests instead of skipping them;
+* ``MANUALBP_REQUIRE_DATA=1``  -- missing Fashion-MNIST files fail the real-data tests instead of
+  skipping them.
+"""
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from manualbp.backend import Backend, BackendError, get_backend
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip() == "1"
+
+
+def _cupy_unavailable():
+    """``None`` when CuPy imports and sees a GPU, else the reason why not (for the skip)."""
+    try:
+        Backend("cupy")
+    except BackendError as err:
+        return str(err)
+    return None
+
+
+CUPY_UNAVAILABLE = _cupy_unavailable()
+
+BACKEND_PARAMS = [
+    pytest.param("numpy", id="numpy"),
+    pytest.param("cupy", id="cupy", marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(CUPY_UNAVAILABLE is not None, reason=f"no usable GPU: {CUPY_UNAVAILABLE}"),
+    ]),
+]
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend_name(request):
+    """``"numpy"``, and ``"cupy"`` (marked ``gpu``; skipped unless CuPy sees a GPU): test bodies
+    written against ``bk.xp`` run on both."""
+    return request.param
+
+
+@pytest.fixture
+def bk64(backend_name):
+    """A float64 backend (gradient checks) on each available array module."""
+    return get_backend(backend_name, "float64", 0)
+
+
+@pytest.fixture
+def bk32(backend_name):
+    """A float32 backend (the training dtype) on each available array module."""
+    return get_backend(backend_name, "float32", 0)
+
+
+def require_torch():
+    """Import and return ``torch``; skip when it is missing, or fail under MANUALBP_REQUIRE_TORCH=1."""
+    try:
+        import torch
+    except ImportError as err:
+        if _env_flag("MANUALBP_REQUIRE_TORCH"):
+            pytest.fail(f"MANUALBP_REQUIRE_TORCH=1 but torch cannot be imported ({err}); "
+                        "install it with pip install -e '.[test]'", pytrace=False)
+        pytest.skip("torch not installed")
+    return torch
+
+
+def require_fashion_mnist():
+    """Load all 70,000 Fashion-MNIST images from local files (never downloads); skip when they
+    are missing, or fail under MANUALBP_REQUIRE_DATA=1."""
+    from manualbp.data import DataError, load_mnist
+    try:
+        return load_mnist("fashion-mnist", download=False)
+    except DataError as err:
+        if _env_flag("MANUALBP_REQUIRE_DATA"):
+            pytest.fail(f"MANUALBP_REQUIRE_DATA=1 but Fashion-MNIST is not available "
+                        f"(expected in {FASHION_MNIST_DIR}): {err}", pytrace=False)
+        pytest.skip(f"Fashion-MNIST not found (apt-get install dataset-fashion-mnist): {err}")
+
+
+@pytest.fixture
+def torch():
+    """The ``torch`` module (see :func:`require_torch`)."""
+    return require_torch()
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """The Fashion-MNIST dict of :func:`manualbp.data.load_mnist` (see :func:`require_fashion_mnist`)."""
+    return require_fashion_mnist()
+
+
+@pytest.fixture
+def requirements():
+    """The helpers behind the optional-dependency fixtures, for testing them directly."""
+    return SimpleNamespace(torch=require_torch, fashion_mnist=require_fashion_mnist,
+                           fashion_mnist_dir=FASHION_MNIST_DIR)
