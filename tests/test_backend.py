@@ -196,5 +196,6 @@ def test_only_backend_and_host_modules_import_numpy_or_cupy():
         if hits:
             offenders[rel] = hits
     assert not offenders, (f"engine modules must get the array module from the backend (bk.xp), "
-                           f"not import it: {offenders}")
+                           f"not import it: {offenders}; a module that only works on host arrays "
+                           f"belongs in ALLOWED (tests/test_backend.py) with its reason")
     assert array_module_imports((PACKAGE_DIR / "backend.py").read_text()) != []
