@@ -3,6 +3,7 @@ optional PyTorch, and the real Fashion-MNIST data.
 
 Environment switches (set by CI so that nothing it needs is silently skipped):
 
+* ``MANUALBP_STRICT=1`` -- both of the following;
 * ``MANUALBP_REQUIRE_TORCH=1`` -- a missing ``torch`` fails the parity tests instead of skipping them;
 * ``MANUALBP_REQUIRE_DATA=1``  -- missing Fashion-MNIST files fail the real-data tests instead of
   skipping them.
@@ -19,7 +20,8 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _env_flag(name):
-    return os.environ.get(name, "").strip() == "1"
+    """Whether the switch ``name`` is on, directly or through ``MANUALBP_STRICT=1``."""
+    return any(os.environ.get(key, "").strip() == "1" for key in (name, "MANUALBP_STRICT"))
 
 
 def _cupy_unavailable():

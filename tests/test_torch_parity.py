@@ -166,6 +166,7 @@ def test_missing_torch_skips_or_fails_when_required(requirements, monkeypatch):
     """The ``torch`` fixture skips without torch, but fails under MANUALBP_REQUIRE_TORCH=1 (CI)."""
     monkeypatch.setitem(sys.modules, "torch", None)            # ``import torch`` raises ImportError
     monkeypatch.delenv("MANUALBP_REQUIRE_TORCH", raising=False)
+    monkeypatch.delenv("MANUALBP_STRICT", raising=False)
     with pytest.raises(pytest.skip.Exception, match="torch not installed"):
         requirements.torch()
     monkeypatch.setenv("MANUALBP_REQUIRE_TORCH", "1")
@@ -173,4 +174,7 @@ def test_missing_torch_skips_or_fails_when_required(requirements, monkeypatch):
         requirements.torch()
     monkeypatch.setenv("MANUALBP_REQUIRE_TORCH", "0")
     with pytest.raises(pytest.skip.Exception):
+        requirements.torch()
+    monkeypatch.setenv("MANUALBP_STRICT", "1")
+    with pytest.raises(pytest.fail.Exception):
         requirements.torch()

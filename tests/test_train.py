@@ -279,6 +279,7 @@ def test_missing_data_skips_or_fails_when_required(requirements, monkeypatch, tm
     monkeypatch.setitem(mnist_module.SYSTEM_DIRS, "fashion-mnist", (tmp_path / "system",))
     monkeypatch.setattr(mnist_module, "fetch", lambda *a, **k: pytest.fail("tried to download"))
     monkeypatch.delenv("MANUALBP_REQUIRE_DATA", raising=False)
+    monkeypatch.delenv("MANUALBP_STRICT", raising=False)
     with pytest.raises(pytest.skip.Exception, match="Fashion-MNIST not found"):
         requirements.fashion_mnist()
     monkeypatch.setenv("MANUALBP_REQUIRE_DATA", "1")
