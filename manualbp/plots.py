@@ -11,6 +11,7 @@ import os
 import numpy
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 PANEL = (4.0, 3.2)     # inches per panel of a curve plot
@@ -56,6 +57,12 @@ def _styles(results):
 
 
 # --- training ------------------------------------------------------------------------------
+def _epoch_axis(ax):
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
 def training_curves(results, path):
     """The paper's Fig. 3: training loss, validation loss and test accuracy per epoch, one line per
     model. ``results``: the ``"results"`` list of ``metrics.json`` (each with ``history``)."""
@@ -68,8 +75,7 @@ def training_curves(results, path):
             ax.plot([h["epoch"] for h in history], [h[key] for h in history], label=_label(result),
                     marker=".", **style)
         ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax)
     axes[0][2].legend(fontsize="small")
     return _save(fig, path)
 
@@ -100,8 +106,7 @@ def sigma_evolution(results, path, columns=3):
             ax.plot(epochs, stats["mean"], color=f"C{i % 10}", marker=".", label=layer)
             ax.fill_between(epochs, stats["min"], stats["max"], color=f"C{i % 10}", alpha=0.2)
         ax.set_title(f"{_label(result)}: sigma per layer")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax)
         ax.legend(fontsize="small")
     return _save(fig, path)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from manualbp.verify import RULES
+from manualbp.verify.compare import load_framework
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -122,6 +123,7 @@ def test_worked_examples_run(torch):
     """The ``Run:`` blocks (the worked example of docs/architecture.md uses PyTorch)."""
     runnable = {doc.name: blocks(doc.read_text(), "Run") for doc in DOCS}
     assert runnable.get("architecture.md"), "docs/architecture.md has a runnable worked example"
+    load_framework("torch")                                 # its rules are in RULES from here on
     saved = {framework: dict(rules) for framework, rules in RULES.items()}
     try:
         for name, found in runnable.items():
@@ -129,9 +131,9 @@ def test_worked_examples_run(torch):
             for line, _, code in found:
                 exec(compile("\n".join(code), f"docs/{name}, block at line {line}", "exec"), namespace)
     finally:
-        for framework, rules in saved.items():             # drop rules the examples registered
-            RULES[framework].clear()
-            RULES[framework].update(rules)
+        for framework, rules in RULES.items():              # drop rules the examples registered
+            for added in set(rules) - set(saved[framework]):
+                del rules[added]
 
 
 # --- the checker itself ---------------------------------------------------------------------
