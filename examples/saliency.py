@@ -5,9 +5,10 @@
 
 Loads OUT/checkpoints/<variant>-<activation>.npz (MLP) or <variant>.npz (CNN) as written by the
 training examples; a variant without a checkpoint is trained here for --epochs epochs. Picks the
-first --images test images that every model classifies correctly and writes OUT/saliency.png
-(image, then one map per model: the mean squared gradient of the true class score over 25 noisy
-copies, noise 0.15 of the image's range) and OUT/saliency.json.
+first --images test images that every model classifies correctly (or, failing that, that most
+models do) and writes OUT/saliency.png (image, then one map per model: the mean squared
+gradient of the true class score over 25 noisy copies, noise 0.15 of the image's range) and
+OUT/saliency.json.
 """
 import argparse
 import json
@@ -65,14 +66,17 @@ def load_or_train(bk, args, variant, splits):
     return model
 
 
-def correctly_classified(models, x, y, count):
-    """Indices of the first ``count`` images that every model classifies correctly."""
-    correct = None
+def pick_images(models, x, y, count):
+    """The first ``count`` images that every model classifies correctly (as in the paper); when
+    there are not enough, those that most models get right. Returns indices and, per image, how
+    many models classify it correctly."""
+    xp = next(iter(models.values())).xp
+    hits = 0
     for model in models.values():
         with evaluating(model):
-            hit = model.forward(x).argmax(axis=1) == y
-        correct = hit if correct is None else correct & hit
-    return [int(i) for i in model.xp.flatnonzero(correct)[:count]]
+            hits = hits + (model.forward(x).argmax(axis=1) == y).astype("int64")
+    order = xp.argsort(-hits, kind="stable")[:count]
+    return [int(i) for i in order], [int(hits[i]) for i in order]
 
 
 def main(argv=None):
@@ -83,7 +87,7 @@ def main(argv=None):
         splits = {k: (x.reshape(-1, 1, 28, 28), y) for k, (x, y) in splits.items()}
     models = {v.upper(): load_or_train(bk, args, v, splits) for v in FAMILIES[args.family]}
     x_test, y_test = splits["test"]
-    index = correctly_classified(models, x_test[:1000], y_test[:1000], args.images)
+    index, correct = pick_images(models, x_test[:1000], y_test[:1000], args.images)
     x, y = x_test[index], y_test[index]
     maps = {label: smoothgrad(model, x, y, args.samples, args.noise, seed=args.seed)[0]
             for label, model in models.items()}
@@ -92,6 +96,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "saliency.json"), "w") as f:
         json.dump({"dataset": args.dataset, "family": args.family, "activation": args.activation,
                    "test_indices": index, "labels": [int(c) for c in bk.to_host(y)],
+                   "models_correct": correct,
                    "samples": args.samples, "noise": args.noise, "models": list(maps)}, f, indent=2)
     print(f"wrote {path}")
     return path

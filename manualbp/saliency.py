@@ -36,8 +36,9 @@ def smoothgrad(model, x, classes=None, samples=25, noise=0.15, batch_size=1000, 
     Returns ``(maps, classes)``: maps ``(N, H, W)`` for images, else the shape of ``x``.
     """
     bk, xp = model.bk, model.xp
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
+    if samples < 1 or len(x) == 0:
+        raise ValueError(f"smoothgrad needs at least one image and one sample, got {len(x)} images "
+                         f"and samples={samples}")
     if seed is not None:
         bk.seed(seed)
     with evaluating(model, model_noise):

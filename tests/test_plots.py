@@ -1,6 +1,7 @@
 """Figures are written, non-empty and of the expected pixel size; SmoothGrad (Eq. 8) computes what
 it says; the experiment runner writes its figures."""
 import importlib.util
+import json
 from pathlib import Path
 
 import matplotlib.image
@@ -152,4 +153,6 @@ def test_saliency_example_trains_when_there_is_no_checkpoint(tmp_path, monkeypat
     spec.loader.exec_module(example)
     path = example.main(["--out", str(tmp_path), "--images", "2", "--epochs", "3", "--samples", "3"])
     pixels(path, 4, 2, (plots.TILE, plots.TILE))        # image + MLP, MLP+, MLPN
-    assert (tmp_path / "saliency.json").exists()
+    info = json.loads((tmp_path / "saliency.json").read_text())
+    assert info["models"] == ["MLP", "MLP+", "MLPN"] and len(info["test_indices"]) == 2
+    assert all(0 <= c <= 3 for c in info["models_correct"])

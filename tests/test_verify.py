@@ -67,8 +67,11 @@ def test_user_model_with_every_layer_type(torch, mode):
     if mode != "train":
         model.eval(noise=mode == "eval-noise")
     x, y = bk.uniform(0, 1, (5, 2, 7, 7)), bk.asarray([0, 1, 2, 3, 1], dtype="int64")
+    state = {name: a.copy() for name, a in model.state_dict().items()}
     report = verify_model(model, x, y, "torch")
     assert report.passed, report.format()
+    for name, a in model.state_dict().items():             # running statistics restored
+        np.testing.assert_array_equal(a, state[name], err_msg=name)
 
 
 def test_unknown_layer_type_is_named(torch):

@@ -95,7 +95,8 @@ def compare(name, ours, theirs, rtol, atol):
 def verify_model(model, x, y, against="torch", rtol=None, atol=None, title=""):
     """Compare ``model``'s forward and hand-written backward pass with a reference framework.
 
-    The model runs once in its current mode (training mode: noise layers draw ``eps``); the
+    The model runs once in its current mode (training mode: noise layers draw ``eps``), and its
+    parameters and buffers are restored afterwards (batch norm's running statistics); the
     reference then recomputes the same function from the same parameters, buffers (as they were
     before the pass) and noise draws, converting the model layer by layer
     (:mod:`manualbp.verify.walk`), and differentiates it by autograd. ``x``: a batch in the
@@ -122,6 +123,7 @@ def verify_model(model, x, y, against="torch", rtol=None, atol=None, title=""):
     ours = {name: bk.to_host(a) for name, a in ours.items()}
     eps = {path: bk.to_host(layer.eps) for path, layer in noise_layers(model).items() if layer.draws}
 
+    model.load_state_dict(arrays)          # undo the pass's side effects (running statistics)
     ref = framework.reference(model, bk.to_host(x), bk.to_host(y), arrays, trainable, eps)
     theirs = {"logits": ref["logits"], "loss": ref["loss"], **ref["grads"], "input": ref["input"]}
     report = Report(framework.version(), bk.dtype.name, rtol, atol, title=title)
