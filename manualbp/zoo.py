@@ -97,3 +97,112 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     layers += [("flatten", flatten), ("fc1", Linear(bk, features, hidden, noise=noise)),
                (act, ReLU(bk)), ("fc2", Linear(bk, hidden, classes))]
     return Sequential(bk, layers, input_shape=input_shape)
+
+
+# --- ResNet18 / ResNet34 (sections 4.3 and 4.4, Tables 5 and 6) --------------------------------
+#: suffix -> (noise on the last convolution of each residual block, noise on the hidden FC layers)
+RESNET_SUFFIXES = {"": ("off", "off"), "-mlp+": ("off", "fixed"), "-a+": ("fixed", "fixed"),
+                   "-mlpn": ("off", "learned"), "-an": ("learned", "learned")}
+RESNET18_VARIANTS = tuple("resnet18" + s for s in RESNET_SUFFIXES)
+RESNET34_VARIANTS = tuple("resnet34" + s for s in RESNET_SUFFIXES)
+#: per dataset: input size, classes, hidden FC sizes of the paper's head, per-channel mean and std
+RESNET_SETUPS = {
+    "cifar10": {"input_size": 32, "classes": 10, "hidden": (256, 128)},
+    "tiny-imagenet": {"input_size": 64, "classes": 200, "hidden": (1024, 512, 256)},
+}
+
+
+def _dataset_stats(dataset):
+    from .data import cifar10, tinyimagenet
+    module = {"cifar10": cifar10, "tiny-imagenet": tinyimagenet}[dataset]
+    return module.MEAN, module.STD
+
+
+def resnet(bk, variant, blocks, dataset="cifar10", width=64, input_size=None, classes=None,
+           hidden=None, stem_stride=None, activation="relu", sigma0=1.0, eval_noise=False, conv_mean=True,
+           **noise_options):
+    """A ResNet of :class:`~manualbp.layers.residual.BasicBlock` s for 32x32 or 64x64 images.
+
+    Layers: ``normalize`` (fixed per-channel, so the model reads pixels in ``[0, 1]``) ->
+    ``conv1`` (3x3, ``width`` channels, no bias) -> ``bn1`` -> ``act1`` -> ``layer1`` ..
+    ``layer4`` (``blocks[i]`` blocks each, ``width * (1, 2, 4, 8)`` channels, the first block of
+    layers 2-4 with stride 2 and a projection shortcut) -> ``pool`` (global average) -> head.
+
+    Stem: 32x32 inputs keep the CIFAR stem (3x3, stride 1, no max-pool; the last maps are 4x4).
+    64x64 inputs use the same 3x3 convolution with stride 2 and no max-pool, so the four stages
+    see 32, 16, 8, 4 pixels as on CIFAR-10 (ImageNet's 7x7 stride-2 convolution and max-pool
+    would leave 2x2 maps). ``stem_stride`` overrides the choice.
+
+    Head: the paper replaces the last FC layer by FC layers of ``hidden`` sizes, each followed by
+    ReLU, then the output layer: CIFAR-10 ``256 -> 128 -> 10``, Tiny-ImageNet
+    ``1024 -> 512 -> 256 -> 200`` (``RESNET_SETUPS``). ``hidden=()`` gives the original one-FC
+    head (``fc``), the paper's black-box surrogate.
+
+    ``variant`` ends with a suffix of ``RESNET_SUFFIXES``: ``-mlp+`` / ``-mlpn`` fixed / learned
+    noise on the hidden FC pre-activations; ``-a+`` / ``-an`` also on ``conv2`` of every block,
+    one ``sigma`` per element of its ``C x H x W`` map, with a learned mean ``mu`` for learned
+    noise (``conv_mean``). ``eval_noise=False``: noise is off at evaluation, as the paper's code
+    evaluates its ResNets (the runner reports both). ``width`` and ``input_size`` shrink the
+    model for tests; ``activation`` (ReLU in the paper) a smooth one makes finite differences
+    of the whole model exact.
+    """
+    from .layers import BatchNorm2d, Conv2d, GlobalAvgPool2d, Normalize
+    from .layers.im2col import output_size
+    from .layers.residual import BasicBlock
+
+    if dataset not in RESNET_SETUPS:
+        raise ValueError(f"unknown dataset {dataset!r}: expected one of {', '.join(RESNET_SETUPS)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+    act = ACTIVATIONS[activation]
+    setup = RESNET_SETUPS[dataset]
+    name = f"resnet{2 * sum(blocks) + 2}"
+    suffix = variant[len(name):] if variant.startswith(name) else None
+    if suffix not in RESNET_SUFFIXES:
+        raise ValueError(f"unknown {name} variant {variant!r}: expected one of "
+                         f"{', '.join(name + s for s in RESNET_SUFFIXES)}")
+    conv_mode, fc_mode = RESNET_SUFFIXES[suffix]
+    size = int(input_size or setup["input_size"])
+    classes = int(classes or setup["classes"])
+    hidden = tuple(setup["hidden"] if hidden is None else hidden)
+    if fc_mode != "off" and not hidden:
+        raise ValueError(f"variant {variant!r} puts noise on hidden FC layers, but hidden=() has none")
+    if stem_stride is None:
+        stem_stride = 2 if size >= 64 else 1
+    mean, std = _dataset_stats(dataset)
+
+    stem = Conv2d(bk, 3, width, 3, stride=stem_stride, padding=1, bias=False)
+    shape = stem.output_shape((3, size, size))
+    layers = [("normalize", Normalize(bk, mean, std)), ("conv1", stem),
+              ("bn1", BatchNorm2d(bk, width)), ("act1", act(bk))]
+    channels = width
+    for stage, count in enumerate(blocks):
+        out_channels = width * 2 ** stage
+        stage_blocks = []
+        for b in range(count):
+            stride = 2 if stage > 0 and b == 0 else 1
+            out_shape = (out_channels, output_size(shape[1], 3, stride, 1), output_size(shape[2], 3, stride, 1))
+            learn_mean = conv_mode == "learned" and conv_mean
+            options = dict(noise_options, learn_mean=True) if learn_mean else noise_options
+            noise = noise_for(bk, out_shape, conv_mode, sigma0, eval_noise, **options)
+            block = BasicBlock(bk, channels, out_channels, stride, noise=noise, activation=activation)
+            stage_blocks.append((str(b), block))
+            channels, shape = out_channels, block.output_shape(shape)
+        layers.append((f"layer{stage + 1}", Sequential(bk, stage_blocks)))
+    layers.append(("pool", GlobalAvgPool2d(bk)))
+    for i, n_out in enumerate(hidden):
+        noise = noise_for(bk, (n_out,), fc_mode, sigma0, eval_noise, **noise_options)
+        layers += [(f"fc{i + 1}", Linear(bk, channels, n_out, noise=noise)), (f"act_fc{i + 1}", act(bk))]
+        channels = n_out
+    layers.append((f"fc{len(hidden) + 1}" if hidden else "fc", Linear(bk, channels, classes)))
+    return Sequential(bk, layers, input_shape=(3, size, size))
+
+
+def resnet18(bk, variant="resnet18-an", dataset="cifar10", **options):
+    """ResNet18 (``[2, 2, 2, 2]`` blocks), the paper's CIFAR-10 model; see :func:`resnet`."""
+    return resnet(bk, variant, (2, 2, 2, 2), dataset, **options)
+
+
+def resnet34(bk, variant="resnet34-an", dataset="tiny-imagenet", **options):
+    """ResNet34 (``[3, 4, 6, 3]`` blocks), the paper's Tiny-ImageNet model; see :func:`resnet`."""
+    return resnet(bk, variant, (3, 4, 6, 3), dataset, **options)

@@ -290,3 +290,58 @@ def test_random_crop_flip_shape_seed_and_content(bk32):
 def test_random_crop_flip_rejects_non_images(bk32):
     with pytest.raises(ValueError, match=r"expects images \(N, C, H, W\), got shape \(4, 12\)"):
         random_crop_flip(bk32.zeros((4, 12)), bk32)
+
+
+# --- the example scripts, end to end on small archives ------------------------------------------
+
+def load_example(name):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("example, dataset, variant", [
+    ("cifar10_resnet18", "cifar10", "all"), ("tinyimagenet_resnet34", "tiny-imagenet", "resnet34-an")])
+def test_example_smoke(tmp_path, monkeypatch, example, dataset, variant):
+    """Each example, one epoch of at most 2 batches of a base-width-4 ResNet on random-looking images."""
+    import json
+    data = tmp_path / "data"
+    data.mkdir()
+    if dataset == "cifar10":
+        write_cifar_archive(data / "cifar-10-binary.tar.gz", records=8)
+        monkeypatch.setattr(cifar_mod, "CHECKSUMS", (sha256(data / "cifar-10-binary.tar.gz"),))
+    else:
+        write_tiny_archive(data / "tiny-imagenet-200.zip", train_per_class=6)
+        monkeypatch.setattr(tiny_mod, "CHECKSUMS", (md5(data / "tiny-imagenet-200.zip"),))
+    out = tmp_path / "out"
+    metrics = load_example(example).main([
+        "--data-dir", str(data), "--epochs", "1", "--limit-batches", "2", "--batch-size", "8",
+        "--width", "4", "--variant", variant, "--out", str(out), "--no-progress"])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["dataset"] == dataset and saved["epochs"] == 1
+    names = [r["variant"] for r in saved["results"]]
+    assert names == ([f"resnet18{s}" for s in ("", "-mlp+", "-a+", "-mlpn", "-an")]
+                     if variant == "all" else [variant])
+    for r in saved["results"]:
+        assert 0 <= r["test_accuracy_noise_off"] <= 1 and len(r["history"]) == 1
+    assert metrics["results"][-1]["eval_noise_default"] is False
+
+
+def test_example_presets_follow_table_1():
+    cifar = load_example("cifar10_resnet18")
+    tiny = load_example("tinyimagenet_resnet34")
+    import argparse
+    parse = {}
+    for mod, preset, datasets, variants in ((cifar, "cifar10", ("cifar10",), cifar.RESNET18_VARIANTS),
+                                            (tiny, "tiny-imagenet", ("tiny-imagenet",), tiny.RESNET34_VARIANTS)):
+        parser = experiments.add_arguments(argparse.ArgumentParser(), variants, preset=preset, datasets=datasets)
+        parse[preset] = vars(parser.parse_args([]))
+    c, t = parse["cifar10"], parse["tiny-imagenet"]
+    assert (c["optimizer"], c["lr"], c["weight_decay"], c["epochs"], c["batch_size"], c["decay_every"]) == \
+        ("adam", 1e-3, 1e-4, 50, 128, None)
+    assert (t["optimizer"], t["lr"], t["momentum"], t["weight_decay"], t["epochs"], t["batch_size"],
+            t["decay_every"], t["decay_gamma"]) == ("sgd", 1e-2, 0.9, 5e-4, 80, 128, 20, 0.8)
