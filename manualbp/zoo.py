@@ -146,9 +146,8 @@ def resnet(bk, variant, blocks, dataset="cifar10", width=64, input_size=None, cl
     model for tests; ``activation`` (ReLU in the paper) a smooth one makes finite differences
     of the whole model exact.
     """
-    from .layers import BatchNorm2d, Conv2d, GlobalAvgPool2d, Normalize
+    from .layers import BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool2d, Normalize
     from .layers.im2col import output_size
-    from .layers.residual import BasicBlock
 
     if dataset not in RESNET_SETUPS:
         raise ValueError(f"unknown dataset {dataset!r}: expected one of {', '.join(RESNET_SETUPS)}")

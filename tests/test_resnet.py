@@ -3,10 +3,9 @@ ResNet, PyTorch parity of a full ResNet18-AN, and the shapes and names of every 
 import numpy as np
 import pytest
 
-from manualbp import get_backend, held_noise, named_eps
+from manualbp import get_backend, named_eps
 from manualbp.gradcheck import check_gradients, directional_check
-from manualbp.layers import BatchNorm2d, Conv2d, GaussianNoise, SoftmaxCrossEntropy
-from manualbp.layers.residual import BasicBlock
+from manualbp.layers import BasicBlock, BatchNorm2d, GaussianNoise, SoftmaxCrossEntropy
 from manualbp.model import noise_layers
 from manualbp.zoo import RESNET18_VARIANTS, RESNET34_VARIANTS, resnet18, resnet34
 

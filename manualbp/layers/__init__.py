@@ -17,3 +17,6 @@ from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 
 __all__ += ["AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "MaxPool2d", "col2im", "conv2d_naive",
             "im2col"]
+from .residual import BasicBlock, Projection
+
+__all__ += ["BasicBlock", "Projection"]

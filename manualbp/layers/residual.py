@@ -3,7 +3,22 @@ from .activations import ACTIVATIONS
 from .base import Module
 from .conv import Conv2d
 from .norm import BatchNorm2d
-from ..model import Sequential
+
+
+class Projection(Module):
+    """The shortcut of a block that changes the shape: ``bn(conv(x))``, ``conv`` 1x1 with the
+    block's stride and no bias. Shapes: ``(N, C_in, H, W)`` -> ``(N, C_out, H / s, W / s)``."""
+
+    def __init__(self, bk, in_channels, out_channels, stride):
+        super().__init__(bk)
+        self.children["conv"] = Conv2d(bk, in_channels, out_channels, 1, stride=stride, bias=False)
+        self.children["bn"] = BatchNorm2d(bk, out_channels)
+
+    def forward(self, x):
+        return self.children["bn"].forward(self.children["conv"].forward(x))
+
+    def backward(self, delta, input_grad=True):
+        return self.children["conv"].backward(self.children["bn"].backward(delta), input_grad)
 
 
 class BasicBlock(Module):
@@ -12,8 +27,8 @@ class BasicBlock(Module):
     Children, in forward order: ``conv1`` (3x3, ``stride``, padding 1), ``bn1``, ``act1``,
     ``conv2`` (3x3, padding 1), ``bn2``, ``shortcut`` and ``act2`` (``activation``: a name of
     ``ACTIVATIONS``, ReLU in ResNets). The shortcut is the identity
-    (no child) when the shape is kept, else a projection ``Sequential`` of ``conv`` (1x1,
-    ``stride``) and ``bn``. Convolutions have no bias: batch norm follows each.
+    (no child) when the shape is kept, else a :class:`Projection` (``conv`` 1x1 with ``stride``,
+    then ``bn``). Convolutions have no bias: batch norm follows each.
 
     Shapes: ``x`` ``(N, C_in, H, W)`` -> ``y`` ``(N, C_out, H / stride, W / stride)``.
 
@@ -35,9 +50,7 @@ class BasicBlock(Module):
         c["conv2"] = Conv2d(bk, out_channels, out_channels, 3, padding=1, bias=False, noise=noise)
         c["bn2"] = BatchNorm2d(bk, out_channels)
         if stride != 1 or in_channels != out_channels:
-            c["shortcut"] = Sequential(bk, [
-                ("conv", Conv2d(bk, in_channels, out_channels, 1, stride=stride, bias=False)),
-                ("bn", BatchNorm2d(bk, out_channels))])
+            c["shortcut"] = Projection(bk, in_channels, out_channels, stride)
         c["act2"] = ACTIVATIONS[activation](bk)
         self.main = [c[name] for name in ("conv1", "bn1", "act1", "conv2", "bn2")]
 
