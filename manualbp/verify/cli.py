@@ -12,6 +12,7 @@ import sys
 import numpy
 
 from ..backend import get_backend
+from ..model import evaluating
 from .compare import FRAMEWORKS, FrameworkMissing, verify_model
 from .models import zoo_models
 from .walk import ConversionError
@@ -21,7 +22,8 @@ def random_batch(model, batch, seed):
     """A batch of uniform [0, 1) inputs of the model's input shape and random labels."""
     rng = numpy.random.default_rng(seed)
     x = rng.random((batch,) + model.input_shape)
-    classes = model.forward(model.bk.asarray(x)).shape[1]
+    with evaluating(model, noise=False):                   # leaves running statistics alone
+        classes = model.forward(model.bk.asarray(x)).shape[1]
     return x, rng.integers(0, classes, batch)
 
 
