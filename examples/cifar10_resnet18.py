@@ -4,7 +4,7 @@ batch 128, 50 epochs (Table 1), on all 60,000 images split 4:1:1, with random cr
 padding) and horizontal flips.
 
     python examples/cifar10_resnet18.py --backend cupy --out runs/cifar10
-    python examples/cifar10_resnet18.py --variant resnet18-an --epochs 1 --limit-batches 5   # CPU
+    python examples/cifar10_resnet18.py --variant resnet18-an --epochs 1 --limit-batches 5 --limit-eval 500   # CPU
 
 Writes OUT/metrics.json (per variant: test accuracy with noise at evaluation on and off,
 per-epoch history, seconds per epoch, learned sigma per layer) and prints a table.
@@ -27,6 +27,9 @@ def main(argv=None):
                                        RESNET18_VARIANTS, preset="cifar10", datasets=("cifar10",))
     parser.add_argument("--limit-batches", type=int, default=None,
                         help="train on only this many batches per epoch (quick CPU runs)")
+    parser.add_argument("--limit-eval", type=int, default=None,
+                        help="evaluate on only this many validation and test images (quick CPU runs)")
+    parser.add_argument("--eval-batch-size", type=int, default=250)
     parser.add_argument("--width", type=int, default=64, help="channels of the first stage")
     parser.add_argument("--no-augment", dest="augment", action="store_false")
     args = parser.parse_args(argv)

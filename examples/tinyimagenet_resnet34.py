@@ -4,7 +4,7 @@ momentum 0.9, weight decay 5e-4, lr x0.8 every 20 epochs), batch 128, 80 epochs 
 110,000 labelled images split 10:1:1, with random crops (4-pixel padding) and horizontal flips.
 
     python examples/tinyimagenet_resnet34.py --backend cupy --out runs/tiny-imagenet
-    python examples/tinyimagenet_resnet34.py --variant resnet34-an --epochs 1 --limit-batches 2   # CPU
+    python examples/tinyimagenet_resnet34.py --variant resnet34-an --epochs 1 --limit-batches 2 --limit-eval 200   # CPU
 
 Writes OUT/metrics.json (per variant: test accuracy with noise at evaluation on and off,
 per-epoch history, seconds per epoch, learned sigma per layer) and prints a table.
@@ -28,6 +28,9 @@ def main(argv=None):
                                        datasets=("tiny-imagenet",))
     parser.add_argument("--limit-batches", type=int, default=None,
                         help="train on only this many batches per epoch (quick CPU runs)")
+    parser.add_argument("--limit-eval", type=int, default=None,
+                        help="evaluate on only this many validation and test images (quick CPU runs)")
+    parser.add_argument("--eval-batch-size", type=int, default=250)
     parser.add_argument("--width", type=int, default=64, help="channels of the first stage")
     parser.add_argument("--no-augment", dest="augment", action="store_false")
     args = parser.parse_args(argv)

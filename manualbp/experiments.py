@@ -82,7 +82,7 @@ def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=Non
     optimizers, schedule = make_optimizers(model, **vars(args))
     trainer = Trainer(model, optimizers, schedule, batch_size=args.batch_size, seed=args.seed,
                       augment=augment, limit_batches=getattr(args, "limit_batches", None),
-                      progress=args.progress)
+                      eval_batch_size=getattr(args, "eval_batch_size", 1000), progress=args.progress)
     path = None
     if checkpoint_dir:
         path = os.path.join(checkpoint_dir, f"{variant}-{activation}.npz" if activation else f"{variant}.npz")
@@ -133,6 +133,9 @@ def run(args, build, variants, activations=(None,), augment=None):
     ``augment``: optional ``f(x_batch, backend)`` applied to training batches."""
     bk = get_backend(args.backend, args.dtype, args.seed)
     splits = load_splits(bk, args.dataset, args.data_dir, args.seed)
+    limit = getattr(args, "limit_eval", None)
+    if limit:                                   # quick runs: a random subset of val and test
+        splits = {k: (v if k == "train" else (v[0][:limit], v[1][:limit])) for k, v in splits.items()}
     chosen = list(variants) if args.variant == "all" else [args.variant]
     if activations != (None,):
         activations = list(activations) if args.activation == "both" else [args.activation]

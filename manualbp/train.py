@@ -24,17 +24,20 @@ class Trainer:
     batch_size, seed : mini-batch size; seed of shuffling and noise (see module docstring).
     augment : optional ``f(x_batch, backend) -> x_batch`` applied to training batches.
     limit_batches : stop each training epoch after this many batches (quick runs).
+    eval_batch_size : batch size of :meth:`evaluate` (convolutional networks keep per-layer
+        buffers of this size).
     progress : show a progress bar per epoch.
     """
 
     def __init__(self, model, optimizers, schedule=None, batch_size=128, seed=0, augment=None,
-                 limit_batches=None, progress=True):
+                 limit_batches=None, eval_batch_size=1000, progress=True):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model, self.bk = model, model.bk
         self.optimizers = [o for o in optimizers if o is not None]
         self.schedule, self.batch_size, self.seed = schedule, int(batch_size), seed
         self.augment, self.limit_batches, self.progress = augment, limit_batches, progress
+        self.eval_batch_size = int(eval_batch_size)
         self.loss = SoftmaxCrossEntropy(self.bk)
         self.history = []
 
@@ -69,10 +72,11 @@ class Trainer:
             total = total + self.step(xb, y[idx])
         return self.bk.scalar(total) / len(batches)
 
-    def evaluate(self, x, y, noise=None, batch_size=1000):
+    def evaluate(self, x, y, noise=None, batch_size=None):
         """``(mean loss, accuracy)`` on ``(x, y)`` in evaluation mode; ``noise`` as in
         :func:`manualbp.model.evaluating` (``None``: each noise layer's own ``eval_noise``)."""
         total_loss, correct = 0.0, 0
+        batch_size = batch_size or self.eval_batch_size
         with evaluating(self.model, noise):
             for i in range(0, len(x), batch_size):
                 logits = self.model.forward(x[i:i + batch_size])

@@ -320,9 +320,12 @@ def test_example_smoke(tmp_path, monkeypatch, example, dataset, variant):
     out = tmp_path / "out"
     metrics = load_example(example).main([
         "--data-dir", str(data), "--epochs", "1", "--limit-batches", "2", "--batch-size", "8",
-        "--width", "4", "--variant", variant, "--out", str(out), "--no-progress"])
+        "--width", "4", "--variant", variant, "--out", str(out), "--no-progress",
+        "--limit-eval", "3", "--eval-batch-size", "2"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["dataset"] == dataset and saved["epochs"] == 1
+    limited = 3 if dataset == "cifar10" else 1                  # --limit-eval 3; Tiny: 12 / 1 / 1
+    assert saved["split_sizes"]["val"] == saved["split_sizes"]["test"] == limited
     names = [r["variant"] for r in saved["results"]]
     assert names == ([f"resnet18{s}" for s in ("", "-mlp+", "-a+", "-mlpn", "-an")]
                      if variant == "all" else [variant])
