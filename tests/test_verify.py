@@ -15,18 +15,20 @@ from manualbp.verify import RULES, ConversionError, register, verify_model
 from manualbp.verify.cli import main, random_batch
 from manualbp.verify.models import zoo_models
 
-MODELS = zoo_models()
+MODELS = zoo_models(resnet_width=4)                    # the ResNets' structure, at low cost
 
 
 def build(name, dtype="float64", seed=0):
     bk = get_backend("numpy", dtype, seed)
     model = MODELS[name](bk)
-    return model, *random_batch(model, 4, seed)
+    return model, *random_batch(model, 2 if name.startswith("resnet") else 4, seed)
 
 
-def test_zoo_has_mlp_and_cnn_variants():
+def test_zoo_has_every_variant():
     assert {"mlp-relu", "mlp+-sigmoid", "mlpn-relu", "mlpn-sigmoid"} <= set(MODELS)
     assert {"cnn", "cnn-mlp+", "cnn-a+", "cnn-mlpn", "cnn-an"} <= set(MODELS)
+    assert {"resnet18", "resnet18-mlp+", "resnet18-a+", "resnet18-mlpn", "resnet18-an",
+            "resnet34", "resnet34-an"} <= set(MODELS)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -140,7 +142,7 @@ def test_missing_jax_is_a_clear_error(monkeypatch, capsys):
     assert "needs jax" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["mlpn-sigmoid", "cnn-an"])
+@pytest.mark.parametrize("name", ["mlpn-sigmoid", "cnn-an", "resnet18-an"])
 def test_jax_agrees_where_installed(name):
     pytest.importorskip("jax")
     model, x, y = build(name)

@@ -37,13 +37,15 @@ def parse_args(argv, models):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rtol", type=float, default=None, help="default: 1e-9 (float64), 1e-4 (float32)")
     parser.add_argument("--atol", type=float, default=None, help="default: 1e-13 (float64), 1e-7 (float32)")
+    parser.add_argument("--resnet-width", type=int, default=64,
+                        help="channels of the ResNets' first stage (64 in the paper)")
     parser.add_argument("--json", default=None, help="also write the reports to this file")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
-    models = zoo_models()
-    args = parse_args(argv, models)
+    args = parse_args(argv, zoo_models())
+    models = zoo_models(args.resnet_width)
     names = list(models) if args.model == "all" else [args.model]
     reports = []
     for name in names:

@@ -10,6 +10,11 @@ def sequential(w, m, x, path):
     return x
 
 
+def projection(w, m, x, path):
+    """``Projection`` (a residual shortcut that changes the shape): ``bn(conv(x))``."""
+    return w.child(m, "bn", w.child(m, "conv", x, path), path)
+
+
 def basic_block(w, m, x, path):
     """``BasicBlock``: ``act2(main(x) + shortcut(x))``, the shortcut the identity when absent."""
     out = x
@@ -21,4 +26,5 @@ def basic_block(w, m, x, path):
 
 for framework in RULES:
     register(framework, "Sequential")(sequential)
+    register(framework, "Projection")(projection)
     register(framework, "BasicBlock")(basic_block)
