@@ -3,9 +3,10 @@
     python examples/mnist_mlp.py --dataset fashion-mnist --out runs/mlp        # checkpoints
     python examples/saliency.py --checkpoints runs/mlp/checkpoints --out runs/saliency
 
-Loads OUT/checkpoints/<variant>-<activation>.npz (MLP) or <variant>.npz (CNN) as written by the
-training examples; a variant without a checkpoint is trained here for --epochs epochs. Picks the
-first --images test images that every model classifies correctly (or, failing that, that most
+Families: mlp and cnn (Fashion-MNIST / MNIST), resnet18 (CIFAR-10), resnet34 (Tiny-ImageNet, the
+paper's figure). Loads OUT/checkpoints/<variant>-<activation>.npz (MLP) or <variant>.npz as
+written by the training examples; a variant without a checkpoint is trained here for --epochs
+epochs. Picks the first --images test images that every model classifies correctly (or, failing that, that most
 models do) and writes OUT/saliency.png (image, then one map per model: the mean squared
 gradient of the true class score over 25 noisy copies, noise 0.15 of the image's range) and
 OUT/saliency.json.
@@ -20,7 +21,14 @@ from manualbp.plots import saliency_grid
 from manualbp.saliency import smoothgrad
 from manualbp.train import Trainer
 
-FAMILIES = {"mlp": zoo.MLP_VARIANTS, "cnn": zoo.CNN_VARIANTS}
+#: family -> (variants, builder(bk, variant, activation), default dataset)
+FAMILIES = {
+    "mlp": (zoo.MLP_VARIANTS, lambda bk, v, a: zoo.mlp(bk, v, a), "fashion-mnist"),
+    "cnn": (zoo.CNN_VARIANTS, lambda bk, v, a: zoo.cnn(bk, v), "fashion-mnist"),
+    "resnet18": (zoo.RESNET18_VARIANTS, lambda bk, v, a: zoo.resnet18(bk, v, "cifar10"), "cifar10"),
+    "resnet34": (zoo.RESNET34_VARIANTS, lambda bk, v, a: zoo.resnet34(bk, v, "tiny-imagenet"),
+                 "tiny-imagenet"),
+}
 
 
 def parse_args(argv=None):
@@ -28,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--family", choices=list(FAMILIES), default="mlp")
     p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="MLP only")
     p.add_argument("--checkpoints", default=None, help="directory of the training example's checkpoints")
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="fashion-mnist")
+    p.add_argument("--dataset", choices=list(experiments.SPLITS), default=None,
+                   help="default: fashion-mnist (mlp, cnn), cifar10 (resnet18), tiny-imagenet (resnet34)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--samples", type=int, default=25, help="noisy copies per image (n of Eq. 8)")
@@ -38,19 +47,15 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/saliency")
-    return p.parse_args(argv)
-
-
-def build(bk, family, variant, activation):
-    if family == "mlp":
-        return zoo.mlp(bk, variant, activation)
-    return zoo.cnn(bk, variant)
+    args = p.parse_args(argv)
+    args.dataset = args.dataset or FAMILIES[args.family][2]
+    return args
 
 
 def load_or_train(bk, args, variant, splits):
     """The trained model of ``variant``: from its checkpoint if there is one, else trained now."""
     bk.seed([args.seed, 0xC0DE])
-    model = build(bk, args.family, variant, args.activation)
+    model = FAMILIES[args.family][1](bk, variant, args.activation)
     name = f"{variant}-{args.activation}" if args.family == "mlp" else variant
     path = os.path.join(args.checkpoints, f"{name}.npz") if args.checkpoints else None
     if path and os.path.exists(path):
@@ -83,9 +88,10 @@ def main(argv=None):
     args = parse_args(argv)
     bk = get_backend(args.backend, "float32", args.seed)
     splits = experiments.load_splits(bk, args.dataset, args.data_dir, args.seed)
-    if args.family == "cnn":
-        splits = {k: (x.reshape(-1, 1, 28, 28), y) for k, (x, y) in splits.items()}
-    models = {v.upper(): load_or_train(bk, args, v, splits) for v in FAMILIES[args.family]}
+    variants, build, _ = FAMILIES[args.family]
+    shape = build(bk, next(iter(variants)), args.activation).input_shape
+    splits = {k: (x.reshape((-1,) + shape), y) for k, (x, y) in splits.items()}   # flat MNIST rows
+    models = {v.upper(): load_or_train(bk, args, v, splits) for v in variants}
     x_test, y_test = splits["test"]
     index, correct = pick_images(models, x_test[:1000], y_test[:1000], args.images)
     x, y = x_test[index], y_test[index]

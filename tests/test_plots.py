@@ -13,6 +13,7 @@ from manualbp.estimators import estimate_sigma_gradient, small_problem
 from manualbp.layers import Linear, SoftmaxCrossEntropy
 from manualbp.model import Sequential
 from manualbp.saliency import score_gradient, smoothgrad
+from manualbp.train import Trainer
 
 
 def pixels(path, ncols, nrows, panel):
@@ -138,7 +139,9 @@ def test_adversarial_grid_with_inline_fgsm(tmp_path):
         plots.adversarial_grid(x, adv[:4], str(tmp_path / "bad.png"))
 
 
-def test_saliency_example_trains_when_there_is_no_checkpoint(tmp_path, monkeypatch):
+@pytest.fixture
+def saliency_example(monkeypatch):
+    """examples/saliency.py with a tiny flat (MNIST-like) data set in place of the real one."""
     def tiny_splits(bk, dataset, data_dir=None, seed=0):
         gen = np.random.default_rng(seed)
         x = gen.random((96, 784))
@@ -151,8 +154,24 @@ def test_saliency_example_trains_when_there_is_no_checkpoint(tmp_path, monkeypat
         "saliency_example", Path(__file__).resolve().parents[1] / "examples" / "saliency.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    path = example.main(["--out", str(tmp_path), "--images", "2", "--epochs", "3", "--samples", "3"])
+    return example
+
+
+def test_saliency_example_trains_when_there_is_no_checkpoint(tmp_path, saliency_example):
+    path = saliency_example.main(["--out", str(tmp_path), "--images", "2", "--epochs", "3", "--samples", "3"])
     pixels(path, 4, 2, (plots.TILE, plots.TILE))        # image + MLP, MLP+, MLPN
     info = json.loads((tmp_path / "saliency.json").read_text())
     assert info["models"] == ["MLP", "MLP+", "MLPN"] and len(info["test_indices"]) == 2
     assert all(0 <= c <= 3 for c in info["models_correct"])
+
+
+def test_saliency_example_loads_checkpoints_of_cnn_variants(tmp_path, saliency_example):
+    """Checkpoints as the runner writes them (``<variant>.npz``); images reshaped to (1, 28, 28)."""
+    bk = get_backend("numpy", "float32", 0)
+    for variant in zoo.CNN_VARIANTS:
+        model = zoo.cnn(bk, variant)
+        Trainer(model, experiments.make_optimizers(model)[0], progress=False).save(
+            str(tmp_path / "checkpoints" / f"{variant}.npz"))
+    path = saliency_example.main(["--family", "cnn", "--checkpoints", str(tmp_path / "checkpoints"),
+                                  "--out", str(tmp_path), "--images", "1", "--samples", "2"])
+    pixels(path, 6, 1, (plots.TILE, plots.TILE))        # image + five CNN variants
