@@ -2,8 +2,8 @@
 
     python examples/unbiasedness.py --out runs/unbiasedness
 
-On a small MLPN (8-6-4-3, four samples, noise levels drawn per neuron) every d E[L] / d sigma_i is
-estimated three ways over independent noise draws: central finite differences with common
+On a small MLPN (8-6-4-3, four samples, noise levels drawn per neuron; --family cnn: a small CNN-AN
+with noise on every feature-map element) every d E[L] / d sigma_i is estimated three ways over independent noise draws: central finite differences with common
 random numbers, the mean of the pathwise estimates delta * eps (Eq. 3), and the likelihood-ratio
 estimator L (eps^2 - 1) / sigma. Writes OUT/unbiasedness.md (table), OUT/unbiasedness.json and
 OUT/unbiasedness.png (means with confidence intervals; variance per draw).
@@ -22,8 +22,10 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/unbiasedness")
     p.add_argument("--draws", type=int, default=100000, help="noise draws per estimator")
     p.add_argument("--group-size", type=int, default=1000, help="draws per forward pass")
+    p.add_argument("--family", choices=["mlp", "cnn"], default="mlp",
+                   help="mlp: an MLPN of --sizes; cnn: a small CNN-AN (noise on feature maps)")
     p.add_argument("--sizes", default="8,6,4,3", help="layer sizes of the MLPN")
-    p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu")
+    p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="MLP only")
     p.add_argument("--samples", type=int, default=4, help="inputs in the batch")
     p.add_argument("--h", type=float, default=1e-3, help="finite-difference step")
     p.add_argument("--level", type=float, default=0.99, help="confidence level")
@@ -34,7 +36,8 @@ def parse_args(argv=None):
 
 def markdown(result, args):
     level = f"{result['level']:.0%}"
-    lines = [f"d E[L] / d sigma on an MLPN {args.sizes} ({args.activation}), {args.samples} samples, "
+    model = f"an MLPN {args.sizes} ({args.activation})" if args.family == "mlp" else "a 1x4x4 CNN-AN"
+    lines = [f"d E[L] / d sigma on {model}, {args.samples} samples, "
              f"{args.draws} draws per estimator; mean +- {level} interval; z = (estimate - FD) / "
              "combined standard error.", "",
              "| sigma | value | finite diff. (CRN) | pathwise, Eq. (3) | z | likelihood ratio | z "
@@ -56,7 +59,7 @@ def main(argv=None):
     args = parse_args(argv)
     bk = get_backend(args.backend, "float64", args.seed)
     sizes = tuple(int(s) for s in args.sizes.split(","))
-    model, x, y = small_problem(bk, sizes, args.activation, args.samples)
+    model, x, y = small_problem(bk, args.family, sizes, args.activation, args.samples)
     result = compare_estimators(model, x, y, args.draws, args.group_size, args.h, args.seed, args.level)
     os.makedirs(args.out, exist_ok=True)
     table = markdown(result, args)

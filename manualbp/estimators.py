@@ -22,6 +22,7 @@ Use a float64 backend for the finite differences.
 import math
 from dataclasses import dataclass
 
+from . import zoo
 from .layers import SoftmaxCrossEntropy
 from .model import held_noise, noise_layers
 
@@ -175,15 +176,24 @@ def estimate_sigma_gradient(model, x, y, method="pathwise", draws=10000, group_s
     return Estimate(method, sigma_names(model), bk.to_host(xp.stack(rows)), group_size)
 
 
-def small_problem(bk, sizes=(8, 6, 4, 3), activation="relu", samples=4, sigma_range=(0.3, 1.2)):
-    """A small MLPN, a batch of ``samples`` standard normal inputs with random labels, and noise
-    levels drawn uniformly from ``sigma_range`` (so they differ per neuron): ``(model, x, y)``."""
-    from .zoo import mlp
-    model = mlp(bk, "mlpn", activation, sizes=sizes)
+def small_problem(bk, family="mlp", sizes=(8, 6, 4, 3), activation="relu", samples=4,
+                  sigma_range=(0.3, 1.2)):
+    """A small model with learned noise, a batch of ``samples`` inputs with random labels, and
+    noise levels drawn uniformly from ``sigma_range`` (so they differ per neuron):
+    ``(model, x, y)``. ``family="mlp"``: an MLPN of layer ``sizes`` (standard normal inputs);
+    ``"cnn"``: a CNN-AN on 1x4x4 images (one channel per convolution, 3 hidden units, 3 classes:
+    16 + 4 noise levels on the feature maps, 3 on the dense layer; uniform [0, 1) pixels)."""
+    if family == "mlp":
+        model, x = zoo.mlp(bk, "mlpn", activation, sizes=sizes), bk.normal((samples, sizes[0]))
+    elif family == "cnn":
+        model = zoo.cnn(bk, "cnn-an", input_shape=(1, 4, 4), channels=(1, 1), hidden=3, classes=3)
+        x = bk.uniform(0, 1, (samples, 1, 4, 4))
+    else:
+        raise ValueError(f"unknown family {family!r}: expected 'mlp' or 'cnn'")
     for _, layer in learned_sigmas(model):
         layer.params["sigma"][...] = bk.uniform(*sigma_range, layer.params["sigma"].shape)
-    x = bk.normal((samples, sizes[0]))
-    y = (bk.uniform(0, sizes[-1], (samples,)) // 1).astype("int64")
+    classes = model.forward(x).shape[1]
+    y = (bk.uniform(0, classes, (samples,)) // 1).astype("int64")
     return model, x, y
 
 

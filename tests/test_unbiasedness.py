@@ -53,11 +53,7 @@ def test_finite_differences_track_the_pathwise_estimate_draw_by_draw():
 def test_cnn_noise_on_feature_maps():
     """Theorem 2 for the noise of the CNN (one sigma per feature-map element, Fig. 1 right)."""
     bk = get_backend("numpy", "float64", 0)
-    model = zoo.cnn(bk, "cnn-an", input_shape=(1, 4, 4), channels=(1, 1), hidden=3, classes=2)
-    for name, layer in model.modules():
-        if "sigma" in layer.params:
-            layer.params["sigma"][...] = bk.uniform(0.3, 1.2, layer.params["sigma"].shape)
-    x, y = bk.uniform(0, 1, (3, 1, 4, 4)), bk.asarray([0, 1, 1], dtype="int64")
+    model, x, y = small_problem(bk, "cnn", samples=3)
     pw = estimate_sigma_gradient(model, x, y, "pathwise", 4000, 200, seed=1)
     fd = estimate_sigma_gradient(model, x, y, "finite_difference", 4000, 200, seed=1)
     assert len(pw.names) == 16 + 4 + 3 and pw.names[0] == "conv1.noise.sigma[0]"
@@ -89,3 +85,5 @@ def test_example_writes_table_json_and_figure(tmp_path):
     data = json.loads((tmp_path / "unbiasedness.json").read_text())
     assert set(data["estimates"]) == set(METHODS) and data["estimates"]["pathwise"]["draws"] == 400
     assert (tmp_path / "unbiasedness.png").stat().st_size > 10000
+    example.main(["--family", "cnn", "--out", str(tmp_path / "cnn"), "--draws", "200", "--group-size", "100"])
+    assert "| conv2.noise.sigma[3] |" in (tmp_path / "cnn" / "unbiasedness.md").read_text()
