@@ -9,8 +9,6 @@ import argparse
 import json
 import sys
 
-import numpy
-
 from ..backend import get_backend
 from ..model import evaluating
 from .compare import FRAMEWORKS, FrameworkMissing, verify_model
@@ -20,11 +18,12 @@ from .walk import ConversionError
 
 def random_batch(model, batch, seed):
     """A batch of uniform [0, 1) inputs of the model's input shape and random labels."""
-    rng = numpy.random.default_rng(seed)
-    x = rng.random((batch,) + model.input_shape)
+    bk = model.bk
+    bk.seed(seed)
+    x = bk.uniform(0, 1, (batch,) + model.input_shape)
     with evaluating(model, noise=False):                   # leaves running statistics alone
-        classes = model.forward(model.bk.asarray(x)).shape[1]
-    return x, rng.integers(0, classes, batch)
+        classes = model.forward(x).shape[1]
+    return x, (bk.uniform(0, classes, (batch,)) // 1).astype("int64")
 
 
 def parse_args(argv, models):

@@ -3,8 +3,6 @@ the logits, the loss, every parameter gradient and the input gradient."""
 import importlib
 from dataclasses import dataclass, field
 
-import numpy
-
 from ..layers import SoftmaxCrossEntropy
 from ..model import noise_layers
 
@@ -83,11 +81,11 @@ def load_framework(against):
 def compare(name, ours, theirs, rtol, atol):
     """A :class:`Row`: ``max|a - b|`` and ``max|a - b| / max(1e-30, max(|a| + |b|))`` (the
     relative error of :mod:`manualbp.gradcheck`, scaled by the largest entry)."""
-    a, b = numpy.asarray(ours, dtype="float64"), numpy.asarray(theirs, dtype="float64")
+    a, b = ours.astype("float64"), theirs.astype("float64")          # host arrays
     if a.shape != b.shape:
         return Row(name, a.shape, float("inf"), float("inf"), False)
-    diff = float(numpy.abs(a - b).max()) if a.size else 0.0
-    scale = float((numpy.abs(a) + numpy.abs(b)).max()) if a.size else 0.0
+    diff = float(abs(a - b).max()) if a.size else 0.0
+    scale = float((abs(a) + abs(b)).max()) if a.size else 0.0
     rel = diff / max(1e-30, scale)
     return Row(name, a.shape, diff, rel, rel <= rtol or diff <= atol)
 
