@@ -55,7 +55,7 @@ CNN_VARIANTS = {"cnn": ("off", "off"), "cnn-mlp+": ("off", "fixed"), "cnn-a+": (
 
 
 def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden=128, classes=10,
-        sigma0=1.0, eval_noise=None, conv_mean=True, **noise_options):
+        sigma0=1.0, eval_noise=None, conv_mean=True, relu_first=False, **noise_options):
     """The paper's MNIST CNN: ``conv1`` (3x3, 32, padding 1) -> ReLU -> 2x2 max-pool ->
     ``conv2`` (3x3, 64, padding 1) -> ReLU -> 2x2 max-pool -> flatten -> ``fc1`` (128) -> ReLU ->
     ``fc2`` (10). The flattened size comes from the shapes: ``64 * 7 * 7 = 3136`` for 28x28
@@ -74,6 +74,13 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     both would only duplicate parameters). Fixed noise (the "+" variants) has no mean: those
     convolutions keep their bias. ``noise_options`` (``abs_sigma``, ``learn_mean`` for the dense
     layer) go to every :class:`GaussianNoise`.
+
+    Layer order: ReLU and 2x2 max-pooling commute exactly, values and gradients alike: ``max``
+    of ``relu`` is ``relu`` of ``max`` (ReLU is non-decreasing), and in both orders a window's
+    gradient reaches its first maximum when that maximum is positive and nothing otherwise (ties
+    included). So the builder pools first (``conv1, pool1, act1, ...``) and the ReLU works on a
+    quarter of the numbers; ``relu_first=True`` builds the literal order (``conv1, act1,
+    pool1, ...``), which gives the same outputs and gradients bit for bit.
     """
     from .layers import Conv2d, Flatten, MaxPool2d, ReLU
 
@@ -88,7 +95,8 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
         noise = noise_for(bk, out_shape, conv_mode, sigma0, eval_noise, **options)
         conv = Conv2d(bk, shape[0], out_channels, 3, padding=1, bias=not mean, noise=noise)
         pool = MaxPool2d(bk, 2)
-        layers += [(f"conv{i}", conv), (f"act{i}", ReLU(bk)), (f"pool{i}", pool)]
+        pair = [(f"act{i}", ReLU(bk)), (f"pool{i}", pool)]
+        layers += [(f"conv{i}", conv)] + (pair if relu_first else pair[::-1])
         shape = pool.output_shape(out_shape)
     flatten = Flatten(bk)
     (features,) = flatten.output_shape(shape)

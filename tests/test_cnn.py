@@ -33,7 +33,7 @@ CONV_MEAN = {"conv1.noise.mu": (32, 28, 28), "conv2.noise.mu": (64, 14, 14)}
 def test_variants(variant, params, buffers):
     bk = get_backend("numpy", "float32", 0)
     model = cnn(bk, variant)
-    assert list(model.children) == ["conv1", "act1", "pool1", "conv2", "act2", "pool2", "flatten",
+    assert list(model.children) == ["conv1", "pool1", "act1", "conv2", "pool2", "act2", "flatten",
                                     "fc1", "act3", "fc2"]
     assert {k: tuple(v.shape) for k, v in model.named_parameters().items()} == params
     assert {k: tuple(v.shape) for k, v in model.named_buffers().items()} == buffers
@@ -64,6 +64,31 @@ def test_options_and_errors():
         model.forward(bk.asarray(np.zeros((2, 784))))
     with pytest.raises(ValueError, match=r"model input must have shape \(N, 1, 28, 28\)"):
         model.forward(bk.asarray(np.zeros((2, 3, 28, 28))))
+
+
+@pytest.mark.parametrize("variant", ["cnn", "cnn-a+", "cnn-an"])
+def test_pooling_before_relu_is_exact(variant):
+    """ReLU and max-pooling commute: the default order (pool, then ReLU) and the literal one
+    (ReLU, then pool) give the same logits and gradients bit for bit -- ties included: constant
+    image regions make every 2x2 window of the first feature map a tie."""
+    results = []
+    for relu_first in (False, True):
+        bk = get_backend("numpy", "float32", 5)
+        model = cnn(bk, variant, relu_first=relu_first)
+        x = np.zeros((6, 1, 28, 28), np.float32)
+        x[:, :, 8:20, 6:22] = np.random.default_rng(6).random((6, 1, 12, 16))
+        loss = SoftmaxCrossEntropy(bk)
+        bk.seed(7)
+        logits = model.forward(x)
+        loss.forward(logits, np.arange(6) % 10)
+        dx = model.backward(loss.backward())
+        results.append((logits.copy(), dx.copy(), {k: g.copy() for k, g in model.named_gradients().items()}))
+    (l0, dx0, g0), (l1, dx1, g1) = results
+    np.testing.assert_array_equal(l0, l1)
+    np.testing.assert_array_equal(dx0, dx1)
+    assert g0.keys() == g1.keys()
+    for k in g0:
+        np.testing.assert_array_equal(g0[k], g1[k], err_msg=k)
 
 
 # --- gradient checks -------------------------------------------------------------------------
@@ -106,7 +131,8 @@ def test_full_size_cnn_an_directional(bk64):
 # --- PyTorch parity ----------------------------------------------------------------------------
 
 def torch_cnn(torch, params, eps, x):
-    """The CNN in torch: conv (+ sigma * eps + mu) -> ReLU -> max-pool, twice; flatten; dense."""
+    """The CNN in torch, in the literal order: conv (+ sigma * eps + mu) -> ReLU -> max-pool,
+    twice; flatten; dense."""
     F = torch.nn.functional
     h = x
     for i in (1, 2):

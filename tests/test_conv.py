@@ -3,6 +3,8 @@ convolution), float64 finite-difference checks of every gradient of Conv2d (with
 bias, with a noise child on the feature map), output shapes for arbitrary geometries
 (hypothesis), and clear errors for bad input.
 """
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -87,8 +89,9 @@ def test_col2im_accepts_any_output_layout():
 
 @pytest.mark.parametrize("c_in, c_out, kernel, stride, padding, hw", GEOMETRIES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_conv_matches_naive_convolution(bk64, c_in, c_out, kernel, stride, padding, hw, bias):
-    conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias)
+@pytest.mark.parametrize("order", Conv2d.COLUMN_ORDERS)
+def test_conv_matches_naive_convolution(bk64, c_in, c_out, kernel, stride, padding, hw, bias, order):
+    conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias, column_order=order)
     x = bk64.asarray(host_normal(5, (3, c_in, *hw)))
     expected = conv2d_naive(x, conv.params["weight"], conv.params.get("bias"), stride, padding, xp=bk64.xp)
     got = conv.forward(x)
@@ -108,8 +111,9 @@ def test_naive_convolution_by_hand():
 
 @pytest.mark.parametrize("c_in, c_out, kernel, stride, padding, hw", GEOMETRIES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_conv_gradients(bk64, c_in, c_out, kernel, stride, padding, hw, bias):
-    conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias)
+@pytest.mark.parametrize("order", Conv2d.COLUMN_ORDERS)
+def test_conv_gradients(bk64, c_in, c_out, kernel, stride, padding, hw, bias, order):
+    conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias, column_order=order)
     x = bk64.asarray(host_normal(6, (2, c_in, *hw)))
     errors = check_gradients(conv, x)
     assert_all_below(errors, ["weight", "input"] + (["bias"] if bias else []))
@@ -117,11 +121,12 @@ def test_conv_gradients(bk64, c_in, c_out, kernel, stride, padding, hw, bias):
 
 @pytest.mark.parametrize("learn_mean", [True, False])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_conv_with_noise_on_the_feature_map(bk64, learn_mean, bias):
+@pytest.mark.parametrize("order", Conv2d.COLUMN_ORDERS)
+def test_conv_with_noise_on_the_feature_map(bk64, learn_mean, bias, order):
     """One ``sigma`` (and ``mu``) per element of the ``(C_out, OH, OW)`` map; eps held fixed."""
     shape = Conv2d(bk64, 2, 3, (3, 2), 2, 1).output_shape((2, 7, 6))
     noise = GaussianNoise(bk64, shape, mode="learned", learn_mean=learn_mean)
-    conv = Conv2d(bk64, 2, 3, (3, 2), 2, 1, bias=bias, noise=noise)
+    conv = Conv2d(bk64, 2, 3, (3, 2), 2, 1, bias=bias, noise=noise, column_order=order)
     noise.params["sigma"][...] = bk64.asarray(np.random.default_rng(7).uniform(0.2, 1.5, shape))
     if learn_mean:
         noise.params["mu"][...] = bk64.asarray(host_normal(8, shape))
@@ -166,18 +171,53 @@ def test_first_layer_skips_the_input_gradient(bk64):
     assert full.shape == x.shape
 
 
-def test_batch_size_and_layout_changes(bk64):
-    """The column buffer is rebuilt when the input shape changes; an input in another memory
-    layout (the ``(C, N, H, W)`` layout convolutions return) gives the same result."""
-    conv = Conv2d(bk64, 2, 3, 3, 1, 1)
+@pytest.mark.parametrize("order", Conv2d.COLUMN_ORDERS)
+def test_batch_size_and_layout_changes(bk64, order):
+    """The column buffer is rebuilt when the input shape changes; inputs in other memory layouts
+    (those convolutions return, and a strided slice) give the same result; the output is a view
+    of the GEMM result in the chosen column order."""
+    conv = Conv2d(bk64, 2, 3, 3, 1, 1, column_order=order)
     for n in (4, 1, 4):
         x = host_normal(n, (n, 2, 6, 5))
         expected = conv2d_naive(x, bk64.to_host(conv.params["weight"]), bk64.to_host(conv.params["bias"]), 1, 1)
-        strided = bk64.asarray(np.ascontiguousarray(x.transpose(1, 0, 2, 3))).transpose(1, 0, 2, 3)
-        for inp in (bk64.asarray(x), strided):
-            np.testing.assert_allclose(bk64.to_host(conv.forward(inp)), expected, rtol=1e-12, atol=1e-12)
+        cnhw = bk64.asarray(np.ascontiguousarray(x.transpose(1, 0, 2, 3))).transpose(1, 0, 2, 3)
+        chwn = bk64.asarray(np.ascontiguousarray(x.transpose(1, 2, 3, 0))).transpose(3, 0, 1, 2)
+        for inp in (bk64.asarray(x), cnhw, chwn):
+            y = conv.forward(inp)
+            np.testing.assert_allclose(bk64.to_host(y), expected, rtol=1e-12, atol=1e-12)
+            axes = (1, 0, 2, 3) if order == "nhw" else (1, 2, 3, 0)
+            assert y.transpose(axes).flags.c_contiguous
     errors = check_gradients(conv, bk64.asarray(host_normal(14, (3, 2, 6, 5))))
     assert max(errors.values()) < TOL
+
+
+def test_strided_input(bk64):
+    conv = Conv2d(bk64, 2, 3, 3, 2, 1)
+    wide = host_normal(15, (2, 2, 6, 10))
+    x = bk64.asarray(wide)[:, :, :, ::2]                       # not contiguous in any order
+    expected = conv2d_naive(wide[:, :, :, ::2], bk64.to_host(conv.params["weight"]),
+                            bk64.to_host(conv.params["bias"]), 2, 1)
+    np.testing.assert_allclose(bk64.to_host(conv.forward(x)), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_threaded_blocks_give_identical_results(monkeypatch, threads):
+    """Large im2col / col2im calls split channels (or the batch, when there are fewer channels
+    than threads) over threads: the result must be bit for bit the serial one."""
+    module = importlib.import_module("manualbp.layers.im2col")   # the package exports the function
+    rng = np.random.default_rng(16)
+    cases = [((3, 5, 9, 8), 3, 1, 1), ((3, 1, 9, 8), (2, 3), 2, (1, 0)), ((2, 4, 7, 7), 3, 2, 0)]
+    serial = []
+    monkeypatch.setenv("MANUALBP_NUM_THREADS", "1")
+    for shape, k, s, p in cases:
+        x = rng.standard_normal(shape)
+        cols = im2col(x, k, s, p)
+        serial.append((x, cols, col2im(cols, shape, k, s, p)))
+    monkeypatch.setenv("MANUALBP_NUM_THREADS", threads)
+    monkeypatch.setattr(module, "PARALLEL_MIN_SIZE", 0)
+    for (shape, k, s, p), (x, cols, folded) in zip(cases, serial):
+        np.testing.assert_array_equal(im2col(x, k, s, p), cols)
+        np.testing.assert_array_equal(col2im(cols, shape, k, s, p), folded)
 
 
 def test_gradients_are_written_in_place(bk64):

@@ -187,3 +187,29 @@ def test_pool_shapes_for_any_geometry(kh, kw, sh, sw, h, w, kind):
     assert dx.shape == x.shape
     # every window passes on exactly its delta: the gradient sums to the number of windows
     assert abs(float(dx.sum()) - y.size) < 1e-9 * y.size
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_threaded_max_pool_gives_identical_results(monkeypatch, threads):
+    """Large 2x2 max-pooling splits channels (or the batch) over threads: same bits as serial,
+    in every memory layout a convolution can produce."""
+    import importlib
+    module = importlib.import_module("manualbp.layers.im2col")
+    bk = get_backend("numpy", "float32", 0)
+    base = np.random.default_rng(10).integers(0, 3, (4, 5, 8, 6)).astype(np.float32)   # ties
+    layouts = [base, np.ascontiguousarray(base.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3),
+               np.ascontiguousarray(base.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2), base[:1]]
+    delta = np.random.default_rng(11).standard_normal((4, 5, 4, 3)).astype(np.float32)
+    results = {}
+    for setting in ("1", threads):
+        monkeypatch.setenv("MANUALBP_NUM_THREADS", setting)
+        monkeypatch.setattr(module, "PARALLEL_MIN_SIZE", 0)
+        for k, x in enumerate(layouts):
+            pool = MaxPool2d(bk, 2)
+            y = pool.forward(x)
+            results.setdefault(k, []).append((y, pool.backward(delta[:len(x)])))
+    for k, ((y0, dx0), (y1, dx1)) in results.items():
+        np.testing.assert_array_equal(y0, y1)
+        np.testing.assert_array_equal(dx0, dx1)
+        np.testing.assert_array_equal(dx0, reference_max_grad(layouts[k].astype(np.float64),
+                                                              delta[:len(layouts[k])].astype(np.float64), 2, None))

@@ -24,19 +24,35 @@ class Conv2d(Module):
     -----
     Forward: ``cols = im2col(x)`` ``(K, P)``; ``v = w (C_out, K) @ cols`` ``(C_out, P)``, with the
     bias folded in as one more column of ``w`` times a row of ones in ``cols`` (``x_0 = 1`` of
-    Eq. 1). Backward (Eq. 2): ``dL/dw = delta @ cols^T`` (its last column is ``dL/db``) and
-    ``dL/dx = col2im(w^T @ delta)``.
+    Eq. 1). Backward (Eq. 2): ``dL/dw = delta @ cols^T`` (its column for the row of ones is
+    ``dL/db``) and ``dL/dx = col2im(w^T @ delta)``.
 
-    The output is returned as an ``(N, C_out, OH, OW)`` view of the ``(C_out, N, OH, OW)`` GEMM
-    result, so no transpose is ever copied: element-wise layers and pooling keep that layout,
-    the next convolution reads it directly, and the ``delta`` coming back is already in the
-    layout the weight-gradient GEMM wants. The column buffer is reused while the input shape
-    stays the same.
+    Memory layout: the output is an ``(N, C_out, OH, OW)`` *view* of the GEMM result, never a
+    transposed copy. Element-wise layers and pooling keep that layout, the next convolution
+    reads it directly, and the ``delta`` coming back is already in the layout the GEMMs want.
+    ``column_order`` picks the order of the GEMM's columns, i.e. the memory order of the output:
+
+    * ``"hwn"``: ``(C_out, OH, OW, N)``, the batch innermost. Every strided view a 2x2 pooling
+      window or a kernel offset takes is then a run of ``N`` contiguous numbers (long inner
+      loops); the default without noise.
+    * ``"nhw"``: ``(C_out, N, OH, OW)``. The default with a noise child, whose ``eps`` is drawn
+      in C order ``(N, C, H, W)``: both share contiguous ``OH x OW`` planes, while with the batch
+      innermost every noise operation would be a transpose.
+
+    The column buffer is reused while the input shape stays the same.
     """
 
+    COLUMN_ORDERS = ("nhw", "hwn")
+
     def __init__(self, bk, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 noise=None):
+                 noise=None, column_order=None):
         super().__init__(bk)
+        if column_order is None:
+            column_order = "hwn" if noise is None else "nhw"
+        if column_order not in self.COLUMN_ORDERS:
+            raise ValueError(f"unknown column_order {column_order!r}: expected one of "
+                             f"{', '.join(self.COLUMN_ORDERS)}")
+        self.column_order = column_order
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
@@ -53,11 +69,12 @@ class Conv2d(Module):
             self.children["noise"] = noise
         self._cols = None          # (K [+ 1], P) column buffer, bias row of ones at the end
         self._dcols = None         # (K, P) buffer for w^T @ delta
-        self._grad_w = None        # (C_out, K + 1) buffer for delta @ cols^T when there is a bias
+        self._grad_w = None        # (K [+ 1], C_out) buffer for cols @ delta^T
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, bias={'bias' in self.params})")
+                f"stride={self.stride}, padding={self.padding}, bias={'bias' in self.params}, "
+                f"column_order={self.column_order!r})")
 
     def output_shape(self, input_shape):
         """``(C_out, OH, OW)`` for a per-sample input shape ``(C_in, H, W)``."""
@@ -87,16 +104,31 @@ class Conv2d(Module):
         k, p, c_out = c * kh * kw, n * oh * ow, self.out_channels
         bias = "bias" in self.params
         cols = self._column_buffer(k, p, bias)
-        im2col(x, (kh, kw), (sh, sw), (ph, pw), out=cols[:k].reshape(c, kh, kw, n, oh, ow), xp=xp)
+        im2col(x, (kh, kw), (sh, sw), (ph, pw), out=self._columns(cols[:k], k, n, oh, ow).reshape(c, kh, kw, n, oh, ow), xp=xp)
         self.x_shape = tuple(x.shape)
         w = self.params["weight"].reshape(c_out, k)
         if bias:
             w = xp.concatenate([w, self.params["bias"].reshape(c_out, 1)], axis=1)
         v = xp.matmul(w, cols)                                  # (C_out, N*OH*OW), Eq. (1)
-        v = v.reshape(c_out, n, oh, ow).transpose(1, 0, 2, 3)   # (N, C_out, OH, OW) view
+        v = self._as_image(v, c_out, n, oh, ow)                 # (N, C_out, OH, OW) view
         if "noise" in self.children:
             v = self.children["noise"].forward(v)               # + z, Eq. (1)
         return v
+
+    def _columns(self, a, rows, n, oh, ow):
+        """The ``(rows, P)`` matrix ``a`` as a ``(rows, N, OH, OW)`` view (no copy)."""
+        if self.column_order == "nhw":
+            return a.reshape(rows, n, oh, ow)
+        return a.reshape(rows, oh, ow, n).transpose(0, 3, 1, 2)
+
+    def _as_image(self, a, rows, n, oh, ow):
+        """The ``(rows, P)`` matrix ``a`` as an ``(N, rows, OH, OW)`` view (no copy)."""
+        return self._columns(a, rows, n, oh, ow).transpose(1, 0, 2, 3)
+
+    def _as_matrix(self, a):
+        """An ``(N, C, OH, OW)`` array as the ``(C, P)`` matrix (a copy only if the layout differs)."""
+        axes = (1, 0, 2, 3) if self.column_order == "nhw" else (1, 2, 3, 0)
+        return a.transpose(axes).reshape(a.shape[1], -1)
 
     def backward(self, delta, input_grad=True):
         """``delta``: ``dL/dv`` ``(N, C_out, OH, OW)``; returns ``dL/dx`` (Eq. 2) or ``None``."""
@@ -108,24 +140,21 @@ class Conv2d(Module):
         kh, kw = self.kernel_size
         k = c * kh * kw
         oh, ow = delta.shape[2:]
-        d2 = delta.transpose(1, 0, 2, 3).reshape(c_out, n * oh * ow)   # free in the usual layout
-        cols = self._cols
-        grad = self.grads["weight"]
-        grad_w = grad.reshape(c_out, k) if grad.flags.c_contiguous else xp.empty((c_out, k), grad.dtype)
+        d2 = self._as_matrix(delta)                            # free in the usual layout
+        cols = self._cols                                      # (K [+ 1], P)
+        rows = cols.shape[0]
+        if self._grad_w is None or self._grad_w.shape != (rows, c_out):
+            self._grad_w = xp.empty((rows, c_out), dtype=self.bk.dtype)
+        # [dL/dw | dL/db]^T = cols delta^T in one GEMM (the bias row of ones gives dL/db); this
+        # orientation of the product is the faster one for BLAS, and the result is tiny.
+        grad_wt = xp.matmul(cols, d2.T, out=self._grad_w)
+        self.grads["weight"][...] = grad_wt[:k].T.reshape(self.grads["weight"].shape)
         if "bias" in self.params:
-            if self._grad_w is None or self._grad_w.shape != (c_out, k + 1):
-                self._grad_w = xp.empty((c_out, k + 1), dtype=self.bk.dtype)
-            xp.matmul(d2, cols.T, out=self._grad_w)            # [dL/dw | dL/db] in one GEMM
-            grad_w[...] = self._grad_w[:, :k]
-            self.grads["bias"][...] = self._grad_w[:, k]
-        else:
-            xp.matmul(d2, cols.T, out=grad_w)                  # dL/dw = delta x^T
-        if not grad.flags.c_contiguous:
-            grad[...] = grad_w.reshape(grad.shape)
+            self.grads["bias"][...] = grad_wt[k]
         if not input_grad:
             return None
         if self._dcols is None or self._dcols.shape != (k, d2.shape[1]):
             self._dcols = xp.empty((k, d2.shape[1]), dtype=self.bk.dtype)
         dcols = xp.matmul(self.params["weight"].reshape(c_out, k).T, d2, out=self._dcols)
-        return col2im(dcols.reshape(c, kh, kw, n, oh, ow), self.x_shape, self.kernel_size,
-                      self.stride, self.padding, xp=xp)
+        dcols = self._columns(dcols, k, n, oh, ow).reshape(c, kh, kw, n, oh, ow)
+        return col2im(dcols, self.x_shape, self.kernel_size, self.stride, self.padding, xp=xp)

@@ -35,7 +35,55 @@ Both functions loop only over the ``KH * KW`` kernel offsets ``(i, j)``; each it
 ``(i, j)`` sees. Where the slice would read the padding, im2col writes zeros and col2im drops
 the contribution, so no padded copy of the image is ever made. col2im is the adjoint (transpose)
 of im2col: ``<im2col(x), y> == <x, col2im(y)>``, which is exactly the backward pass of im2col.
+
+On NumPy, large im2col and col2im calls split the channels (or the batch) into one block per
+thread (:func:`parallel_blocks`): the blocks touch disjoint memory, so the result is the same
+bit for bit, only faster on several cores. ``MANUALBP_NUM_THREADS=1`` turns this off.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+
+#: Element count above which im2col, col2im and pooling split their work over threads.
+PARALLEL_MIN_SIZE = 1 << 20
+_executor = None
+
+
+def num_threads():
+    """Threads for the copy and element-wise loops of im2col, col2im and pooling on NumPy:
+    ``MANUALBP_NUM_THREADS`` if set, else the CPUs this process may run on."""
+    value = os.environ.get("MANUALBP_NUM_THREADS")
+    if value:
+        return max(1, int(value))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                                      # not on Linux
+        return os.cpu_count() or 1
+
+
+def parallel_blocks(xp, channels, batch, size, work):
+    """Call ``work(channel_slice, batch_slice)`` on blocks that together cover
+    ``channels x batch``: split over channels (or over the batch when there are fewer channels
+    than threads) and run in parallel threads on NumPy when ``size`` elements are touched
+    (NumPy releases the GIL inside copies and ufuncs, so the blocks run on separate cores).
+    Blocks write disjoint parts of the output, so the result does not depend on the split.
+    On CuPy, or for small work, one call covers everything."""
+    global _executor
+    threads = num_threads()
+    if xp.__name__ != "numpy" or threads < 2 or size < PARALLEL_MIN_SIZE:
+        work(slice(None), slice(None))
+        return
+    along_channels = channels >= threads
+    length = channels if along_channels else batch
+    bounds = [length * k // threads for k in range(threads + 1)]
+    blocks = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    if _executor is None or _executor._max_workers < threads:
+        _executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="manualbp")
+    calls = [(b, slice(None)) if along_channels else (slice(None), b) for b in blocks]
+    futures = [_executor.submit(work, *args) for args in calls[1:]]
+    work(*calls[0])
+    for f in futures:
+        f.result()
 
 
 def pair(value, name="value"):
@@ -97,8 +145,10 @@ def _offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow):
 def im2col(x, kernel_size, stride=1, padding=0, out=None, xp=None):
     """Unfold the patches of ``x`` ``(N, C, H, W)`` into ``cols`` ``(C, KH, KW, N, OH, OW)``.
 
-    ``out`` (optional): an array of that shape to write into (reused across calls by
-    :class:`~manualbp.layers.conv.Conv2d`); every entry is written. ``xp``: the array module
+    ``out`` (optional): an array of that shape to write into, in any memory layout (e.g. a
+    transposed view of a ``(C, KH, KW, OH, OW, N)`` buffer); every entry is written. When the
+    memory order of ``x`` differs from that of ``out``, ``x`` is first copied once into it, so
+    that every slice copy runs over long contiguous stretches. ``xp``: the array module
     (default: NumPy, or CuPy for a CuPy ``x``).
     """
     xp = xp or _module_of(x)
@@ -109,12 +159,17 @@ def im2col(x, kernel_size, stride=1, padding=0, out=None, xp=None):
         out = xp.empty(shape, dtype=x.dtype)
     elif tuple(out.shape) != shape:
         raise ValueError(f"im2col: out has shape {tuple(out.shape)}, expected {shape}")
-    xt = x.transpose(1, 0, 2, 3)                               # (C, N, H, W) view, no copy
-    for i, j, (r_out, c_out), (r_in, c_in) in _offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow):
-        dst = out[:, i, j]                                     # (C, N, OH, OW)
-        if r_out.stop - r_out.start < oh or c_out.stop - c_out.start < ow:
-            _zero_border(dst, r_out, c_out, oh, ow)           # patches over the padding
-        dst[:, :, r_out, c_out] = xt[:, :, r_in, c_in]
+    xt = _in_layout_of(x.transpose(1, 0, 2, 3), out[:, 0, 0], xp)   # (C, N, H, W) view
+    offsets = list(_offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow))
+
+    def unfold(cs, ns):                                        # one block of channels or samples
+        for i, j, (r_out, c_out), (r_in, c_in) in offsets:
+            dst = out[cs, i, j, ns]                            # (C, N, OH, OW)
+            if r_out.stop - r_out.start < oh or c_out.stop - c_out.start < ow:
+                _zero_border(dst, r_out, c_out, oh, ow)       # patches over the padding
+            dst[:, :, r_out, c_out] = xt[cs, ns, r_in, c_in]
+
+    parallel_blocks(xp, c, n, out.size, unfold)
     return out
 
 
@@ -132,7 +187,8 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out=None, xp=None):
     :func:`im2col`, i.e. ``dL/dx`` from ``dL/dcols``.
 
     ``out`` (optional): an ``(N, C, H, W)`` array (any layout) to write into; by default a new
-    one is allocated with the memory layout ``(C, N, H, W)``, which matches ``cols``.
+    one is allocated in the memory order of ``cols`` (``(C, N, H, W)`` for a C-contiguous
+    ``cols``).
     """
     xp = xp or _module_of(cols)
     n, c, h, w = x_shape
@@ -140,7 +196,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out=None, xp=None):
     if tuple(cols.shape) != (c, kh, kw, n, oh, ow):
         raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, expected {(c, kh, kw, n, oh, ow)}")
     if out is None:
-        out = xp.empty((c, n, h, w), dtype=cols.dtype).transpose(1, 0, 2, 3)
+        out = _empty_in_layout_of((c, n, h, w), cols[:, 0, 0], xp).transpose(1, 0, 2, 3)
     elif tuple(out.shape) != tuple(x_shape):
         raise ValueError(f"col2im: out has shape {tuple(out.shape)}, expected {tuple(x_shape)}")
     xt = out.transpose(1, 0, 2, 3)                             # (C, N, H, W) view
@@ -148,15 +204,47 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out=None, xp=None):
     # An offset whose slice covers the whole image is assigned first, saving a zero fill.
     full = [k for k, (_, _, _, (r_in, c_in)) in enumerate(offsets)
             if _covers(r_in, h) and _covers(c_in, w)]
-    if full:
-        i, j, (r_out, c_out), _ = offsets.pop(full[0])
-        xt[...] = cols[:, i, j, :, r_out, c_out]
-    else:
-        xt[...] = 0
-    for i, j, (r_out, c_out), (r_in, c_in) in offsets:
-        if r_out.stop > r_out.start and c_out.stop > c_out.start:
-            xt[:, :, r_in, c_in] += cols[:, i, j, :, r_out, c_out]
+    first = offsets.pop(full[0]) if full else None
+
+    def fold(cs, ns):                                          # one block of channels or samples
+        if first is None:
+            xt[cs, ns] = 0
+        else:
+            i, j, (r_out, c_out), _ = first
+            xt[cs, ns] = cols[cs, i, j, ns, r_out, c_out]
+        for i, j, (r_out, c_out), (r_in, c_in) in offsets:
+            if r_out.stop > r_out.start and c_out.stop > c_out.start:
+                xt[cs, ns, r_in, c_in] += cols[cs, i, j, ns, r_out, c_out]
+
+    parallel_blocks(xp, c, n, cols.size, fold)
     return out
+
+
+def _memory_order(a):
+    """Axes of ``a`` from the largest stride to the smallest (its memory order)."""
+    return sorted(range(a.ndim), key=lambda k: (-abs(a.strides[k]), k))
+
+
+def _inverse(perm):
+    inv = [0] * len(perm)
+    for k, p in enumerate(perm):
+        inv[p] = k
+    return inv
+
+
+def _empty_in_layout_of(shape, template, xp, dtype=None):
+    """A new array of ``shape`` whose memory order is that of ``template`` (same ndim)."""
+    order = _memory_order(template)
+    dtype = template.dtype if dtype is None else dtype
+    return xp.empty([shape[k] for k in order], dtype=dtype).transpose(_inverse(order))
+
+
+def _in_layout_of(a, template, xp):
+    """``a`` itself if its memory order is that of ``template``, else a copy in that order."""
+    order = _memory_order(template)
+    if a.transpose(order).flags.c_contiguous:
+        return a
+    return xp.ascontiguousarray(a.transpose(order)).transpose(_inverse(order))
 
 
 def _covers(s, size):

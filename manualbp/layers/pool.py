@@ -7,7 +7,7 @@ reaches are dropped, as PyTorch's default ``ceil_mode=False``); :class:`GlobalAv
 input (see :class:`~manualbp.layers.conv.Conv2d`), and gradients that of the ``delta``.
 """
 from .base import Module
-from .im2col import pair
+from .im2col import _empty_in_layout_of, _memory_order, pair, parallel_blocks
 
 
 def _check_4d(layer, x):
@@ -67,14 +67,7 @@ class MaxPool2d(_Pool2d):
         self.x_shape, self.x_like = tuple(x.shape), x
         self.fast = (kh, kw, sh, sw) == (2, 2, 2, 2)
         if self.fast:
-            n, c = x.shape[:2]
-            x6 = x[:, :, :2 * oh, :2 * ow].reshape(n, c, oh, 2, ow, 2)
-            a, b, c_, d = x6[:, :, :, 0, :, 0], x6[:, :, :, 0, :, 1], x6[:, :, :, 1, :, 0], x6[:, :, :, 1, :, 1]
-            self.right_top = b > a                         # ties keep the left (first) element
-            self.right_bottom = d > c_
-            top, bottom = xp.maximum(a, b), xp.maximum(c_, d)
-            self.lower = bottom > top                      # ties keep the top row
-            return xp.maximum(top, bottom, out=top)
+            return self._forward_2x2(x, oh, ow)
         out, self.argmax = None, None
         for k, view in self._windows(x, oh, ow):
             if out is None:
@@ -84,6 +77,42 @@ class MaxPool2d(_Pool2d):
                 larger = view > out                        # strictly larger: the first max wins
                 self.argmax[larger] = k
                 xp.maximum(out, view, out=out)
+        return out
+
+    def _forward_2x2(self, x, oh, ow):
+        """Windows ``a b / c d`` as four strided views; ``max(max(a, b), max(c, d))``, and the
+        one-hot masks of the first maximum for the backward pass. The masks and temporaries
+        live in buffers reused from step to step; the work is split over threads by channel."""
+        xp = self.xp
+        n, c = x.shape[:2]
+        shape = (n, c, oh, ow)
+        key = (shape, tuple(_memory_order(x)), x.dtype)
+        if getattr(self, "_key", None) != key:
+            self._key = key
+            self._bool = [_empty_in_layout_of(shape, x, xp, bool) for _ in range(7)]
+            self._low = _empty_in_layout_of(shape, x, xp)
+        m00, m01, m10, m11, right_top, right_bottom, lower = self._bool
+        self.masks = (m00, m01, m10, m11)
+        out = _empty_in_layout_of(shape, x, xp)
+        x6 = x[:, :, :2 * oh, :2 * ow].reshape(n, c, oh, 2, ow, 2)
+
+        def block(cs, ns):
+            a, b = x6[ns, cs, :, 0, :, 0], x6[ns, cs, :, 0, :, 1]
+            c_, d = x6[ns, cs, :, 1, :, 0], x6[ns, cs, :, 1, :, 1]
+            top, bottom, lo = out[ns, cs], self._low[ns, cs], lower[ns, cs]
+            rt, rb = right_top[ns, cs], right_bottom[ns, cs]
+            xp.greater(b, a, out=rt)                       # ties keep the left (first) element
+            xp.greater(d, c_, out=rb)
+            xp.maximum(a, b, out=top)
+            xp.maximum(c_, d, out=bottom)
+            xp.greater(bottom, top, out=lo)                # ties keep the top row
+            xp.logical_not(xp.logical_or(lo, rt, out=m00[ns, cs]), out=m00[ns, cs])
+            xp.greater(rt, lo, out=m01[ns, cs])            # right_top and not lower
+            xp.greater(lo, rb, out=m10[ns, cs])            # lower and not right_bottom
+            xp.logical_and(lo, rb, out=m11[ns, cs])
+            xp.maximum(top, bottom, out=top)
+
+        parallel_blocks(xp, c, n, x.size, block)
         return out
 
     def backward(self, delta, input_grad=True):
@@ -96,12 +125,12 @@ class MaxPool2d(_Pool2d):
         dx = xp.empty_like(self.x_like) if covered else xp.zeros_like(self.x_like)
         if self.fast:
             d6 = dx[:, :, :2 * oh, :2 * ow].reshape(n, c, oh, 2, ow, 2)
-            low = delta * self.lower                       # to the bottom row, or 0
-            high = delta - low                             # to the top row, or 0
-            xp.multiply(high, self.right_top, out=d6[:, :, :, 0, :, 1])
-            xp.subtract(high, d6[:, :, :, 0, :, 1], out=d6[:, :, :, 0, :, 0])
-            xp.multiply(low, self.right_bottom, out=d6[:, :, :, 1, :, 1])
-            xp.subtract(low, d6[:, :, :, 1, :, 1], out=d6[:, :, :, 1, :, 0])
+
+            def block(cs, ns):
+                for (i, j), mask in zip(((0, 0), (0, 1), (1, 0), (1, 1)), self.masks):
+                    xp.multiply(delta[ns, cs], mask[ns, cs], out=d6[ns, cs, :, i, :, j])
+
+            parallel_blocks(xp, c, n, dx.size, block)
             return dx
         for k, view in self._windows(dx, oh, ow):
             view += xp.where(self.argmax == k, delta, 0)
@@ -157,13 +186,19 @@ class Flatten(Module):
         if x.ndim < 2:
             raise ValueError(f"Flatten expects an input (N, ...) with at least 2 dimensions, "
                              f"got shape {tuple(x.shape)}")
-        self.x_shape = tuple(x.shape)
+        self.x_shape, self.x_like = tuple(x.shape), x
         return x.reshape(x.shape[0], -1)
 
     def backward(self, delta, input_grad=True):
+        """``delta`` reshaped to the input's shape -- and copied into the input's memory layout
+        when that is not C order, so the layers below work in their own layout throughout."""
         if not input_grad:
             return None
-        return delta.reshape(self.x_shape)
+        if self.x_like.flags.c_contiguous:
+            return delta.reshape(self.x_shape)
+        dx = self.xp.empty_like(self.x_like)
+        dx[...] = delta.reshape(self.x_shape)
+        return dx
 
     def output_shape(self, input_shape):
         size = 1
