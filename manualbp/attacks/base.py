@@ -1,0 +1,103 @@
+"""What every attack shares: input checks, the input gradient from the engine's own backward
+pass, the eps box, and holding one noise draw fixed.
+
+The gradient always comes from ``model.backward`` -- Eq. (2) run down to the input -- seeded by
+the softmax cross-entropy's ``e = (softmax - onehot) / N``. The engine's loss is the batch
+*mean*, so ``model.backward`` returns ``dL/dx_i = (dCE_i/dx_i) / N``: the sign is the
+per-sample one, and :func:`input_gradient` rescales where the size matters.
+"""
+from contextlib import contextmanager
+
+from ..layers import SoftmaxCrossEntropy
+from ..model import held_noise, noise_layers
+
+
+def check_images(x, xp):
+    """Raise a clear error unless ``x`` is a floating array of pixels in ``[0, 1]``."""
+    if not isinstance(x, xp.ndarray):
+        raise TypeError(f"images must be a {xp.__name__} array (the model's backend), got "
+                        f"{type(x).__name__}; convert with backend.asarray(x)")
+    if x.dtype.kind != "f":
+        raise TypeError(f"images must be floating point pixels in [0, 1], got dtype {x.dtype}")
+    if x.size:
+        low, high = float(x.min()), float(x.max())
+        if not (0.0 <= low and high <= 1.0):
+            raise ValueError(f"images must lie in pixel space [0, 1], got values in "
+                             f"[{low:.4g}, {high:.4g}]")
+
+
+def check_labels(y, n, xp):
+    if not isinstance(y, xp.ndarray) or y.shape != (n,) or y.dtype.kind not in "iu":
+        raise ValueError(f"labels must be an integer {xp.__name__} array of shape ({n},), got "
+                         f"{type(y).__name__} {getattr(y, 'dtype', '')} {getattr(y, 'shape', '')}")
+
+
+def check_budget(value, name="eps"):
+    """A finite number >= 0 (a perturbation budget or step size), as a float."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0 (pixel units), got {value}")
+    return value
+
+
+def check_count(value, name):
+    """A positive integer (steps, draws, iterations)."""
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_inputs(model, x, y):
+    """Common checks of an attack's ``(x, y)``; returns the array module."""
+    xp = model.bk.xp
+    check_images(x, xp)
+    check_labels(y, len(x), xp)
+    return xp
+
+
+def input_gradient(model, x, y, weights=None):
+    """One forward pass and one ``model.backward``: ``(per-sample losses, gradient)``.
+
+    ``weights=None``: the gradient of the engine's mean loss, ``(1/N) sum_i CE_i`` (the
+    per-sample gradients divided by ``N``: enough for sign-based attacks). ``weights`` (shape
+    ``(N,)``): the gradient of ``sum_i w_i CE_i`` -- the seed ``e`` is rescaled by ``N w_i``
+    before the backward pass, which is linear in its seed. Per-sample losses ``CE_i``, shape
+    ``(N,)``, come from a stable log-sum-exp of the logits.
+    """
+    xp = model.bk.xp
+    loss = SoftmaxCrossEntropy(model.bk)
+    logits = model.forward(x)
+    loss.forward(logits, y)
+    seed = loss.backward()
+    if weights is not None:
+        seed *= (len(x) * weights)[:, None]
+    grad = model.backward(seed)
+    top = logits.max(axis=1)
+    lse = top + xp.log(xp.exp(logits - top[:, None]).sum(axis=1))
+    per_sample = lse - logits[xp.arange(len(x)), y]
+    return per_sample, grad
+
+
+def eps_box(x, eps, xp):
+    """Bounds ``(max(x - eps, 0), min(x + eps, 1))``: the L-inf ball intersected with [0, 1]."""
+    return xp.maximum(x - eps, 0), xp.minimum(x + eps, 1)
+
+
+def draws_noise(model):
+    """Whether a forward pass of ``model`` in its current mode draws noise (a randomised model)."""
+    return any(layer.draws for layer in noise_layers(model).values())
+
+
+@contextmanager
+def frozen_noise(model, x):
+    """Within the block every forward pass reuses one fresh noise draw (made on ``x`` here), so
+    an objective that a line search evaluates again and again is deterministic."""
+    if not draws_noise(model):
+        yield model
+        return
+    model.forward(x)
+    with held_noise(model):
+        yield model
