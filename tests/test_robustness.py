@@ -1,0 +1,155 @@
+"""The robustness harness: accuracy over noise draws, batched attacks, the family registry, the
+paper's claims and the sanity checks, the epsilon-sweep plot, and a smoke run of
+examples/robustness_table.py writing Markdown, CSV and JSON."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from manualbp import evaluate, get_backend
+from manualbp.attacks import fgsm, preset
+from manualbp.attacks.published import COLUMNS, TABLES, check_claims, paper_rows
+from manualbp.zoo import mlp
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = (784, 16, 8, 10)
+
+
+def data(bk, n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return bk.asarray(rng.random((n, 1, 28, 28))), bk.asarray(rng.integers(0, 10, n), dtype="int64")
+
+
+def test_accuracy_over_draws_deterministic_and_randomised():
+    bk = get_backend("numpy", "float32", 0)
+    images, y = data(bk)
+    plain = mlp(bk, "mlp", "relu", sizes=SIZES)
+    x = evaluate.as_input(plain, images)
+    cell = evaluate.accuracy_over_draws(plain, x, y, draws=5)
+    assert cell["draws"] == 1 and cell["mean"] == cell["min"] == cell["all"]
+    assert cell["mean"] == evaluate.accuracy(plain, x, y)
+    noisy = mlp(bk, "mlpn", "relu", sizes=SIZES, sigma0=3.0)
+    cell = evaluate.accuracy_over_draws(noisy, x, y, draws=6)
+    assert cell["draws"] == 6 and cell["all"] <= cell["min"] <= cell["mean"]
+    assert evaluate.accuracy_over_draws(noisy, x, y, draws=6, noise=False)["draws"] == 1
+    assert noisy.training                                    # evaluation mode is left again
+
+
+def test_run_attack_in_batches_equals_one_call():
+    bk = get_backend("numpy", "float64", 0)
+    images, y = data(bk)
+    model = mlp(bk, "mlp", "sigmoid", sizes=SIZES)
+    x = evaluate.as_input(model, images)
+    batched = evaluate.run_attack(model, fgsm, x, y, batch_size=7, eps=0.1)
+    model.eval()
+    np.testing.assert_allclose(batched, fgsm(model, x, y, 0.1), atol=1e-12)
+    norms = evaluate.perturbation_norms(x, batched, bk)
+    assert abs(norms["linf"] - 0.1) < 1e-9 and norms["l2"] > 0
+
+
+def test_white_box_cells_and_noise_on_off_columns():
+    bk = get_backend("numpy", "float32", 0)
+    images, y = data(bk, n=20)
+    settings = evaluate.Settings(preset("fashion-mnist"), draws=2, eot_draws=2, log=lambda *_: None)
+    plain = evaluate.white_box(mlp(bk, "mlp", "relu", sizes=SIZES), images, y, settings)
+    assert set(plain) == {"ori", "fgsm", "lbfgs", "pgd", "eot_pgd", "ori_noise_on", "ori_noise_off",
+                          "pgd_noise_on", "pgd_noise_off"}
+    assert plain["ori_noise_on"] is plain["ori"] and plain["pgd_noise_off"] is plain["pgd"]
+    assert plain["fgsm"]["linf"] == pytest.approx(0.1, abs=1e-6)
+    fixed = evaluate.white_box(mlp(bk, "mlp+", "relu", sizes=SIZES), images, y, settings)
+    assert fixed["ori_noise_off"] is fixed["ori"] and fixed["ori_noise_on"]["draws"] == 2
+
+
+@pytest.mark.skipif(not hasattr(evaluate.zoo, "cnn"), reason="manualbp.zoo.cnn not available yet")
+def test_white_box_on_a_randomised_cnn():
+    bk = get_backend("numpy", "float32", 0)
+    images, y = data(bk, n=6)
+    settings = evaluate.Settings(preset("mnist"), draws=2, eot_draws=2, log=lambda *_: None)
+    cells = evaluate.white_box(evaluate.get_family("cnn", "mnist").build(bk, "cnn-an"), images, y, settings)
+    assert cells["ori"]["draws"] == 2 and cells["pgd"]["linf"] <= 25 / 255 + 1e-6
+    assert cells["ori_noise_on"] is cells["ori"] and cells["ori_noise_off"]["draws"] == 1
+
+
+def test_family_registry_errors_and_rows():
+    family = evaluate.get_family("mlp", "fashion-mnist")
+    assert [r for r, _, _ in family.rows()] == ["mlp/relu", "mlp/sigmoid", "mlp+/relu", "mlp+/sigmoid",
+                                                "mlpn/relu", "mlpn/sigmoid"]
+    with pytest.raises(ValueError, match="unknown family 'vgg'"):
+        evaluate.get_family("vgg", "mnist")
+    with pytest.raises(ValueError, match="evaluated on cifar10, not 'mnist'"):
+        evaluate.get_family("resnet18", "mnist")
+    for name, dataset in (("resnet18", "cifar10"), ("resnet34", "tiny-imagenet")):
+        if not hasattr(evaluate.zoo, name):
+            with pytest.raises(NotImplementedError, match="not available yet"):
+                evaluate.get_family(name, dataset)
+    assert set(family.rows()[0][0].split("/")) <= set(family.variants) | set(family.activations)
+    for name in TABLES:                                   # the registry's rows are the paper's rows
+        fam = evaluate.FAMILIES[name]
+        assert {r for r, _, _ in fam.rows()} == set(paper_rows(name)[1])
+
+
+def test_claims_on_the_papers_own_numbers():
+    for family in TABLES:
+        _, rows = paper_rows(family)
+        for c in check_claims(family, rows):
+            assert c["run"] == c["paper"] and c["paper"] is not None
+    claims = {c["claim"]: c for c in check_claims("mlp", paper_rows("mlp")[1])}
+    relu = claims["MLPN beats MLP on Ori and on every attack (relu)"]
+    assert relu["paper"] is False and "on ori" in relu["paper_failures"][0]
+    assert all(c["run"] is None for c in check_claims("cnn", {}))
+
+
+def test_sanity_checks_flag_what_they_should():
+    sweep = {"good": {"eps": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.2, 0.0]},
+             "bad": {"eps": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.5, 0.6]}}
+    values = {"good": {"fgsm": 0.3, "bb_fgsm": 0.6, "pgd": 0.2, "eot_pgd": 0.1},
+              "bad": {"fgsm": 0.7, "bb_fgsm": 0.6, "pgd": 0.2, "eot_pgd": 0.4}}
+    checks = evaluate.sanity_checks(values, sweep)
+    assert all(c["passed"] for c in checks if c["row"] == "good")
+    failed = {c["check"] for c in checks if c["row"] == "bad" and not c["passed"]}
+    assert failed == {"iterative >= single step", "accuracy falls as eps grows", "accuracy -> 0 at large eps",
+                      "EOT-PGD >= PGD", "white box >= transfer"}
+
+
+def test_epsilon_sweep_and_plot(tmp_path):
+    bk = get_backend("numpy", "float32", 0)
+    images, y = data(bk, n=16)
+    models = {"a": mlp(bk, "mlp", "relu", sizes=SIZES), "b": mlp(bk, "mlpn", "relu", sizes=SIZES)}
+    sweep = evaluate.epsilon_sweep(models, images, y, (0.0, 0.1, 0.5), steps=3, draws=2)
+    assert set(sweep) == {"a", "b"} and len(sweep["a"]["pgd"]) == 3
+    path = evaluate.plot_sweep(sweep, tmp_path / "sweep.png")
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
+    """The whole script on real Fashion-MNIST, tiny: 1 epoch on 2,000 images, 200 test images."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "examples" / "robustness_table.py"), "--family", "mlp",
+           "--dataset", "fashion-mnist", "--epochs", "1", "--train-limit", "2000", "--limit", "200",
+           "--draws", "2", "--eot-draws", "2", "--seed", "0", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("robustness.md", "robustness.csv", "robustness.json", "eps_sweep.png"):
+        assert (out / name).stat().st_size > 0, name
+    result = json.loads((out / "robustness.json").read_text())
+    assert set(result["values"]) == {"mlp/relu", "mlp/sigmoid", "mlp+/relu", "mlp+/sigmoid", "mlpn/relu",
+                                     "mlpn/sigmoid"}
+    assert all(set(COLUMNS) <= set(v) for v in result["values"].values())
+    assert result["meta"]["test_images"] == 200 and len(result["claims"]) == 8
+    rows = list(csv.DictReader((out / "robustness.csv").open()))
+    assert len(rows) == 6 and float(rows[0]["paper_ori"]) == 0.948
+    text = (out / "robustness.md").read_text()
+    assert "## Paper: Table 3" in text and "## The paper's claims" in text and "Sanity checks" in text
+    assert (out / "checkpoints" / "mlpn-sigmoid.npz").exists()
+
+
+def test_robustness_table_loads_checkpoints_and_refuses_missing_ones(tmp_path, fashion_mnist):
+    cmd = [sys.executable, str(ROOT / "examples" / "robustness_table.py"), "--family", "mlp",
+           "--checkpoints", str(tmp_path), "--limit", "10", "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode != 0 and "mlp-relu.npz not found" in done.stderr
