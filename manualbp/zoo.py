@@ -55,7 +55,8 @@ CNN_VARIANTS = {"cnn": ("off", "off"), "cnn-mlp+": ("off", "fixed"), "cnn-a+": (
 
 
 def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden=128, classes=10,
-        sigma0=1.0, eval_noise=None, conv_mean=True, relu_first=False, **noise_options):
+        sigma0=1.0, eval_noise=None, conv_mean=True, relu_first=False, flat_input=False,
+        **noise_options):
     """The paper's MNIST CNN: ``conv1`` (3x3, 32, padding 1) -> ReLU -> 2x2 max-pool ->
     ``conv2`` (3x3, 64, padding 1) -> ReLU -> 2x2 max-pool -> flatten -> ``fc1`` (128) -> ReLU ->
     ``fc2`` (10). The flattened size comes from the shapes: ``64 * 7 * 7 = 3136`` for 28x28
@@ -81,8 +82,12 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     included). So the builder pools first (``conv1, pool1, act1, ...``) and the ReLU works on a
     quarter of the numbers; ``relu_first=True`` builds the literal order (``conv1, act1,
     pool1, ...``), which gives the same outputs and gradients bit for bit.
+
+    The model takes images ``(N, *input_shape)``; with ``flat_input`` it takes rows of
+    ``prod(input_shape)`` numbers instead (as the MNIST loader gives them) and a first layer
+    ``"image"`` reshapes them.
     """
-    from .layers import Conv2d, Flatten, MaxPool2d, ReLU
+    from .layers import Conv2d, Flatten, MaxPool2d, ReLU, Unflatten
 
     if variant not in CNN_VARIANTS:
         raise ValueError(f"unknown CNN variant {variant!r}: expected one of {', '.join(CNN_VARIANTS)}")
@@ -104,6 +109,9 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     noise = noise_for(bk, (hidden,), fc_mode, sigma0, eval_noise, **noise_options)
     layers += [("flatten", flatten), ("fc1", Linear(bk, features, hidden, noise=noise)),
                (act, ReLU(bk)), ("fc2", Linear(bk, hidden, classes))]
+    if flat_input:
+        image = Unflatten(bk, input_shape)
+        return Sequential(bk, [("image", image)] + layers, input_shape=(image.size,))
     return Sequential(bk, layers, input_shape=input_shape)
 
 

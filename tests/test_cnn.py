@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from manualbp import get_backend, named_eps
+from manualbp import get_backend, held_noise, named_eps
 from manualbp.gradcheck import check_gradients, directional_check
 from manualbp.layers import Conv2d, GaussianNoise, MaxPool2d, SoftmaxCrossEntropy
 from manualbp.optim import Adam, is_noise_level, noise_level_optimizer
@@ -60,6 +60,15 @@ def test_options_and_errors():
     assert not any(layer.eval_noise for _, layer in model.modules() if isinstance(layer, GaussianNoise))
     small = cnn(bk, "cnn", input_shape=(3, 12, 20), channels=(4, 5), hidden=7, classes=3)
     assert small.named_parameters()["fc1.weight"].shape == (7, 5 * 3 * 5)
+    flat = cnn(get_backend("numpy", "float32", 0), "cnn-an", flat_input=True)
+    image = cnn(get_backend("numpy", "float32", 0), "cnn-an")
+    assert list(flat.children)[0] == "image" and flat.named_parameters().keys() == image.named_parameters().keys()
+    x = np.random.default_rng(1).random((2, 784), dtype=np.float32)
+    with held_noise(image), held_noise(flat):
+        flat.bk.seed(3), image.bk.seed(3)
+        np.testing.assert_array_equal(flat.forward(x), image.forward(x.reshape(2, 1, 28, 28)))
+    with pytest.raises(ValueError, match=r"model input must have shape \(N, 784\)"):
+        flat.forward(x.reshape(2, 1, 28, 28))
     with pytest.raises(ValueError, match=r"model input must have shape \(N, 1, 28, 28\)"):
         model.forward(bk.asarray(np.zeros((2, 784))))
     with pytest.raises(ValueError, match=r"model input must have shape \(N, 1, 28, 28\)"):
@@ -189,7 +198,10 @@ def test_gradients_match_torch(torch, variant):
 @pytest.mark.slow
 def test_one_epoch_on_fashion_mnist(fashion_mnist):
     """One epoch of the plain CNN (Adam lr 1e-3, L2 weight decay 1e-4 on the weights, batch 128,
-    5:1:1 split with seed 0) reaches at least 85 % test accuracy."""
+    5:1:1 split with seed 0) reaches at least 85 % test accuracy (0.864 with these seeds).
+
+    The whole epoch (391 steps) is trained: it takes about 20 s on an idle 2-core machine, and
+    a subset does not reach the bound (200 batches give 0.842)."""
     from manualbp.data import split_dataset
     from manualbp.train import Trainer
 

@@ -13,10 +13,10 @@ from .normalize import Normalize
 __all__ += ["BatchNorm1d", "BatchNorm2d", "Normalize"]
 from .conv import Conv2d
 from .im2col import col2im, conv2d_naive, im2col
-from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d, Unflatten
 
-__all__ += ["AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "MaxPool2d", "col2im", "conv2d_naive",
-            "im2col"]
+__all__ += ["AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "MaxPool2d", "Unflatten", "col2im",
+            "conv2d_naive", "im2col"]
 from .residual import BasicBlock, Projection
 
 __all__ += ["BasicBlock", "Projection"]
