@@ -121,7 +121,8 @@ RESNET_SUFFIXES = {"": ("off", "off"), "-mlp+": ("off", "fixed"), "-a+": ("fixed
                    "-mlpn": ("off", "learned"), "-an": ("learned", "learned")}
 RESNET18_VARIANTS = tuple("resnet18" + s for s in RESNET_SUFFIXES)
 RESNET34_VARIANTS = tuple("resnet34" + s for s in RESNET_SUFFIXES)
-#: per dataset: input size, classes, hidden FC sizes of the paper's head, per-channel mean and std
+#: per dataset: input size, classes, hidden FC sizes of the paper's head (the per-channel mean and
+#: std of the first layer come from the dataset's module in manualbp.data)
 RESNET_SETUPS = {
     "cifar10": {"input_size": 32, "classes": 10, "hidden": (256, 128)},
     "tiny-imagenet": {"input_size": 64, "classes": 200, "hidden": (1024, 512, 256)},
@@ -159,8 +160,8 @@ def resnet(bk, variant, blocks, dataset="cifar10", width=64, input_size=None, cl
     one ``sigma`` per element of its ``C x H x W`` map, with a learned mean ``mu`` for learned
     noise (``conv_mean``). ``eval_noise=False``: noise is off at evaluation, as the paper's code
     evaluates its ResNets (the runner reports both). ``width`` and ``input_size`` shrink the
-    model for tests; ``activation`` (ReLU in the paper) a smooth one makes finite differences
-    of the whole model exact.
+    model for tests; ``activation`` is ReLU in the paper (a smooth one, e.g. ``"sigmoid"``, makes
+    finite differences of the whole model exact).
     """
     from .layers import BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool2d, Normalize
     from .layers.im2col import output_size

@@ -26,9 +26,9 @@ class BasicBlock(Module):
 
     Children, in forward order: ``conv1`` (3x3, ``stride``, padding 1), ``bn1``, ``act1``,
     ``conv2`` (3x3, padding 1), ``bn2``, ``shortcut`` and ``act2`` (``activation``: a name of
-    ``ACTIVATIONS``, ReLU in ResNets). The shortcut is the identity
-    (no child) when the shape is kept, else a :class:`Projection` (``conv`` 1x1 with ``stride``,
-    then ``bn``). Convolutions have no bias: batch norm follows each.
+    ``ACTIVATIONS``, ReLU in ResNets). The shortcut is the identity (no child) when the shape is
+    kept, else a :class:`Projection` (``conv`` 1x1 with ``stride``, then ``bn``). Convolutions
+    have no bias: batch norm follows each.
 
     Shapes: ``x`` ``(N, C_in, H, W)`` -> ``y`` ``(N, C_out, H / stride, W / stride)``.
 
