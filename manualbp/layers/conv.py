@@ -104,7 +104,8 @@ class Conv2d(Module):
         k, p, c_out = c * kh * kw, n * oh * ow, self.out_channels
         bias = "bias" in self.params
         cols = self._column_buffer(k, p, bias)
-        im2col(x, (kh, kw), (sh, sw), (ph, pw), out=self._columns(cols[:k], k, n, oh, ow).reshape(c, kh, kw, n, oh, ow), xp=xp)
+        patches = self._columns(cols[:k], k, n, oh, ow).reshape(c, kh, kw, n, oh, ow)
+        im2col(x, (kh, kw), (sh, sw), (ph, pw), out=patches, xp=xp)   # cols[:K] = im2col(x)
         self.x_shape = tuple(x.shape)
         w = self.params["weight"].reshape(c_out, k)
         if bias:

@@ -41,6 +41,7 @@ several threads (:func:`parallel_blocks`): the blocks touch disjoint memory, so 
 the same bit for bit, only faster on several cores. ``MANUALBP_NUM_THREADS=1`` turns this off.
 """
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -273,13 +274,9 @@ def _covers(s, size):
 
 
 def _module_of(a):
-    """NumPy or CuPy, whichever ``a`` belongs to (for the standalone functions)."""
-    module = type(a).__module__.split(".")[0]
-    if module == "cupy":
-        import cupy
-        return cupy
-    import numpy
-    return numpy
+    """NumPy or CuPy, whichever ``a`` belongs to (for the standalone functions): the module of
+    its type, already imported since ``a`` exists."""
+    return sys.modules[type(a).__module__.split(".")[0]]
 
 
 def conv2d_naive(x, weight, bias=None, stride=1, padding=0, xp=None):

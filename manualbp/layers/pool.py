@@ -3,8 +3,8 @@
 Shapes (notation of :mod:`manualbp.layers.im2col`): pooling maps ``(N, C, H, W)`` to
 ``(N, C, OH, OW)`` with ``OH = (H - KH) // SH + 1`` (no padding; rows and columns that no window
 reaches are dropped, as PyTorch's default ``ceil_mode=False``); :class:`GlobalAvgPool2d` maps to
-``(N, C)`` and :class:`Flatten` to ``(N, C * H * W)``. Outputs keep the memory layout of the
-input (see :class:`~manualbp.layers.conv.Conv2d`), and gradients that of the ``delta``.
+``(N, C)`` and :class:`Flatten` to ``(N, C * H * W)``. Outputs and input gradients keep the
+memory layout of the input (see :class:`~manualbp.layers.conv.Conv2d`).
 """
 from .base import Module
 from .im2col import _empty_in_layout_of, _memory_order, pair, parallel_blocks
@@ -58,7 +58,8 @@ class MaxPool2d(_Pool2d):
 
     The gradient of a window goes to its maximum; among equal maxima, to the first in row-major
     order (as PyTorch). The common 2x2, stride 2 case works on a ``(N, C, OH, 2, OW, 2)`` view of
-    the input with three comparisons and no copy; other windows loop over the kernel offsets.
+    the input (no copy): three maxima, three comparisons, and one-hot masks of the winners for
+    the backward pass, four multiplications. Other windows loop over the kernel offsets.
     """
 
     def forward(self, x):
