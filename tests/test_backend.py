@@ -148,6 +148,9 @@ ALLOWED = {
     "data/",              # host-side loading (IDX files, downloads, splits)
     "checkpoint.py",      # file I/O on host arrays
     "plots.py",           # plotting, if present
+    "corruptions.py",     # data transforms on host images (scipy.ndimage filters)
+    "attacks/lbfgs.py",   # scipy.optimize works on flat float64 host vectors
+    "evaluate.py",        # tables and statistics of results copied to the host
 }
 
 
