@@ -52,20 +52,26 @@ def _seed(module, x, loss, labels, projection):
     return projection
 
 
+def _hand_written(module, x, loss, labels, seed):
+    """One forward and hand-written backward pass (noise held by the caller); returns the random
+    projection (``None`` with a loss) and copies of every gradient, the input's as ``"input"``."""
+    projection = None
+    if loss is None:
+        module.bk.seed(seed)
+        projection = module.bk.normal(module.forward(x).shape)
+    grad_x = module.backward(_seed(module, x, loss, labels, projection))
+    grads = {name: g.copy() for name, g in module.named_gradients().items()}
+    grads["input"] = grad_x
+    return projection, grads
+
+
 def check_gradients(module, x, loss=None, labels=None, h=1e-5, seed=0):
     """Compare every hand-written gradient of ``module`` (parameters and the input) with centred
     finite differences. Without ``loss`` the checked scalar is ``sum(output * r)`` for a fixed
     random ``r``. Returns ``{name: relative error}``, the input under ``"input"``."""
     bk = module.bk
-    projection = None
     with held_noise(module):
-        if loss is None:
-            bk.seed(seed)
-            projection = bk.normal(module.forward(x).shape)
-        delta = _seed(module, x, loss, labels, projection)
-        grad_x = module.backward(delta)
-        analytic = {name: g.copy() for name, g in module.named_gradients().items()}
-        analytic["input"] = grad_x
+        projection, analytic = _hand_written(module, x, loss, labels, seed)
         targets = dict(module.named_parameters(), input=x)
         errors = {}
         for name, array in targets.items():
@@ -78,15 +84,9 @@ def directional_check(module, x, loss=None, labels=None, h=1e-5, seed=0):
     """Check a whole model along one random direction ``d`` over all parameters and the input:
     ``(f(p + h d) - f(p - h d)) / 2h`` against ``<grad f, d>`` (as Chainer's ``check_backward``).
     Returns the relative error of the two numbers."""
-    bk, xp = module.bk, module.xp
-    projection = None
+    bk = module.bk
     with held_noise(module):
-        if loss is None:
-            bk.seed(seed)
-            projection = bk.normal(module.forward(x).shape)
-        delta = _seed(module, x, loss, labels, projection)
-        grad_x = module.backward(delta)
-        grads = dict(module.named_gradients(), input=grad_x)
+        projection, grads = _hand_written(module, x, loss, labels, seed)
         arrays = dict(module.named_parameters(), input=x)
         bk.seed(seed + 1)
         directions = {name: bk.normal(a.shape) for name, a in arrays.items()}
