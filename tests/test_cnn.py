@@ -200,7 +200,7 @@ def test_one_epoch_on_fashion_mnist(fashion_mnist):
     """One epoch of the plain CNN (Adam lr 1e-3, L2 weight decay 1e-4 on the weights, batch 128,
     5:1:1 split with seed 0) reaches at least 85 % test accuracy (0.864 with these seeds).
 
-    The whole epoch (391 steps) is trained: it takes about 20 s on an idle 2-core machine, and
+    The whole epoch (391 steps) is trained: it takes about 25 s on a 2-core machine, and
     a subset does not reach the bound (200 batches give 0.842)."""
     from manualbp.data import split_dataset
     from manualbp.train import Trainer
