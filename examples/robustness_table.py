@@ -21,6 +21,7 @@ from manualbp import evaluate, experiments, get_backend
 from manualbp.attacks import build_surrogate, preset
 from manualbp.attacks.transfer import SURROGATE_TRAINING
 from manualbp.attacks.published import COLUMNS, check_claims, paper_rows
+from manualbp.model import sigma_summary
 
 HEADERS = {"ori": "Ori", "fgsm": "WB FGSM", "lbfgs": "WB L-BFGS", "pgd": "WB PGD",
            "gaussian_noise": "BB Gaussian", "impulse_noise": "BB Impulse", "glass_blur": "BB Glass Blur",
@@ -46,6 +47,7 @@ def parse(argv=None):
     p.add_argument("--lbfgs-batch", type=int, default=128,
                    help="images per L-BFGS objective (the paper's code: test batches of 128)")
     p.add_argument("--no-sweep", dest="sweep", action="store_false")
+    p.add_argument("--sweep-steps", type=int, default=10, help="PGD steps in the epsilon sweep")
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -172,8 +174,8 @@ def main(argv=None):
     sweep = {}
     if args.sweep:
         print("epsilon sweep")
-        sweep = evaluate.epsilon_sweep(models, images, y, attack_preset["sweep"], draws=args.draws,
-                                       batch_size=args.attack_batch)
+        sweep = evaluate.epsilon_sweep(models, images, y, attack_preset["sweep"], steps=args.sweep_steps,
+                                       draws=args.draws, batch_size=args.attack_batch)
         evaluate.plot_sweep(sweep, os.path.join(args.out, "eps_sweep.png"), f"({args.dataset})")
     checks = evaluate.sanity_checks(values, sweep)
     caption, paper = paper_rows(args.family)
@@ -181,6 +183,7 @@ def main(argv=None):
     meta = {"dataset": args.dataset, "family": args.family, "seed": args.seed, "test_images": int(len(y)),
             "models": how, "draws": args.draws, "eot_draws": args.eot_draws, "preset": attack_preset,
             "lbfgs_batch": args.lbfgs_batch, "surrogate": SURROGATE_NAMES[args.dataset],
+            "sigma": {row: sigma_summary(model) for row, model in models.items()},
             "seconds": time.perf_counter() - t0}
     text = markdown(args, family, values, rows, own, claims, checks, caption, paper, meta)
     with open(os.path.join(args.out, "robustness.md"), "w") as f:

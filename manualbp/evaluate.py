@@ -9,7 +9,8 @@ pass, as the paper's do; EOT-PGD averages it over draws, so a gain that is only 
 obfuscation shows up as a gap between PGD and EOT-PGD.
 
 Images are kept as ``(N, C, H, W)`` pixels in ``[0, 1]`` and reshaped to each model's
-``input_shape`` (flat rows for the MLPs).
+``input_shape`` (flat rows for the MLPs). Models and attacks run on the backend (NumPy or CuPy);
+hits, norms and corruptions are computed on the host with NumPy, after ``bk.to_host``.
 """
 import os
 from dataclasses import dataclass, field

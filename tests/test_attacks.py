@@ -268,3 +268,14 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="unknown attack 'deepfool'"):
         get_attack("deepfool")
     assert set(ATTACKS) == {"fgsm", "pgd", "eot-pgd", "lbfgs", "lbfgs-szegedy"}
+
+
+def test_registry_runs_every_attack(trained):
+    bk, model, x, y = trained
+    x, y = x[:30], y[:30]
+    params = {"fgsm": {"eps": 0.2}, "pgd": {"eps": 0.2, "alpha": 0.05, "steps": 5},
+              "eot-pgd": {"eps": 0.2, "alpha": 0.05, "steps": 5, "draws": 3}, "lbfgs": {"max_iter": 10},
+              "lbfgs-szegedy": {"search_steps": 4, "max_iter": 40, "c0": 0.1}}
+    for name, attack in ATTACKS.items():
+        adv = attack(model, x, y, **params[name])
+        assert adv.shape == x.shape and acc(model, adv, y) < acc(model, x, y), name

@@ -131,7 +131,7 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "examples" / "robustness_table.py"), "--family", "mlp",
            "--dataset", "fashion-mnist", "--epochs", "1", "--train-limit", "2000", "--limit", "200",
-           "--draws", "2", "--eot-draws", "2", "--seed", "0", "--out", str(out)]
+           "--draws", "2", "--eot-draws", "2", "--sweep-steps", "3", "--seed", "0", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("robustness.md", "robustness.csv", "robustness.json", "eps_sweep.png"):

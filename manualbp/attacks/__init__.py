@@ -11,7 +11,7 @@ from .fgsm import fgsm
 from .lbfgs import lbfgs, lbfgs_targeted
 from .pgd import pgd
 from .presets import PRESETS, preset
-from .transfer import SURROGATES, build_surrogate, craft, register_surrogate
+from .transfer import SURROGATES, build_surrogate, register_surrogate
 
 
 def _lbfgs_next_class(model, x, y, **options):
@@ -32,6 +32,6 @@ def get_attack(name):
     return ATTACKS[name]
 
 
-__all__ = ["ATTACKS", "PRESETS", "SURROGATES", "build_surrogate", "check_images", "craft",
+__all__ = ["ATTACKS", "PRESETS", "SURROGATES", "build_surrogate", "check_images",
            "eot_pgd", "expected_gradient", "fgsm", "get_attack", "input_gradient", "lbfgs",
            "lbfgs_targeted", "pgd", "preset", "register_surrogate"]

@@ -3,7 +3,7 @@ from .base import check_count, draws_noise, input_gradient
 from .pgd import pgd
 
 
-def expected_gradient(model, x, y, draws=20, max_batch=8192):
+def expected_gradient(model, x, y, draws=20, max_batch=2048):
     """``dL/dx`` averaged over ``draws`` independent noise draws of a randomised model.
 
     The batch is tiled ``k`` times (``k * N <= max_batch`` where possible) so each forward and
@@ -28,7 +28,7 @@ def expected_gradient(model, x, y, draws=20, max_batch=8192):
     return total / draws
 
 
-def eot_pgd(model, x, y, eps, alpha, steps, draws=20, random_start=False, max_batch=8192):
+def eot_pgd(model, x, y, eps, alpha, steps, draws=20, random_start=False, max_batch=2048):
     """PGD whose every step uses :func:`expected_gradient` over ``draws`` noise draws (K = 20 by
     default, as AutoAttack's version for randomised defences)."""
     draws = check_count(draws, "draws")

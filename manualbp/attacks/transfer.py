@@ -44,10 +44,3 @@ def build_surrogate(bk, dataset):
         raise ValueError(f"no black-box surrogate for dataset {dataset!r}: expected one of "
                          f"{', '.join(SURROGATES)} (add one with manualbp.attacks.register_surrogate)")
     return SURROGATES[dataset](bk)
-
-
-def craft(surrogate, x, y, attacks):
-    """White-box examples on the surrogate: ``{name: attack(surrogate, x, y)}`` for each
-    ``name -> attack`` callable; ``x`` shaped for the surrogate. Replay the results on any
-    target (reshaped to its input) -- they are crafted once, never per target."""
-    return {name: attack(surrogate, x, y) for name, attack in attacks.items()}
