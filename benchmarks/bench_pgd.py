@@ -1,0 +1,150 @@
+"""PGD-10 over 10,000 MNIST-size images for the MLP and the CNN: manualbp on NumPy against the
+same attack on the same model (same weights) in PyTorch on the CPU, side by side in one run.
+
+    python benchmarks/bench_pgd.py [--repeats 3] [--images 10000] [--batch 500] [--json out.json]
+
+manualbp takes every input gradient from ``model.backward`` (which also fills the parameter
+gradients: the engine's backward has no input-only mode). PyTorch runs the attack two ways:
+``torch.autograd.grad(loss, x)`` (input gradient only, as torchattacks does) and
+``loss.backward()`` (parameter gradients too, as the paper's released code does). Runs alternate
+between the engines; medians of ``--repeats`` are reported, with ratios manualbp / PyTorch, and
+the ratios of the fastest runs (on a shared machine, the runs least disturbed by other load).
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from manualbp import get_backend, zoo
+from manualbp.attacks import pgd
+from manualbp.model import evaluating
+
+EPS, ALPHA, STEPS = 25 / 255, 5 / 255, 10
+
+
+def images(n):
+    try:
+        from manualbp.data import load_mnist
+        x = load_mnist("fashion-mnist", download=False)["x"][-n:]
+        y = load_mnist("fashion-mnist", download=False)["y"][-n:]
+        return x, y, "Fashion-MNIST test images"
+    except Exception:
+        rng = np.random.default_rng(0)
+        return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n), "random images"
+
+
+def torch_model(name, model):
+    """The same network in PyTorch, with manualbp's weights copied in."""
+    if name == "mlp":
+        net = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 50),
+                                  torch.nn.ReLU(), torch.nn.Linear(50, 10))
+        names = ["fc1", None, "fc2", None, "fc3"]
+    else:
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                  torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                  torch.nn.Flatten(), torch.nn.Linear(3136, 128), torch.nn.ReLU(),
+                                  torch.nn.Linear(128, 10))
+        names = ["conv1", None, None, "conv2", None, None, None, "fc1", None, "fc2"]
+    params = model.named_parameters()
+    with torch.no_grad():
+        for layer, prefix in zip(net, names):
+            if prefix:
+                layer.weight.copy_(torch.from_numpy(np.array(params[f"{prefix}.weight"])))
+                layer.bias.copy_(torch.from_numpy(np.array(params[f"{prefix}.bias"])))
+    return net.eval()
+
+
+def torch_pgd(net, x, y, batch, input_only):
+    out = []
+    for i in range(0, len(x), batch):
+        x0, yb = x[i:i + batch], y[i:i + batch]
+        low, high = (x0 - EPS).clamp(min=0), (x0 + EPS).clamp(max=1)
+        adv = x0.clone()
+        for _ in range(STEPS):
+            adv.requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(net(adv), yb)
+            if input_only:
+                (grad,) = torch.autograd.grad(loss, adv)
+            else:
+                net.zero_grad(set_to_none=True)
+                loss.backward()
+                grad = adv.grad
+            adv = torch.max(torch.min(adv.detach() + ALPHA * grad.sign(), high), low)
+        out.append(adv)
+    return torch.cat(out)
+
+
+def manualbp_pgd(model, x, y, batch):
+    with evaluating(model):
+        return [pgd(model, x[i:i + batch], y[i:i + batch], EPS, ALPHA, STEPS) for i in range(0, len(x), batch)]
+
+
+def timed(f):
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    x, y, source = images(args.images)
+    bk = get_backend("numpy", "float32", 0)
+    results = {}
+    for name in args.models.split(","):
+        if name == "cnn" and not hasattr(zoo, "cnn"):
+            print("cnn: manualbp.zoo.cnn not available yet, skipped")
+            continue
+        model = zoo.mlp(bk, "mlp", "relu") if name == "mlp" else zoo.cnn(bk, "cnn")
+        shape = (-1,) + tuple(model.input_shape)
+        xm, ym = bk.asarray(x.reshape(shape)), bk.asarray(y, dtype="int64")
+        net = torch_model(name, model)
+        tx, ty = torch.from_numpy(x.reshape(shape)), torch.from_numpy(y.astype(np.int64))
+        check = manualbp_pgd(model, xm[:200], ym[:200], args.batch)[0]     # also the warm-up
+        reference = torch_pgd(net, tx[:200], ty[:200], args.batch, True).numpy()
+        torch_pgd(net, tx[:200], ty[:200], args.batch, False)
+        agree = float((np.abs(check - reference) < 1e-5).mean())
+        runs = {"manualbp": lambda: manualbp_pgd(model, xm, ym, args.batch),
+                "torch input grad": lambda: torch_pgd(net, tx, ty, args.batch, True),
+                "torch loss.backward": lambda: torch_pgd(net, tx, ty, args.batch, False)}
+        times = {k: [] for k in runs}
+        for _ in range(args.repeats):
+            for k, run in runs.items():
+                times[k].append(timed(run))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        best = {k: min(v) for k, v in times.items()}
+        results[name] = {"seconds": times, "median_seconds": med, "agreement_with_torch": agree,
+                         "ratio_vs_input_grad": med["manualbp"] / med["torch input grad"],
+                         "ratio_vs_loss_backward": med["manualbp"] / med["torch loss.backward"],
+                         "best_ratio_vs_input_grad": best["manualbp"] / best["torch input grad"],
+                         "best_ratio_vs_loss_backward": best["manualbp"] / best["torch loss.backward"]}
+    print(f"PGD-{STEPS} (eps {EPS:.4f}, alpha {ALPHA:.4f}) on {args.images} {source}, batch {args.batch}; "
+          f"threads: {threads}; torch {torch.__version__}, numpy {np.__version__}; median of {args.repeats}")
+    print(f"{'model':5s} {'manualbp s':>11s} {'torch grad(x) s':>16s} {'ratio':>6s} {'torch backward() s':>19s} "
+          f"{'ratio':>6s} {'same adv':>9s}")
+    for name, r in results.items():
+        m = r["median_seconds"]
+        print(f"{name:5s} {m['manualbp']:11.2f} {m['torch input grad']:16.2f} {r['ratio_vs_input_grad']:6.2f} "
+              f"{m['torch loss.backward']:19.2f} {r['ratio_vs_loss_backward']:6.2f} {r['agreement_with_torch']:9.4f}")
+    print("ratios of the fastest runs (least disturbed by other load): " + ", ".join(
+        f"{name} {r['best_ratio_vs_input_grad']:.2f} / {r['best_ratio_vs_loss_backward']:.2f}"
+        for name, r in results.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"source": source, "threads": threads, "batch": args.batch, "images": args.images,
+                       "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
