@@ -67,7 +67,9 @@ class Backend:
     # --- random draws, always in the working dtype -----------------------------------------
     def normal(self, shape, out=None):
         """Standard normal draws ``eps ~ N(0, 1)`` in the working dtype; written into ``out`` when
-        it has that shape and dtype (noise layers keep one buffer per layer).
+        it has that shape and dtype and is dense (no gaps or overlaps) in any memory order, e.g.
+        a transposed buffer: the draws are iid, so they fill its memory in storage order (noise
+        layers keep one buffer per layer, in the layout of the feature map they perturb).
 
         NumPy float32 uses the Box-Muller transform on float32 uniforms: about 3x faster than
         NumPy's float32 ziggurat (``benchmarks/bench_mlp.py`` measures both), exact in
@@ -75,15 +77,29 @@ class Backend:
         as in PyTorch's float32 sampler). float64 (gradient checks) and CuPy use their library's
         own sampler."""
         shape = tuple(shape)
-        if out is None or tuple(out.shape) != shape or out.dtype != self.dtype:
+        flat = None
+        if out is not None and tuple(out.shape) == shape and out.dtype == self.dtype:
+            flat = self._storage_view(out)
+        if flat is None:
             out = self.xp.empty(shape, dtype=self.dtype)
+            flat = out.reshape(-1)
         if self.name == "cupy":
-            out[...] = self.rng.standard_normal(shape, dtype=self.dtype)
+            flat[...] = self.rng.standard_normal(flat.size, dtype=self.dtype)
         elif self.dtype == numpy.float32:
-            self._box_muller(out.reshape(-1))
+            self._box_muller(flat)
         else:
-            self.rng.standard_normal(out=out, dtype=self.dtype)
+            self.rng.standard_normal(out=flat, dtype=self.dtype)
         return out
+
+    @staticmethod
+    def _storage_view(a):
+        """A 1-D view of ``a``'s memory in storage order, or ``None`` when ``a`` is not dense
+        (its axes, sorted by decreasing stride, do not form a C-contiguous array)."""
+        order = sorted(range(a.ndim), key=lambda axis: -a.strides[axis])
+        view = a.transpose(order)
+        if not view.flags.c_contiguous:
+            return None
+        return view.reshape(-1)
 
     def _box_muller(self, flat):
         """Fill the 1-D float32 view ``flat`` with N(0, 1) draws: for uniforms ``u1, u2``,

@@ -108,6 +108,23 @@ def test_normal_into_out_buffer(dtype):
     assert fresh is not wrong_dtype and fresh.dtype == np.dtype(dtype) and not wrong_dtype.any()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_normal_fills_a_transposed_out_buffer_in_place(dtype):
+    """A dense buffer in any memory order (a batch-innermost feature map) is filled through its
+    storage: the same numbers as a C-ordered draw, laid out in memory order."""
+    bk = get_backend("numpy", dtype, 3)
+    out = np.zeros((5, 4, 3, 2), dtype=dtype).transpose(3, 0, 1, 2)
+    assert not out.flags.c_contiguous
+    result = bk.normal(out.shape, out=out)
+    assert result is out and out.all()
+    bk.seed(3)
+    np.testing.assert_array_equal(out.transpose(1, 2, 3, 0), bk.normal((5, 4, 3, 2)))
+    # a strided view with gaps is not dense: a new array comes back, the view is untouched
+    gaps = np.zeros((4, 6), dtype=dtype)[:, ::2]
+    fresh = bk.normal(gaps.shape, out=gaps)
+    assert fresh is not gaps and fresh.flags.c_contiguous and not gaps.any()
+
+
 def test_same_seed_same_draws(backend_name):
     a, b = get_backend(backend_name, "float64", 42), get_backend(backend_name, "float64", 42)
     for bk in (a, b):

@@ -60,15 +60,18 @@ class GaussianNoise(Module):
         if tuple(v.shape[1:]) != self.shape:
             raise ValueError(f"noise layer expects input (N, {', '.join(map(str, self.shape))}), "
                              f"got {tuple(v.shape)}")
-        out = v
+        xp, out = self.xp, v
         if self.draws:
             if not (self.hold_eps and self.eps is not None and self.eps.shape == v.shape):
+                if self.eps is None or self.eps.shape != v.shape or self.eps.strides != v.strides:
+                    self.eps = xp.empty_like(v)                    # in v's memory layout
                 self.eps = self.bk.normal(v.shape, out=self.eps)   # eps ~ N(0, 1), Eq. (1)
-            out = v + self._sigma() * self.eps                     # v + z, z = sigma * eps, Eq. (1)
+            out = xp.multiply(self._sigma(), self.eps)             # z = sigma * eps, Eq. (1)
+            out += v                                               # v + z
         elif not self.hold_eps:
             self.eps = None
         if "mu" in self.params:
-            out = out + self.params["mu"]
+            out = v + self.params["mu"] if out is v else xp.add(out, self.params["mu"], out=out)
         return out
 
     def backward(self, delta, input_grad=True):
