@@ -153,11 +153,13 @@ def load_model(model, path):
 
 def train_model(bk, build, splits, epochs, seed, options, path=None, log=print):
     """Build (initialised as the example scripts do) and train for ``epochs`` with the Table 1
-    ``options``; writes a checkpoint to ``path`` when given."""
+    ``options`` on ``splits`` (reshaped to the model's input); writes a checkpoint to ``path``
+    when given."""
     from .experiments import make_optimizers
     from .train import Trainer
     bk.seed([seed, 0xC0DE])
     model = build(bk)
+    splits = {name: (as_input(model, x), y) for name, (x, y) in splits.items()}
     optimizers, schedule = make_optimizers(model, **options)
     trainer = Trainer(model, optimizers, schedule, batch_size=options.get("batch_size", 128),
                       seed=seed, progress=False)

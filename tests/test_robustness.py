@@ -3,6 +3,7 @@ paper's claims and the sanity checks, the epsilon-sweep plot, and a smoke run of
 examples/robustness_table.py writing Markdown, CSV and JSON."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from manualbp.zoo import mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (784, 16, 8, 10)
+#: run the example against this checkout, whatever copy of manualbp is installed
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 
 
 def data(bk, n=40, seed=0):
@@ -72,6 +75,22 @@ def test_white_box_on_a_randomised_cnn():
     cells = evaluate.white_box(evaluate.get_family("cnn", "mnist").build(bk, "cnn-an"), images, y, settings)
     assert cells["ori"]["draws"] == 2 and cells["pgd"]["linf"] <= 25 / 255 + 1e-6
     assert cells["ori_noise_on"] is cells["ori"] and cells["ori_noise_off"]["draws"] == 1
+
+
+@pytest.mark.skipif(not hasattr(evaluate.zoo, "resnet18"), reason="manualbp.zoo.resnet18 not available yet")
+def test_white_box_on_a_small_resnet_and_its_surrogate():
+    """Attacks run through Normalize, BatchNorm and residual blocks (a narrow ResNet18, CIFAR size)."""
+    from manualbp.attacks import build_surrogate
+    bk = get_backend("numpy", "float32", 0)
+    rng = np.random.default_rng(0)
+    images = bk.asarray(rng.random((4, 3, 32, 32)))
+    y = bk.asarray(rng.integers(0, 10, 4), dtype="int64")
+    settings = evaluate.Settings(preset("cifar10"), draws=2, eot_draws=2, log=lambda *_: None)
+    model = evaluate.zoo.resnet18(bk, "resnet18-an", width=4)
+    cells = evaluate.white_box(model, images, y, settings)
+    assert cells["pgd"]["linf"] <= preset("cifar10")["pgd"]["eps"] + 1e-6
+    assert cells["ori_noise_on"]["draws"] == 2 and cells["ori_noise_off"] is cells["ori"]
+    assert list(build_surrogate(bk, "cifar10").children)[-1] == "fc"
 
 
 def test_family_registry_errors_and_rows():
@@ -132,7 +151,7 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
     cmd = [sys.executable, str(ROOT / "examples" / "robustness_table.py"), "--family", "mlp",
            "--dataset", "fashion-mnist", "--epochs", "1", "--train-limit", "2000", "--limit", "200",
            "--draws", "2", "--eot-draws", "2", "--sweep-steps", "3", "--seed", "0", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("robustness.md", "robustness.csv", "robustness.json", "eps_sweep.png"):
         assert (out / name).stat().st_size > 0, name
@@ -151,5 +170,5 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
 def test_robustness_table_loads_checkpoints_and_refuses_missing_ones(tmp_path, fashion_mnist):
     cmd = [sys.executable, str(ROOT / "examples" / "robustness_table.py"), "--family", "mlp",
            "--checkpoints", str(tmp_path), "--limit", "10", "--out", str(tmp_path / "out")]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
     assert done.returncode != 0 and "mlp-relu.npz not found" in done.stderr
