@@ -198,8 +198,9 @@ def _attacked(model, attack, params, batch, x, y, settings, noise=None):
 
 
 def _noise_defaults(model):
-    """``True`` / ``False`` when the paper's evaluation mode equals noise on / off, else ``None``."""
-    flags = {layer.eval_noise for layer in noise_layers(model).values()}
+    """Which switch the paper's evaluation mode equals: ``"both"`` (no noise layers), ``True``
+    (all noise on), ``False`` (all off) or ``None`` (mixed)."""
+    flags = {bool(layer.eval_noise) for layer in noise_layers(model).values()}
     if not flags:
         return "both"
     return flags.pop() if len(flags) == 1 else None
@@ -213,7 +214,7 @@ def white_box(model, images, y, settings):
         cells[name] = _attacked(model, attack, params, batch, x, y, settings)
     same = _noise_defaults(model)
     for noise, tag in ((True, "on"), (False, "off")):
-        if same == "both" or same is noise:
+        if same in ("both", noise):
             cells[f"ori_noise_{tag}"], cells[f"pgd_noise_{tag}"] = cells["ori"], cells["pgd"]
         else:
             cells[f"ori_noise_{tag}"] = accuracy_over_draws(model, x, y, settings.draws, noise)
