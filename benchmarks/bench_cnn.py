@@ -32,6 +32,7 @@ from manualbp.experiments import make_optimizers
 from manualbp.layers import SoftmaxCrossEntropy
 from manualbp.layers.im2col import num_threads
 from manualbp.zoo import cnn
+from torch_step import torch_train_step
 
 conv_module = importlib.import_module("manualbp.layers.conv")
 
@@ -88,17 +89,7 @@ def torch_stepper(noisy, seed):
     sigma_opt = torch.optim.Adam(model.sigma.parameters(), lr=1e-3) if noisy else None
 
     def step(x, y):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        if sigma_opt:
-            sigma_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sigma_opt:
-            sigma_opt.step()
-            with torch.no_grad():                      # Eq. (7): absolute value after Adam
-                for s in model.sigma:
-                    s.abs_()
+        torch_train_step(model, x, y, opt, sigma_opt, model.sigma)
     return step
 
 

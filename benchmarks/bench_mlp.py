@@ -21,6 +21,7 @@ from manualbp import get_backend
 from manualbp.experiments import make_optimizers
 from manualbp.train import Trainer
 from manualbp.zoo import mlp
+from torch_step import torch_train_step
 
 VARIANTS = ("mlp", "mlp+", "mlpn")
 N_TRAIN, BATCH = 50000, 128
@@ -71,17 +72,7 @@ def torch_epoch(x, y, mode, seed):
     perm = torch.randperm(len(x))
     for i in range(0, len(x), BATCH):
         idx = perm[i:i + BATCH]
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        if sigma_opt:
-            sigma_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sigma_opt:
-            sigma_opt.step()
-            with torch.no_grad():                      # Eq. (7): absolute value after Adam
-                for s in model.sigma:
-                    s.abs_()
+        torch_train_step(model, x[idx], y[idx], opt, sigma_opt, model.sigma)
     return time.perf_counter() - t0
 
 

@@ -27,6 +27,7 @@ from manualbp import get_backend
 from manualbp.experiments import make_optimizers
 from manualbp.layers import SoftmaxCrossEntropy
 from manualbp.zoo import RESNET_SETUPS, RESNET_SUFFIXES, resnet18, resnet34
+from torch_step import torch_train_step
 
 MODELS = {"resnet18": (resnet18, (2, 2, 2, 2), "cifar10"), "resnet34": (resnet34, (3, 4, 6, 3), "tiny-imagenet")}
 
@@ -103,17 +104,7 @@ def torch_stepper(name, suffix, x, y, device):
     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
     def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        if sigma_opt:
-            sigma_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sigma_opt:
-            sigma_opt.step()
-            with torch.no_grad():
-                for s in sigma:
-                    s.abs_()
+        torch_train_step(model, x, y, opt, sigma_opt, sigma)
     return step
 
 
