@@ -14,9 +14,12 @@ Then one instrumented pass splits a manualbp step into its parts -- the convolut
 same machine), im2col/col2im, and the noise draws -- and the rest.
 
 OpenBLAS's threads spin for a while after each matrix product and so hold the second core
-that manualbp's threaded im2col/col2im/pooling loops want; compare a run with
-``OPENBLAS_THREAD_TIMEOUT=1`` (they sleep at once). The BLAS environment is printed.
+that manualbp's threaded im2col/col2im/pooling loops and noise draws want; importing manualbp
+before NumPy sets ``OPENBLAS_THREAD_TIMEOUT=1`` (they sleep at once) unless the environment
+sets it (``OPENBLAS_THREAD_TIMEOUT=28`` is OpenBLAS's own default). The BLAS environment is
+printed.
 """
+import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
 import importlib
 import json
@@ -30,7 +33,7 @@ import torch
 from manualbp import get_backend
 from manualbp.experiments import make_optimizers
 from manualbp.layers import SoftmaxCrossEntropy
-from manualbp.layers.im2col import num_threads
+from manualbp.parallel import num_threads
 from manualbp.zoo import cnn
 from torch_step import torch_train_step
 
@@ -86,10 +89,11 @@ def torch_stepper(noisy, seed):
     model = TorchCNN(noisy)
     weights = [p for n, p in model.named_parameters() if not n.startswith("sigma")]
     opt = torch.optim.Adam(weights, lr=1e-3, weight_decay=1e-4)
-    sigma_opt = torch.optim.Adam(model.sigma.parameters(), lr=1e-3) if noisy else None
+    sigmas = list(model.sigma) if noisy else []
+    sigma_opt = torch.optim.Adam(sigmas, lr=1e-3) if noisy else None
 
     def step(x, y):
-        torch_train_step(model, x, y, opt, sigma_opt, model.sigma)
+        torch_train_step(model, x, y, opt, sigma_opt, sigmas)
     return step
 
 

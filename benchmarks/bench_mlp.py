@@ -8,6 +8,7 @@ random images otherwise). Runs alternate between the engines; the median of ``--
 is reported, with ratios manualbp / PyTorch (below 1: manualbp is faster). Also reports the cost
 of learning sigma (MLPN / MLP+) and the speed of the noise draws.
 """
+import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
 import json
 import os

@@ -10,6 +10,7 @@ gradients: the engine's backward has no input-only mode). PyTorch runs the attac
 between the engines; medians of ``--repeats`` are reported, with ratios manualbp / PyTorch, and
 the ratios of the fastest runs (on a shared machine, the runs least disturbed by other load).
 """
+import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
 import json
 import os

@@ -13,6 +13,7 @@ float32). Rounds alternate between the engines; each reports the median step tim
 ratio is the median over rounds of the two adjacent rounds' ratio (robust to a machine whose load
 changes during the run).
 """
+import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
 import json
 import os

@@ -7,7 +7,8 @@ numbers, with a check of each of the paper's claims, an epsilon sweep and sanity
 
 Trains every variant (or loads checkpoints written by the example scripts with
 ``--checkpoints DIR``: ``DIR/checkpoints/<variant>-<activation>.npz``) and the black-box
-surrogate, then writes OUT/robustness.md, .csv, .json and OUT/eps_sweep.png. ``--limit N``
+surrogate, then writes OUT/robustness.md, .csv, .json, OUT/eps_sweep.png and OUT/adversarial_examples.png
+(clean test images above their FGSM and PGD versions for the first and the last variant). ``--limit N``
 evaluates the first N test images. Attack settings: Table 2 in pixel units
 (manualbp.attacks.presets, docs/robustness.md).
 """
@@ -17,7 +18,7 @@ import json
 import os
 import time
 
-from manualbp import evaluate, experiments, get_backend
+from manualbp import evaluate, experiments, get_backend, plots
 from manualbp.attacks import build_surrogate, preset
 from manualbp.attacks.transfer import SURROGATE_TRAINING
 from manualbp.attacks.published import COLUMNS, check_claims, paper_rows
@@ -139,6 +140,7 @@ def markdown(args, family, values, rows, own, claims, checks, caption, paper, me
         out.append(f"- [{'pass' if c['passed'] else 'FAIL'}] {c['check']} -- {c['row']}: {c['detail']}")
     if args.sweep:
         out += ["", "![epsilon sweep](eps_sweep.png)"]
+    out += ["", "![clean and adversarial test images](adversarial_examples.png)"]
     return "\n".join(out) + "\n"
 
 
@@ -177,6 +179,10 @@ def main(argv=None):
         sweep = evaluate.epsilon_sweep(models, images, y, attack_preset["sweep"], steps=args.sweep_steps,
                                        draws=args.draws, batch_size=args.attack_batch)
         evaluate.plot_sweep(sweep, os.path.join(args.out, "eps_sweep.png"), f"({args.dataset})")
+    shown = {r: models[r] for r in dict.fromkeys([next(iter(models)), next(reversed(models))])}
+    adversarial, predictions = evaluate.adversarial_examples(shown, images, y, settings)
+    plots.adversarial_grid(bk.to_host(images[:len(predictions["clean"])]), adversarial,
+                           os.path.join(args.out, "adversarial_examples.png"), predictions)
     checks = evaluate.sanity_checks(values, sweep)
     caption, paper = paper_rows(args.family)
     claims = check_claims(args.family, values)

@@ -7,6 +7,8 @@ and on an NVIDIA GPU (CuPy).
 """
 import numpy
 
+from .parallel import run_all
+
 BACKENDS = ("numpy", "cupy")
 DTYPES = ("float32", "float64")
 
@@ -43,6 +45,11 @@ class Backend:
     seed : seed of the generator that draws initial weights and every noise sample ``eps``.
     """
 
+    #: Independent streams (children of the seed) that fill large float32 draws in pieces.
+    NOISE_STREAMS = 8
+    #: Draws per stream piece at least: smaller draws come from one stream.
+    STREAM_PIECE = 1 << 17
+
     def __init__(self, name="numpy", dtype="float32", seed=0):
         if name not in BACKENDS:
             raise BackendError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
@@ -61,6 +68,9 @@ class Backend:
         seq = numpy.random.SeedSequence(seed)
         if self.name == "numpy":
             self.rng = numpy.random.Generator(numpy.random.PCG64(seq))
+            self._streams = [numpy.random.Generator(numpy.random.PCG64(s))
+                             for s in seq.spawn(self.NOISE_STREAMS)]
+            self._uniforms = [None] * self.NOISE_STREAMS
         else:
             self.rng = self.xp.random.RandomState(int(seq.generate_state(1)[0]))
 
@@ -74,8 +84,10 @@ class Backend:
         NumPy float32 uses the Box-Muller transform on float32 uniforms: about 3x faster than
         NumPy's float32 ziggurat (``benchmarks/bench_mlp.py`` measures both), exact in
         distribution up to float32 resolution (the uniforms' 2^-24 grid bounds ``|eps|`` by 5.8,
-        as in PyTorch's float32 sampler). float64 (gradient checks) and CuPy use their library's
-        own sampler."""
+        as in PyTorch's float32 sampler). A large draw is cut into up to ``NOISE_STREAMS``
+        equal pieces, each filled by its own independent stream and run on threads; how it is
+        cut depends only on its size, so the draws do not depend on the number of threads.
+        float64 (gradient checks) and CuPy use their library's own sampler."""
         shape = tuple(shape)
         flat = None
         if out is not None and tuple(out.shape) == shape and out.dtype == self.dtype:
@@ -86,7 +98,10 @@ class Backend:
         if self.name == "cupy":
             flat[...] = self.rng.standard_normal(flat.size, dtype=self.dtype)
         elif self.dtype == numpy.float32:
-            self._box_muller(flat)
+            pieces = min(self.NOISE_STREAMS, max(1, flat.size // self.STREAM_PIECE))
+            bounds = [flat.size * k // pieces for k in range(pieces + 1)]
+            run_all([lambda k=k: self._box_muller(flat[bounds[k]:bounds[k + 1]], k)
+                     for k in range(pieces)])
         else:
             self.rng.standard_normal(out=flat, dtype=self.dtype)
         return out
@@ -101,14 +116,14 @@ class Backend:
             return None
         return view.reshape(-1)
 
-    def _box_muller(self, flat):
-        """Fill the 1-D float32 view ``flat`` with N(0, 1) draws: for uniforms ``u1, u2``,
-        ``sqrt(-2 log(1 - u1)) * (cos(2 pi u2), sin(2 pi u2))``."""
+    def _box_muller(self, flat, stream):
+        """Fill the 1-D float32 view ``flat`` with N(0, 1) draws from stream ``stream``: for
+        uniforms ``u1, u2``, ``sqrt(-2 log(1 - u1)) * (cos(2 pi u2), sin(2 pi u2))``."""
         n = flat.size
         half = (n + 1) // 2
-        if getattr(self, "_uniforms", None) is None or self._uniforms.size < 2 * half:
-            self._uniforms = numpy.empty(2 * half, dtype=numpy.float32)
-        u = self.rng.random(dtype=numpy.float32, out=self._uniforms[:2 * half])
+        if self._uniforms[stream] is None or self._uniforms[stream].size < 2 * half:
+            self._uniforms[stream] = numpy.empty(2 * half, dtype=numpy.float32)
+        u = self._streams[stream].random(dtype=numpy.float32, out=self._uniforms[stream][:2 * half])
         radius, angle = u[:half], u[half:]
         numpy.subtract(1, radius, out=radius)                  # in (0, 1]: log is finite
         numpy.log(radius, out=radius)

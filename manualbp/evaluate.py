@@ -206,6 +206,28 @@ def _noise_defaults(model):
     return flags.pop() if len(flags) == 1 else None
 
 
+def adversarial_examples(models, images, y, settings, count=8):
+    """The first ``count`` images attacked by white-box FGSM and PGD on each model, for
+    :func:`manualbp.plots.adversarial_grid`: returns ``(rows, predictions)``, both keyed by
+    ``"<model> FGSM"`` / ``"<model> PGD"`` (and ``"clean"`` for the predictions of the first
+    model), images ``(count, C, H, W)`` on the host."""
+    images, y = images[:count], y[:count]
+    rows, predictions = {}, {}
+    for name, model in models.items():
+        bk = model.bk
+        x = as_input(model, images)
+        if not predictions:
+            with evaluating(model):
+                predictions["clean"] = bk.to_host(predict(model, x))
+        for column, attack in (("FGSM", fgsm), ("PGD", pgd)):
+            params = settings.preset[column.lower()]
+            adv = run_attack(model, attack, x, y, None, settings.batch_size, **params)
+            with evaluating(model):
+                predictions[f"{name} {column}"] = bk.to_host(predict(model, adv))
+            rows[f"{name} {column}"] = bk.to_host(adv).reshape(images.shape)
+    return rows, predictions
+
+
 def white_box(model, images, y, settings):
     """Clean and white-box cells of one model, plus EOT-PGD and Ori / PGD with noise on and off."""
     x = as_input(model, images)

@@ -125,6 +125,23 @@ def test_normal_fills_a_transposed_out_buffer_in_place(dtype):
     assert fresh is not gaps and fresh.flags.c_contiguous and not gaps.any()
 
 
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_large_float32_draws_come_from_independent_streams_whatever_the_threads(monkeypatch, threads):
+    """A large draw is filled piece by piece from separate streams, on threads: the numbers do
+    not depend on the thread count, are standard normal, and the pieces are not repeats."""
+    n = Backend.NOISE_STREAMS * Backend.STREAM_PIECE + 12345
+    draws = {}
+    for setting in ("1", threads):
+        monkeypatch.setenv("MANUALBP_NUM_THREADS", setting)
+        draws[setting] = get_backend("numpy", "float32", 9).normal((n,))
+    np.testing.assert_array_equal(draws["1"], draws[threads])
+    eps = draws["1"].astype(np.float64)
+    assert abs(eps.mean()) < 5 / np.sqrt(n) and abs(eps.var() - 1) < 5 * np.sqrt(2 / n)
+    pieces = eps[:Backend.NOISE_STREAMS * (n // Backend.NOISE_STREAMS)].reshape(Backend.NOISE_STREAMS, -1)
+    correlation = np.corrcoef(pieces)[np.triu_indices(Backend.NOISE_STREAMS, 1)]
+    assert np.abs(correlation).max() < 5 / np.sqrt(pieces.shape[1])
+
+
 def test_same_seed_same_draws(backend_name):
     a, b = get_backend(backend_name, "float64", 42), get_backend(backend_name, "float64", 42)
     for bk in (a, b):

@@ -204,7 +204,7 @@ def test_strided_input(bk64):
 def test_threaded_blocks_give_identical_results(monkeypatch, threads):
     """Large im2col / col2im calls split channels (or the batch, when there are fewer channels
     than threads) over threads: the result must be bit for bit the serial one."""
-    module = importlib.import_module("manualbp.layers.im2col")   # the package exports the function
+    module = importlib.import_module("manualbp.parallel")
     rng = np.random.default_rng(16)
     cases = [((3, 5, 9, 8), 3, 1, 1), ((3, 1, 9, 8), (2, 3), 2, (1, 0)), ((2, 4, 7, 7), 3, 2, 0)]
     serial = []

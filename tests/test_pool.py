@@ -216,7 +216,7 @@ def test_threaded_max_pool_gives_identical_results(monkeypatch, threads):
     """Large 2x2 max-pooling splits channels (or the batch) over threads: same bits as serial,
     in every memory layout a convolution can produce."""
     import importlib
-    module = importlib.import_module("manualbp.layers.im2col")
+    module = importlib.import_module("manualbp.parallel")
     bk = get_backend("numpy", "float32", 0)
     base = np.random.default_rng(10).integers(0, 3, (4, 5, 8, 6)).astype(np.float32)   # ties
     layouts = [base, np.ascontiguousarray(base.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3),

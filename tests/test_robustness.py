@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pytest
 
-from manualbp import evaluate, get_backend
+from manualbp import evaluate, get_backend, plots
 from manualbp.attacks import fgsm, preset
 from manualbp.attacks.published import COLUMNS, TABLES, check_claims, paper_rows
 from manualbp.zoo import mlp
@@ -52,6 +53,25 @@ def test_run_attack_in_batches_equals_one_call():
     np.testing.assert_allclose(batched, fgsm(model, x, y, 0.1), atol=1e-12)
     norms = evaluate.perturbation_norms(x, batched, bk)
     assert abs(norms["linf"] - 0.1) < 1e-9 and norms["l2"] > 0
+
+
+def test_adversarial_examples_feed_the_image_grid(tmp_path):
+    bk = get_backend("numpy", "float32", 0)
+    images, y = data(bk, n=12)
+    settings = evaluate.Settings(preset("fashion-mnist"), log=lambda *_: None)
+    models = {"mlp": mlp(bk, "mlp", "relu", sizes=SIZES), "mlpn": mlp(bk, "mlpn", "relu", sizes=SIZES)}
+    rows, predictions = evaluate.adversarial_examples(models, images, y, settings, count=5)
+    assert list(rows) == ["mlp FGSM", "mlp PGD", "mlpn FGSM", "mlpn PGD"]
+    assert set(predictions) == {"clean", *rows}
+    clean = bk.to_host(images[:5])
+    for name, adv in rows.items():
+        eps = settings.preset[name.split()[1].lower()]["eps"]
+        assert adv.shape == clean.shape and 0 <= adv.min() and adv.max() <= 1
+        assert np.abs(adv - clean).max() <= eps + 1e-6 and np.abs(adv - clean).max() > 0
+        assert predictions[name].shape == (5,)
+    path = plots.adversarial_grid(clean, rows, str(tmp_path / "adv.png"), predictions)
+    image = matplotlib.image.imread(path)
+    assert image.shape[:2] == plots.figure_pixels(5, 5, (plots.TILE, plots.TILE))[::-1]
 
 
 def test_white_box_cells_and_noise_on_off_columns():
@@ -153,7 +173,8 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
            "--draws", "2", "--eot-draws", "2", "--sweep-steps", "3", "--seed", "0", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("robustness.md", "robustness.csv", "robustness.json", "eps_sweep.png"):
+    for name in ("robustness.md", "robustness.csv", "robustness.json", "eps_sweep.png",
+                 "adversarial_examples.png"):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "robustness.json").read_text())
     assert set(result["values"]) == {"mlp/relu", "mlp/sigmoid", "mlp+/relu", "mlp+/sigmoid", "mlpn/relu",
@@ -165,6 +186,8 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
     text = (out / "robustness.md").read_text()
     assert "## Paper: Table 3" in text and "## The paper's claims" in text and "Sanity checks" in text
     assert (out / "checkpoints" / "mlpn-sigmoid.npz").exists()
+    grid = matplotlib.image.imread(out / "adversarial_examples.png")     # 8 images x (clean + 2 x 2)
+    assert grid.shape[:2] == plots.figure_pixels(8, 5, (plots.TILE, plots.TILE))[::-1]
 
 
 def test_robustness_table_loads_checkpoints_and_refuses_missing_ones(tmp_path, fashion_mnist):

@@ -32,12 +32,11 @@ class Conv2d(Module):
     reads it directly, and the ``delta`` coming back is already in the layout the GEMMs want.
     ``column_order`` picks the order of the GEMM's columns, i.e. the memory order of the output:
 
-    * ``"hwn"``: ``(C_out, OH, OW, N)``, the batch innermost. Every strided view a 2x2 pooling
-      window or a kernel offset takes is then a run of ``N`` contiguous numbers (long inner
-      loops); the default without noise.
-    * ``"nhw"``: ``(C_out, N, OH, OW)``. The default with a noise child, whose ``eps`` is drawn
-      in C order ``(N, C, H, W)``: both share contiguous ``OH x OW`` planes, while with the batch
-      innermost every noise operation would be a transpose.
+    * ``"hwn"`` (default): ``(C_out, OH, OW, N)``, the batch innermost. Every strided view a 2x2
+      pooling window or a kernel offset takes is then a run of ``N`` contiguous numbers (long
+      inner loops); a noise child draws its ``eps`` in the same layout, and ``sum_n delta * eps``
+      (Eq. 3) sums contiguous runs.
+    * ``"nhw"``: ``(C_out, N, OH, OW)``, contiguous ``OH x OW`` planes per sample and channel.
 
     The column buffer is reused while the input shape stays the same.
     """
@@ -45,10 +44,8 @@ class Conv2d(Module):
     COLUMN_ORDERS = ("nhw", "hwn")
 
     def __init__(self, bk, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 noise=None, column_order=None):
+                 noise=None, column_order="hwn"):
         super().__init__(bk)
-        if column_order is None:
-            column_order = "hwn" if noise is None else "nhw"
         if column_order not in self.COLUMN_ORDERS:
             raise ValueError(f"unknown column_order {column_order!r}: expected one of "
                              f"{', '.join(self.COLUMN_ORDERS)}")

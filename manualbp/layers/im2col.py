@@ -37,75 +37,12 @@ the contribution, so no padded copy of the image is ever made. col2im is the adj
 of im2col: ``<im2col(x), y> == <x, col2im(y)>``, which is exactly the backward pass of im2col.
 
 On NumPy, large im2col and col2im calls split the channels (or the batch) into blocks run on
-several threads (:func:`parallel_blocks`): the blocks touch disjoint memory, so the result is
-the same bit for bit, only faster on several cores. ``MANUALBP_NUM_THREADS=1`` turns this off.
+several threads (:func:`manualbp.parallel.parallel_blocks`): the blocks touch disjoint memory,
+so the result is the same bit for bit, only faster on several cores.
 """
-import os
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
-
-#: Element count above which im2col, col2im and pooling split their work over threads.
-PARALLEL_MIN_SIZE = 1 << 20
-#: Blocks per thread in :func:`parallel_blocks`.
-BLOCKS_PER_THREAD = 3
-_executor = None             # (ThreadPoolExecutor, its number of workers, the owning process id)
-
-
-def num_threads():
-    """Threads for the copy and element-wise loops of im2col, col2im and pooling on NumPy:
-    ``MANUALBP_NUM_THREADS`` if set, else the CPUs this process may run on."""
-    value = os.environ.get("MANUALBP_NUM_THREADS")
-    if value:
-        return max(1, int(value))
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                                      # not on Linux
-        return os.cpu_count() or 1
-
-
-def parallel_blocks(xp, channels, batch, size, work):
-    """Call ``work(channel_slice, batch_slice)`` on blocks that together cover
-    ``channels x batch``, split over channels (or over the batch when there are fewer channels
-    than blocks), in parallel threads on NumPy when ``size`` elements are touched: NumPy releases
-    the GIL inside copies and ufuncs, so the blocks run on separate cores. Blocks write disjoint
-    parts of the output, so the result does not depend on the split.
-
-    There are a few blocks per thread, handed out one at a time to whichever thread is free: a
-    core still busy then takes fewer. (OpenBLAS's threads keep spinning on their cores for a
-    while after each matrix product; ``OPENBLAS_THREAD_TIMEOUT=1`` in the environment makes
-    them sleep at once and these loops faster -- see docs/performance.md.) On CuPy, or for small
-    work, one call covers everything."""
-    global _executor
-    threads = num_threads()
-    if xp.__name__ != "numpy" or threads < 2 or size < PARALLEL_MIN_SIZE:
-        work(slice(None), slice(None))
-        return
-    count = BLOCKS_PER_THREAD * threads
-    along_channels = channels >= count
-    length = channels if along_channels else batch
-    bounds = sorted({length * k // count for k in range(count + 1)})
-    blocks = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    calls = iter([(b, slice(None)) if along_channels else (slice(None), b) for b in blocks])
-    lock = threading.Lock()
-
-    def drain():
-        while True:
-            with lock:
-                args = next(calls, None)
-            if args is None:
-                return
-            work(*args)
-
-    if _executor is None or _executor[1] < threads - 1 or _executor[2] != os.getpid():
-        # (a new pool after a fork too: the threads of the parent's pool do not exist there)
-        _executor = (ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="manualbp"),
-                     threads - 1, os.getpid())
-    futures = [_executor[0].submit(drain) for _ in range(threads - 1)]
-    drain()
-    for f in futures:
-        f.result()
+from ..parallel import parallel_blocks
 
 
 def pair(value, name="value"):

@@ -1,4 +1,5 @@
 """Gaussian noise on neurons: the noise term ``z = mu + sigma * eps`` of Eq. (1), and Eq. (3)."""
+from ..parallel import parallel_blocks
 from .base import Module
 
 NOISE_MODES = ("off", "fixed", "learned")
@@ -61,30 +62,41 @@ class GaussianNoise(Module):
             raise ValueError(f"noise layer expects input (N, {', '.join(map(str, self.shape))}), "
                              f"got {tuple(v.shape)}")
         xp, out = self.xp, v
+        mu = self.params.get("mu")
         if self.draws:
             if not (self.hold_eps and self.eps is not None and self.eps.shape == v.shape):
                 if self.eps is None or self.eps.shape != v.shape or self.eps.strides != v.strides:
                     self.eps = xp.empty_like(v)                    # in v's memory layout
                 self.eps = self.bk.normal(v.shape, out=self.eps)   # eps ~ N(0, 1), Eq. (1)
-            out = xp.multiply(self._sigma(), self.eps)             # z = sigma * eps, Eq. (1)
-            out += v                                               # v + z
-        elif not self.hold_eps:
-            self.eps = None
-        if "mu" in self.params:
-            out = v + self.params["mu"] if out is v else xp.add(out, self.params["mu"], out=out)
+            sigma, eps, out = self._sigma(), self.eps, xp.empty_like(v)
+
+            def add_noise(cs, ns):                                 # a block of channels, samples
+                o = out[ns, cs]
+                xp.multiply(sigma[cs], eps[ns, cs], out=o)         # z = sigma * eps, Eq. (1)
+                o += v[ns, cs]                                     # v + z
+                if mu is not None:
+                    o += mu[cs]                                    # + mu
+
+            parallel_blocks(xp, self.shape[0], len(v), v.size, add_noise)
+        else:
+            if not self.hold_eps:
+                self.eps = None
+            if mu is not None:
+                out = v + mu
         return out
 
     def backward(self, delta, input_grad=True):
         """``delta`` passes through unchanged (``dv/dz = 1``); the noise parameters get
         ``dL/dsigma = sum_n delta * eps`` (Eq. 3) and ``dL/dmu = sum_n delta``."""
+        xp = self.xp
         if "sigma" in self.params:
             grad_sigma = self.grads["sigma"]
             if self.eps is None:
                 grad_sigma[...] = 0
             else:
-                (delta * self.eps).sum(axis=0, out=grad_sigma)      # Eq. (3), summed over the batch
+                grad_sigma[...] = xp.einsum("n...,n...->...", delta, self.eps)   # Eq. (3), sum over n
                 if self.abs_sigma:
-                    grad_sigma *= self.xp.sign(self.params["sigma"])
+                    grad_sigma *= xp.sign(self.params["sigma"])
         if "mu" in self.params:
-            delta.sum(axis=0, out=self.grads["mu"])
+            self.grads["mu"][...] = xp.einsum("n...->...", delta)
         return delta

@@ -7,7 +7,8 @@ reaches are dropped, as PyTorch's default ``ceil_mode=False``); :class:`GlobalAv
 memory layout of the input (see :class:`~manualbp.layers.conv.Conv2d`).
 """
 from .base import Module
-from .im2col import _empty_in_layout_of, _memory_order, pair, parallel_blocks
+from ..parallel import parallel_blocks
+from .im2col import _empty_in_layout_of, _memory_order, pair
 
 
 def _check_4d(layer, x):
