@@ -85,6 +85,21 @@ def evaluating(model, noise=None):
 
 
 @contextmanager
+def input_gradient_only(model):
+    """Within the block, ``model.backward`` computes ``dL/dx`` (Eq. 2 down to the input) and
+    nothing else: every layer skips its parameter gradients (``grads`` keep their values), so
+    attacks and saliency maps, which only need the input gradient, save those products."""
+    modules = [m for _, m in model.modules()]
+    for m in modules:
+        m.param_grads = False
+    try:
+        yield model
+    finally:
+        for m in modules:
+            m.param_grads = True
+
+
+@contextmanager
 def held_noise(model):
     """Within the block, noise layers reuse their last ``eps`` instead of drawing new ones
     (the first forward inside the block draws if a layer has no draw yet)."""

@@ -4,6 +4,7 @@ and a step learning-rate schedule.
 An optimiser updates a chosen set of a model's parameters in place, by name. Its state
 (moments, step count) is a dict of named arrays, so checkpoints store it without pickle.
 """
+from .parallel import parallel_blocks
 
 
 def is_noise_level(name):
@@ -16,8 +17,12 @@ class Optimizer:
 
     It gathers those parameters, and their gradients, into one contiguous array each and makes
     the layers' arrays views of them, so one update is a few whole-array operations however many
-    layers there are (the layers keep writing their gradients in place, as always).
+    layers there are (the layers keep writing their gradients in place, as always). A subclass
+    writes ``update(part)`` for the slice ``part`` of those flat arrays; a large update runs as
+    several parts on threads (every operation is element-wise, so the result is the same).
     """
+
+    state_names = ()   # the per-parameter state arrays ``update`` uses (moments, momentum)
 
     def __init__(self, model, lr, select=None):
         self.bk, self.xp = model.bk, model.xp
@@ -44,24 +49,23 @@ class Optimizer:
             offset += old.size
         return flat
 
-    def _buffer(self, kind):
-        if kind not in self.state:
-            self.state[kind] = self.xp.zeros_like(self.param)
-        return self.state[kind]
-
-    def _decayed_grad(self, weight_decay):
+    def _decayed_grad(self, part, weight_decay):
         """``g + weight_decay * p`` (L2 weight decay), or ``g`` itself when there is none."""
         if not weight_decay:
-            return self.grad
-        g = self.xp.multiply(self.param, weight_decay, out=self.scratch)
-        g += self.grad
+            return self.grad[part]
+        g = self.xp.multiply(self.param[part], weight_decay, out=self.scratch[part])
+        g += self.grad[part]
         return g
 
     def step(self):
         self.t += 1
-        self.update(self.param, self.grad)
+        for name in self.state_names:
+            if name not in self.state:
+                self.state[name] = self.xp.zeros_like(self.param)
+        size = self.param.size
+        parallel_blocks(self.xp, size, 1, size, lambda part, _: self.update(part))
 
-    def update(self, p, g):
+    def update(self, part):
         raise NotImplementedError
 
     def state_dict(self):
@@ -86,6 +90,8 @@ class Adam(Optimizer):
     update of Eq. (7), ``sigma <- |sigma - lr * h_hat / (sqrt(v_hat) + eps)|``.
     """
 
+    state_names = ("m", "v")
+
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  keep_positive=False, select=None):
         super().__init__(model, lr, select)
@@ -93,10 +99,10 @@ class Adam(Optimizer):
         self.eps, self.weight_decay, self.keep_positive = eps, weight_decay, keep_positive
         self.work = self.xp.empty_like(self.param)
 
-    def update(self, p, g):
-        xp, b1, b2, s = self.xp, self.beta1, self.beta2, self.work
-        g = self._decayed_grad(self.weight_decay)
-        h, v = self._buffer("m"), self._buffer("v")
+    def update(self, part):
+        xp, b1, b2, s = self.xp, self.beta1, self.beta2, self.work[part]
+        p, g = self.param[part], self._decayed_grad(part, self.weight_decay)
+        h, v = self.state["m"][part], self.state["v"][part]
         h *= b1
         h += xp.multiply(g, 1 - b1, out=s)                         # h <- b1 h + (1 - b1) g, Eq. (7)
         v *= b2
@@ -118,15 +124,16 @@ class SGD(Optimizer):
     def __init__(self, model, lr=1e-2, momentum=0.9, weight_decay=0.0, select=None):
         super().__init__(model, lr, select)
         self.momentum, self.weight_decay = momentum, weight_decay
+        self.state_names = ("momentum",) if momentum else ()
 
-    def update(self, p, g):
-        g = self._decayed_grad(self.weight_decay)
+    def update(self, part):
+        g = self._decayed_grad(part, self.weight_decay)
         if self.momentum:
-            buf = self._buffer("momentum")
+            buf = self.state["momentum"][part]
             buf *= self.momentum
             buf += g                                                # b <- momentum b + g
             g = buf
-        p -= self.xp.multiply(g, self.lr, out=self.scratch)         # p <- p - lr b
+        self.param[part] -= self.xp.multiply(g, self.lr, out=self.scratch[part])   # p <- p - lr b
 
 
 def noise_level_optimizer(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):

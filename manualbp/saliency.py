@@ -4,7 +4,7 @@ The gradient of the class score ``y_c`` (the ``c``-th logit) with respect to the
 backward pass seeded with the one-hot vector of ``c``: ``model.backward(onehot_c)`` returns
 ``d y_c / d x`` (Eq. 2 run down to the input).
 """
-from .model import evaluating
+from .model import evaluating, input_gradient_only
 
 
 def score_gradient(model, x, classes):
@@ -14,7 +14,8 @@ def score_gradient(model, x, classes):
         raise ValueError(f"classes must have shape ({len(x)},), one per image, got {tuple(classes.shape)}")
     seed = model.xp.zeros_like(logits)
     seed[model.xp.arange(len(x)), classes] = 1                   # onehot_c: d y_c / d logits
-    return model.backward(seed)
+    with input_gradient_only(model):
+        return model.backward(seed)
 
 
 def smoothgrad(model, x, classes=None, samples=25, noise=0.15, batch_size=1000, model_noise=None,

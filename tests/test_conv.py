@@ -112,7 +112,10 @@ def test_naive_convolution_by_hand():
 @pytest.mark.parametrize("c_in, c_out, kernel, stride, padding, hw", GEOMETRIES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("order", Conv2d.COLUMN_ORDERS)
-def test_conv_gradients(bk64, c_in, c_out, kernel, stride, padding, hw, bias, order):
+@pytest.mark.parametrize("direct", [False, True], ids=["transposed-gemm", "direct-gemm"])
+def test_conv_gradients(bk64, monkeypatch, c_in, c_out, kernel, stride, padding, hw, bias, order, direct):
+    """Both orientations of the weight-gradient GEMM (small weights: cols delta^T, transposed)."""
+    monkeypatch.setattr(Conv2d, "DIRECT_GRAD_SIZE", 0 if direct else 1 << 62)
     conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias, column_order=order)
     x = bk64.asarray(host_normal(6, (2, c_in, *hw)))
     errors = check_gradients(conv, x)

@@ -282,3 +282,38 @@ def test_forward_backward_shapes(backend_name, variant):
     for name, grad in model.named_gradients().items():
         assert grad.shape == model.named_parameters()[name].shape, name
         assert float(abs(grad).max()) > 0, name
+
+
+# --- input gradient only ---------------------------------------------------------------------------
+
+def _zoo_models(bk):
+    from manualbp.zoo import cnn, resnet18
+    return [(mlp(bk, "mlpn", "relu", sizes=SIZES), (5, SIZES[0])),
+            (cnn(bk, "cnn-an"), (3, 1, 28, 28)),
+            (resnet18(bk, "resnet18-an", width=4, input_size=8), (3, 3, 8, 8))]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["mlpn", "cnn-an", "resnet18-an"])
+@pytest.mark.parametrize("train", [True, False], ids=["train-mode", "eval-mode"])
+def test_input_gradient_only_gives_the_same_input_gradient_and_leaves_grads(index, train):
+    """The same dL/dx as a full backward pass, and no parameter gradient written -- except
+    batch norm's in training mode, which its input gradient is made of."""
+    from manualbp.model import input_gradient_only
+    bk = get_backend("numpy", "float64", 0)
+    model, shape = _zoo_models(bk)[index]
+    x = bk.asarray(np.random.default_rng(1).random(shape))
+    with held_noise(model):
+        if not train:
+            model.eval(noise=True)
+        logits = model.forward(x)
+        seed = bk.asarray(np.random.default_rng(2).standard_normal(logits.shape))
+        full = model.backward(seed.copy())
+        for g in model.named_gradients().values():
+            g[...] = np.nan                                  # a sentinel: must stay untouched
+        model.forward(x)
+        with input_gradient_only(model):
+            only = model.backward(seed.copy())
+    np.testing.assert_allclose(only, full, rtol=1e-12, atol=1e-14)
+    kept = {n: g for n, g in model.named_gradients().items() if not (train and ".bn" in "." + n)}
+    assert kept and all(np.isnan(g).all() for g in kept.values())
+    assert all(m.param_grads for _, m in model.modules())     # switched back on after the block

@@ -267,3 +267,24 @@ def test_packing_keeps_layer_arrays_as_views():
     sigma.step()
     for k, v in model.named_parameters().items():
         assert not np.array_equal(v, old[k]), k
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: Adam(m, lr=0.01, weight_decay=0.1),
+    lambda m: Adam(m, lr=0.01, keep_positive=True),
+    lambda m: SGD(m, lr=0.1, momentum=0.9, weight_decay=0.05),
+])
+def test_threaded_update_equals_the_serial_one(monkeypatch, make):
+    """A large update runs in slices on threads: the same bits as one whole-array update."""
+    import manualbp.parallel as parallel
+    rng = np.random.default_rng(5)
+    start = rng.standard_normal(1000)
+    grads = [rng.standard_normal(1000) for _ in range(3)]
+    results = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("MANUALBP_NUM_THREADS", threads)
+        monkeypatch.setattr(parallel, "PARALLEL_MIN_SIZE", 0)
+        model = Params(get_backend("numpy", "float32", 0), w=start)
+        results.append(run(make(model), model, "w", grads))
+    for serial, threaded in zip(*results):
+        np.testing.assert_array_equal(serial, threaded)

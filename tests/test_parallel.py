@@ -60,3 +60,35 @@ def test_importing_manualbp_first_lets_blas_threads_sleep():
     assert _run("import manualbp; " + PRINT_TIMEOUT) == "1"
     assert _run("import numpy, manualbp; " + PRINT_TIMEOUT) == "None"       # too late: untouched
     assert _run("import manualbp; " + PRINT_TIMEOUT, OPENBLAS_THREAD_TIMEOUT="7") == "7"
+
+
+def _layers(bk):
+    from manualbp.layers import BatchNorm1d, BatchNorm2d, GaussianNoise
+    return [(BatchNorm2d(bk, 6), (4, 6, 5, 3)), (BatchNorm1d(bk, 7), (9, 7)),
+            (GaussianNoise(bk, (6, 5, 3), learn_mean=True, sigma0=0.7), (4, 6, 5, 3)),
+            (GaussianNoise(bk, (7,), sigma0=0.7), (9, 7))]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_threaded_layers_give_the_serial_bits(monkeypatch, training):
+    """Batch normalisation and noise layers split large work over threads: same numbers."""
+    import manualbp.parallel as parallel
+    from manualbp import get_backend
+    results = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("MANUALBP_NUM_THREADS", threads)
+        monkeypatch.setattr(parallel, "PARALLEL_MIN_SIZE", 0)
+        bk, rng = get_backend("numpy", "float32", 4), np.random.default_rng(2)
+        run = []
+        for layer, shape in _layers(bk):
+            layer.training = training
+            if hasattr(layer, "eval_noise"):
+                layer.eval_noise = True                       # noise drawn in both modes
+            x = rng.standard_normal(shape).astype(np.float32)
+            y = layer.forward(x)
+            dx = layer.backward(rng.standard_normal(shape).astype(np.float32))
+            run.append([y, dx, *layer.grads.values()])
+        results.append(run)
+    for serial, threaded in zip(*results):
+        for a, b in zip(serial, threaded):
+            np.testing.assert_array_equal(a, b)

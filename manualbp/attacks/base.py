@@ -9,7 +9,7 @@ per-sample one, and :func:`input_gradient` rescales where the size matters.
 from contextlib import contextmanager
 
 from ..layers import SoftmaxCrossEntropy
-from ..model import held_noise, noise_layers
+from ..model import held_noise, input_gradient_only, noise_layers
 
 
 def check_images(x, xp):
@@ -74,7 +74,8 @@ def input_gradient(model, x, y, weights=None):
     seed = loss.backward()
     if weights is not None:
         seed *= (len(x) * weights)[:, None]
-    grad = model.backward(seed)
+    with input_gradient_only(model):                    # no parameter gradients needed
+        grad = model.backward(seed)
     top = logits.max(axis=1)
     lse = top + xp.log(xp.exp(logits - top[:, None]).sum(axis=1))
     per_sample = lse - logits[xp.arange(len(x)), y]

@@ -13,7 +13,7 @@ class ReLU(Module):
         return self.xp.maximum(v, 0)
 
     def backward(self, delta, input_grad=True):
-        return self.xp.where(self.active, delta, 0)          # phi'(v) * delta, Eq. (2)
+        return delta * self.active                           # phi'(v) * delta, Eq. (2)
 
 
 class LeakyReLU(Module):

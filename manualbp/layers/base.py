@@ -10,6 +10,8 @@ A layer holds
 ``forward(x)`` keeps what ``backward`` needs; ``backward(delta, input_grad=True)`` takes
 ``dL/d(output)``, fills ``grads`` and returns ``dL/d(input)`` -- one step of the paper's Eq. (2)
 -- or ``None`` when ``input_grad`` is false (nobody needs it: the first layer in training).
+While ``param_grads`` is false (:func:`manualbp.model.input_gradient_only`), ``backward`` leaves
+``grads`` as they are and computes only what ``dL/d(input)`` needs (attacks, saliency maps).
 Full names join the local names with dots: ``"fc1.weight"``, ``"fc1.noise.sigma"``.
 """
 
@@ -25,6 +27,7 @@ class Module:
         self.buffers = {}
         self.children = {}
         self.training = True
+        self.param_grads = True
 
     def forward(self, x):
         raise NotImplementedError

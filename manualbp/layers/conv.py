@@ -42,6 +42,8 @@ class Conv2d(Module):
     """
 
     COLUMN_ORDERS = ("nhw", "hwn")
+    #: Weight size (C_out * K) from which ``dL/dw`` is computed in its own orientation.
+    DIRECT_GRAD_SIZE = 1 << 19
 
     def __init__(self, bk, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  noise=None, column_order="hwn"):
@@ -66,7 +68,7 @@ class Conv2d(Module):
             self.children["noise"] = noise
         self._cols = None          # (K [+ 1], P) column buffer, bias row of ones at the end
         self._dcols = None         # (K, P) buffer for w^T @ delta
-        self._grad_w = None        # (K [+ 1], C_out) buffer for cols @ delta^T
+        self._grad_w = None        # buffer for [dL/dw | dL/db] or its transpose
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -128,6 +130,28 @@ class Conv2d(Module):
         axes = (1, 0, 2, 3) if self.column_order == "nhw" else (1, 2, 3, 0)
         return a.transpose(axes).reshape(a.shape[1], -1)
 
+    def _grad_buffer(self, shape):
+        if self._grad_w is None or self._grad_w.shape != shape:
+            self._grad_w = self.xp.empty(shape, dtype=self.bk.dtype)
+        return self._grad_w
+
+    def _weight_gradient(self, d2, k):
+        """``[dL/dw | dL/db] = delta cols^T``, ``(C_out, K [+ 1])``, in one GEMM: the row of ones
+        in ``cols`` gives ``dL/db``. For a small weight BLAS is faster computing the transpose,
+        ``cols delta^T``; a large one is written directly, since its transposed copy would cost
+        as much as the GEMM."""
+        xp, c_out, cols = self.xp, self.out_channels, self._cols      # cols: (K [+ 1], P)
+        grad_w = self.grads["weight"].reshape(c_out, k)
+        if c_out * k >= self.DIRECT_GRAD_SIZE:
+            out = self._grad_buffer((c_out, cols.shape[0])) if cols.shape[0] > k else grad_w
+            g = xp.matmul(d2, cols.T, out=out)
+        else:
+            g = xp.matmul(cols, d2.T, out=self._grad_buffer((cols.shape[0], c_out))).T
+        if g is not grad_w:
+            grad_w[...] = g[:, :k]
+        if "bias" in self.params:
+            self.grads["bias"][...] = g[:, k]
+
     def backward(self, delta, input_grad=True):
         """``delta``: ``dL/dv`` ``(N, C_out, OH, OW)``; returns ``dL/dx`` (Eq. 2) or ``None``."""
         if "noise" in self.children:
@@ -139,16 +163,8 @@ class Conv2d(Module):
         k = c * kh * kw
         oh, ow = delta.shape[2:]
         d2 = self._as_matrix(delta)                            # free in the usual layout
-        cols = self._cols                                      # (K [+ 1], P)
-        rows = cols.shape[0]
-        if self._grad_w is None or self._grad_w.shape != (rows, c_out):
-            self._grad_w = xp.empty((rows, c_out), dtype=self.bk.dtype)
-        # [dL/dw | dL/db]^T = cols delta^T in one GEMM (the bias row of ones gives dL/db); this
-        # orientation of the product is the faster one for BLAS, and the result is tiny.
-        grad_wt = xp.matmul(cols, d2.T, out=self._grad_w)
-        self.grads["weight"][...] = grad_wt[:k].T.reshape(self.grads["weight"].shape)
-        if "bias" in self.params:
-            self.grads["bias"][...] = grad_wt[k]
+        if self.param_grads:
+            self._weight_gradient(d2, k)
         if not input_grad:
             return None
         if self._dcols is None or self._dcols.shape != (k, d2.shape[1]):

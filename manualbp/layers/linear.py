@@ -40,9 +40,10 @@ class Linear(Module):
         """``delta``: ``dL/dv`` ``(N, out_features)``; returns ``theta^T delta`` (Eq. 2)."""
         if "noise" in self.children:
             delta = self.children["noise"].backward(delta)   # fills dL/dsigma, Eq. (3)
-        self.xp.matmul(delta.T, self.x, out=self.grads["weight"])   # dL/dtheta_ij = delta_i x_j
-        if "bias" in self.params:
-            delta.sum(axis=0, out=self.grads["bias"])
+        if self.param_grads:
+            self.xp.matmul(delta.T, self.x, out=self.grads["weight"])   # dL/dtheta_ij = delta_i x_j
+            if "bias" in self.params:
+                delta.sum(axis=0, out=self.grads["bias"])
         if input_grad:
             return delta @ self.params["weight"]             # sum_j theta_ji delta_j, Eq. (2)
         return None

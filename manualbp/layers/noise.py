@@ -89,6 +89,8 @@ class GaussianNoise(Module):
         """``delta`` passes through unchanged (``dv/dz = 1``); the noise parameters get
         ``dL/dsigma = sum_n delta * eps`` (Eq. 3) and ``dL/dmu = sum_n delta``."""
         xp = self.xp
+        if not self.param_grads:
+            return delta
         if "sigma" in self.params:
             grad_sigma = self.grads["sigma"]
             if self.eps is None:

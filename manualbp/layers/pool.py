@@ -135,7 +135,7 @@ class MaxPool2d(_Pool2d):
             parallel_blocks(xp, c, n, dx.size, block)
             return dx
         for k, view in self._windows(dx, oh, ow):
-            view += xp.where(self.argmax == k, delta, 0)
+            view += delta * (self.argmax == k)
         return dx
 
 
