@@ -81,7 +81,8 @@ def torch_pgd(net, x, y, batch, input_only):
 
 def manualbp_pgd(model, x, y, batch):
     with evaluating(model):
-        return [pgd(model, x[i:i + batch], y[i:i + batch], EPS, ALPHA, STEPS) for i in range(0, len(x), batch)]
+        return model.xp.concatenate([pgd(model, x[i:i + batch], y[i:i + batch], EPS, ALPHA, STEPS)
+                                     for i in range(0, len(x), batch)])
 
 
 def timed(f):
@@ -104,15 +105,12 @@ def main():
     bk = get_backend("numpy", "float32", 0)
     results = {}
     for name in args.models.split(","):
-        if name == "cnn" and not hasattr(zoo, "cnn"):
-            print("cnn: manualbp.zoo.cnn not available yet, skipped")
-            continue
         model = zoo.mlp(bk, "mlp", "relu") if name == "mlp" else zoo.cnn(bk, "cnn")
         shape = (-1,) + tuple(model.input_shape)
         xm, ym = bk.asarray(x.reshape(shape)), bk.asarray(y, dtype="int64")
         net = torch_model(name, model)
         tx, ty = torch.from_numpy(x.reshape(shape)), torch.from_numpy(y.astype(np.int64))
-        check = manualbp_pgd(model, xm[:200], ym[:200], args.batch)[0]     # also the warm-up
+        check = manualbp_pgd(model, xm[:200], ym[:200], args.batch)     # also the warm-up
         reference = torch_pgd(net, tx[:200], ty[:200], args.batch, True).numpy()
         torch_pgd(net, tx[:200], ty[:200], args.batch, False)
         agree = float((np.abs(check - reference) < 1e-5).mean())
