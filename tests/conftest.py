@@ -3,11 +3,13 @@ optional PyTorch, and the real Fashion-MNIST data.
 
 Environment switches (set by CI so that nothing it needs is silently skipped):
 
-* ``MANUALBP_STRICT=1`` -- both of the following;
+* ``MANUALBP_STRICT=1`` -- all of the following;
 * ``MANUALBP_REQUIRE_TORCH=1`` -- a missing ``torch`` fails the parity tests instead of skipping them;
+* ``MANUALBP_REQUIRE_JAX=1`` -- likewise for ``jax`` and the JAX parity tests;
 * ``MANUALBP_REQUIRE_DATA=1``  -- missing Fashion-MNIST files fail the real-data tests instead of
   skipping them.
 """
+import importlib
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -63,16 +65,27 @@ def bk32(backend_name):
     return get_backend(backend_name, "float32", 0)
 
 
-def require_torch():
-    """Import and return ``torch``; skip when it is missing, or fail under MANUALBP_REQUIRE_TORCH=1."""
+def _require_module(name):
+    """Import and return module ``name``; skip when it is missing, or fail under
+    ``MANUALBP_REQUIRE_<NAME>=1``."""
+    flag = f"MANUALBP_REQUIRE_{name.upper()}"
     try:
-        import torch
+        return importlib.import_module(name)
     except ImportError as err:
-        if _env_flag("MANUALBP_REQUIRE_TORCH"):
-            pytest.fail(f"MANUALBP_REQUIRE_TORCH=1 but torch cannot be imported ({err}); "
+        if _env_flag(flag):
+            pytest.fail(f"{flag}=1 but {name} cannot be imported ({err}); "
                         "install it with pip install -e '.[test]'", pytrace=False)
-        pytest.skip("torch not installed")
-    return torch
+        pytest.skip(f"{name} not installed")
+
+
+def require_torch():
+    """``torch`` (the PyTorch parity tests), see :func:`_require_module`."""
+    return _require_module("torch")
+
+
+def require_jax():
+    """``jax`` (the JAX parity tests), see :func:`_require_module`."""
+    return _require_module("jax")
 
 
 def require_fashion_mnist():
@@ -94,6 +107,12 @@ def torch():
     return require_torch()
 
 
+@pytest.fixture
+def jax():
+    """The ``jax`` module (see :func:`require_jax`)."""
+    return require_jax()
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist():
     """The Fashion-MNIST dict of :func:`manualbp.data.load_mnist` (see :func:`require_fashion_mnist`)."""
@@ -103,5 +122,5 @@ def fashion_mnist():
 @pytest.fixture
 def requirements():
     """The helpers behind the optional-dependency fixtures, for testing them directly."""
-    return SimpleNamespace(torch=require_torch, fashion_mnist=require_fashion_mnist,
+    return SimpleNamespace(torch=require_torch, jax=require_jax, fashion_mnist=require_fashion_mnist,
                            fashion_mnist_dir=FASHION_MNIST_DIR)

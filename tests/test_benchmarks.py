@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 RUNS = {
@@ -22,7 +20,7 @@ RUNS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(RUNS))
-def test_benchmark_runs_and_writes_its_figures(tmp_path, script):
+def test_benchmark_runs_and_writes_its_figures(torch, tmp_path, script):
     args, key = RUNS[script]
     out = tmp_path / "figures.json"
     done = subprocess.run([sys.executable, script, *args, "--json", str(out)], cwd=ROOT / "benchmarks",

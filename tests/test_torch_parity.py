@@ -162,19 +162,22 @@ def test_three_training_steps_match_torch(torch, activation, learn_mean):
     assert weights_opt.t == sigma_opt.t == 3
 
 
-def test_missing_torch_skips_or_fails_when_required(requirements, monkeypatch):
-    """The ``torch`` fixture skips without torch, but fails under MANUALBP_REQUIRE_TORCH=1 (CI)."""
-    monkeypatch.setitem(sys.modules, "torch", None)            # ``import torch`` raises ImportError
-    monkeypatch.delenv("MANUALBP_REQUIRE_TORCH", raising=False)
+@pytest.mark.parametrize("name", ["torch", "jax"])
+def test_missing_library_skips_or_fails_when_required(requirements, monkeypatch, name):
+    """The ``torch`` / ``jax`` fixtures skip without the library, but fail under
+    MANUALBP_REQUIRE_TORCH=1 / MANUALBP_REQUIRE_JAX=1 or MANUALBP_STRICT=1 (CI)."""
+    require, flag = getattr(requirements, name), f"MANUALBP_REQUIRE_{name.upper()}"
+    monkeypatch.setitem(sys.modules, name, None)               # ``import <name>`` raises ImportError
+    monkeypatch.delenv(flag, raising=False)
     monkeypatch.delenv("MANUALBP_STRICT", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="torch not installed"):
-        requirements.torch()
-    monkeypatch.setenv("MANUALBP_REQUIRE_TORCH", "1")
-    with pytest.raises(pytest.fail.Exception, match="MANUALBP_REQUIRE_TORCH=1"):
-        requirements.torch()
-    monkeypatch.setenv("MANUALBP_REQUIRE_TORCH", "0")
+    with pytest.raises(pytest.skip.Exception, match=f"{name} not installed"):
+        require()
+    monkeypatch.setenv(flag, "1")
+    with pytest.raises(pytest.fail.Exception, match=f"{flag}=1"):
+        require()
+    monkeypatch.setenv(flag, "0")
     with pytest.raises(pytest.skip.Exception):
-        requirements.torch()
+        require()
     monkeypatch.setenv("MANUALBP_STRICT", "1")
     with pytest.raises(pytest.fail.Exception):
-        requirements.torch()
+        require()

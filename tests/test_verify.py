@@ -143,8 +143,7 @@ def test_missing_jax_is_a_clear_error(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("name", ["mlpn-sigmoid", "cnn-an", "resnet18-an"])
-def test_jax_agrees_where_installed(name):
-    pytest.importorskip("jax")
+def test_jax_agrees(jax, name):
     model, x, y = build(name)
     report = verify_model(model, x, y, "jax")
     assert report.passed, report.format()
