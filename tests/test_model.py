@@ -167,32 +167,20 @@ def test_train_mode_draws_noise(backend_name):
         assert np.abs(a - b).max() > 1e-3, variant
 
 
-def test_mlpn_eval_noise_switch(backend_name):
+@pytest.mark.parametrize("variant, noise_by_default", [("mlpn", True), ("mlp+", False)])
+def test_eval_noise_switch(backend_name, variant, noise_by_default):
+    """Evaluation keeps learned noise on and fixed noise off by default; ``noise=`` overrides."""
     bk = get_backend(backend_name, "float32", 0)
-    model = mlp(bk, "mlpn", sizes=SIZES)
+    model = mlp(bk, variant, sizes=SIZES)
     x = batch(bk)
-    model.eval()                                             # default for learned noise: on
-    a, b = outputs(model, x)
-    assert np.abs(a - b).max() > 1e-3
-    model.eval(noise=False)                                  # the mean model
-    a, b = outputs(model, x)
-    np.testing.assert_array_equal(a, b)
-    assert named_eps(model) == {}
-    model.eval(noise=True)                                   # the randomised model
-    a, b = outputs(model, x)
-    assert np.abs(a - b).max() > 1e-3
-
-
-def test_mlp_plus_eval_noise_switch(backend_name):
-    bk = get_backend(backend_name, "float32", 0)
-    model = mlp(bk, "mlp+", sizes=SIZES)
-    x = batch(bk)
-    model.eval()                                             # default for fixed noise: off
-    a, b = outputs(model, x)
-    np.testing.assert_array_equal(a, b)
-    model.eval(noise=True)
-    a, b = outputs(model, x)
-    assert np.abs(a - b).max() > 1e-3
+    for noise in (None, False, True):                        # default, the mean model, the randomised one
+        model.eval(noise=noise)
+        a, b = outputs(model, x)
+        if noise or (noise is None and noise_by_default):
+            assert np.abs(a - b).max() > 1e-3
+        else:
+            np.testing.assert_array_equal(a, b)
+            assert named_eps(model) == {}
 
 
 def test_mean_model_equals_noise_free_model():
