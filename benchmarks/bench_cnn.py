@@ -33,26 +33,14 @@ import torch
 from manualbp import get_backend
 from manualbp.experiments import make_optimizers
 from manualbp.layers import SoftmaxCrossEntropy
-from manualbp.parallel import num_threads
 from manualbp.zoo import cnn
-from torch_step import torch_train_step
+from common import N_TRAIN, same_threads, torch_train_step, training_data
 
 conv_module = importlib.import_module("manualbp.layers.conv")
 
-BATCH, N_TRAIN = 128, 50000
+BATCH = 128
 STEPS_PER_EPOCH = -(-N_TRAIN // BATCH)
 MODELS = {"cnn": False, "cnn-an": True}          # manualbp variant -> noise on every hidden layer
-
-
-def training_data():
-    try:
-        from manualbp.data import load_mnist, split_dataset
-        x, y = split_dataset(load_mnist("fashion-mnist", download=False), (5, 1, 1), seed=0)["train"]
-        return x.reshape(-1, 1, 28, 28), y.astype(np.int64), "Fashion-MNIST"
-    except Exception:
-        rng = np.random.default_rng(0)
-        return (rng.random((N_TRAIN, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, N_TRAIN),
-                "random images")
 
 
 class TorchCNN(torch.nn.Module):
@@ -217,9 +205,8 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="training steps per round and engine")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    threads = num_threads()
-    torch.set_num_threads(threads)
-    x, y, source = training_data()
+    threads = same_threads()
+    x, y, source = training_data((1, 28, 28))
     order = np.random.default_rng(0).permutation(len(x))[:args.steps * BATCH]
     np_batches = [(np.ascontiguousarray(x[order[i:i + BATCH]]), y[order[i:i + BATCH]])
                   for i in range(0, len(order), BATCH)]

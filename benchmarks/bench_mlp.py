@@ -13,7 +13,6 @@ the drift between whole epochs -- and the speed of the noise draws.
 import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -24,21 +23,10 @@ from manualbp import get_backend
 from manualbp.experiments import make_optimizers
 from manualbp.train import Trainer
 from manualbp.zoo import mlp
-from torch_step import torch_train_step
+from common import same_threads, torch_train_step, training_data
 
 VARIANTS = ("mlp", "mlp+", "mlpn")
-N_TRAIN, BATCH = 50000, 128
-
-
-def training_data():
-    try:
-        from manualbp.data import load_mnist, split_dataset
-        x, y = split_dataset(load_mnist("fashion-mnist", download=False), (5, 1, 1), seed=0)["train"]
-        return x, y.astype(np.int64), "Fashion-MNIST"
-    except Exception:
-        rng = np.random.default_rng(0)
-        return (rng.random((N_TRAIN, 784), dtype=np.float32), rng.integers(0, 10, N_TRAIN),
-                "random images")
+BATCH = 128
 
 
 class TorchMLP(torch.nn.Module):
@@ -138,8 +126,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
+    threads = same_threads()
     x, y, source = training_data()
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     modes = {"mlp": "off", "mlp+": "fixed", "mlpn": "learned"}

@@ -3,8 +3,8 @@ same attack on the same model (same weights) in PyTorch on the CPU, side by side
 
     python benchmarks/bench_pgd.py [--repeats 3] [--images 10000] [--batch 500] [--json out.json]
 
-manualbp takes every input gradient from ``model.backward`` (which also fills the parameter
-gradients: the engine's backward has no input-only mode). PyTorch runs the attack two ways:
+manualbp takes every input gradient from ``model.backward`` inside ``input_gradient_only``
+(the layers skip their parameter gradients). PyTorch runs the attack two ways:
 ``torch.autograd.grad(loss, x)`` (input gradient only, as torchattacks does) and
 ``loss.backward()`` (parameter gradients too, as the paper's released code does). Runs alternate
 between the engines; medians of ``--repeats`` are reported, with ratios manualbp / PyTorch, and
@@ -13,7 +13,6 @@ the ratios of the fastest runs (on a shared machine, the runs least disturbed by
 import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -23,6 +22,7 @@ import torch
 from manualbp import get_backend, zoo
 from manualbp.attacks import pgd
 from manualbp.model import evaluating
+from common import same_threads
 
 EPS, ALPHA, STEPS = 25 / 255, 5 / 255, 10
 
@@ -30,9 +30,8 @@ EPS, ALPHA, STEPS = 25 / 255, 5 / 255, 10
 def images(n):
     try:
         from manualbp.data import load_mnist
-        x = load_mnist("fashion-mnist", download=False)["x"][-n:]
-        y = load_mnist("fashion-mnist", download=False)["y"][-n:]
-        return x, y, "Fashion-MNIST test images"
+        data = load_mnist("fashion-mnist", download=False)
+        return data["x"][-n:], data["y"][-n:], "Fashion-MNIST test images"
     except Exception:
         rng = np.random.default_rng(0)
         return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n), "random images"
@@ -99,8 +98,7 @@ def main():
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
+    threads = same_threads()
     x, y, source = images(args.images)
     bk = get_backend("numpy", "float32", 0)
     results = {}

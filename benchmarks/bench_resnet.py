@@ -16,7 +16,6 @@ changes during the run).
 import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -28,7 +27,7 @@ from manualbp import get_backend
 from manualbp.experiments import make_optimizers
 from manualbp.layers import SoftmaxCrossEntropy
 from manualbp.zoo import RESNET_SETUPS, RESNET_SUFFIXES, resnet18, resnet34
-from torch_step import torch_train_step
+from common import same_threads, torch_train_step
 
 MODELS = {"resnet18": (resnet18, (2, 2, 2, 2), "cifar10"), "resnet34": (resnet34, (3, 4, 6, 3), "tiny-imagenet")}
 
@@ -176,8 +175,7 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = False
         device = torch.cuda.get_device_name()
     else:
-        torch.set_num_threads(os.cpu_count())
-        device = f"CPU, {os.cpu_count()} threads"
+        device = f"CPU, {same_threads()} threads"
     print(f"{args.backend} vs torch {torch.__version__} on {device}; numpy {np.__version__}; "
           f"batch {batch}; median of {args.rounds} rounds of {steps} steps")
     print(f"{'model':14s} {'input':>5s} {'manualbp s':>11s} {'torch s':>8s} {'ratio':>6s}")

@@ -17,8 +17,9 @@ from types import SimpleNamespace
 import pytest
 
 from manualbp.backend import Backend, BackendError, get_backend
+from manualbp.data.mnist import SYSTEM_DIRS
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIR = Path(SYSTEM_DIRS["fashion-mnist"][0])
 
 
 def _env_flag(name):

@@ -64,7 +64,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.to_dict() for r in reports], f, indent=2)
-    failed = [r.title.split(":")[0] for r in reports if not r.passed]
+    failed = [name for name, r in zip(names, reports) if not r.passed]
     print(f"{len(reports) - len(failed)} of {len(reports)} models agree"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

@@ -13,7 +13,7 @@ def linear(w, m, x, path):
     v = x @ w.array(path, "weight").T
     if "bias" in m.params:
         v = v + w.array(path, "bias")
-    return w.child(m, "noise", v, path) if "noise" in m.children else v
+    return w.noise(m, v, path)
 
 
 @register("jax", "Conv2d")
@@ -25,7 +25,7 @@ def conv2d(w, m, x, path):
                                  precision=lax.Precision.HIGHEST)
     if "bias" in m.params:
         v = v + w.array(path, "bias").reshape(1, -1, 1, 1)
-    return w.child(m, "noise", v, path) if "noise" in m.children else v
+    return w.noise(m, v, path)
 
 
 def _pool(x, m, init, op):
@@ -52,17 +52,6 @@ def global_avg_pool2d(w, m, x, path):
 @register("jax", "Flatten")
 def flatten(w, m, x, path):
     return x.reshape(x.shape[0], -1)
-
-
-@register("jax", "GaussianNoise")
-def gaussian_noise(w, m, v, path):
-    eps = w.eps(path)
-    if eps is not None:
-        sigma = w.array(path, "sigma")
-        v = v + (jnp.abs(sigma) if m.abs_sigma else sigma) * eps        # z = sigma * eps, Eq. (1)
-    if "mu" in m.params:
-        v = v + w.array(path, "mu")
-    return v
 
 
 @register("jax", "ReLU")
@@ -92,12 +81,6 @@ def batch_norm(w, m, x, path):
         var = w.array(path, "running_var").reshape(shape)
     xhat = (x - mean) / jnp.sqrt(var + m.eps)
     return xhat * w.array(path, "weight").reshape(shape) + w.array(path, "bias").reshape(shape)
-
-
-@register("jax", "Normalize")
-def normalize(w, m, x, path):
-    shape = (1, m.channels) + (1,) * (x.ndim - 2)
-    return (x - w.array(path, "mean").reshape(shape)) / w.array(path, "std").reshape(shape)
 
 
 def version():

@@ -9,14 +9,14 @@ from .walk import Walker, register
 @register("torch", "Linear")
 def linear(w, m, x, path):
     v = F.linear(x, w.array(path, "weight"), w.array(path, "bias") if "bias" in m.params else None)
-    return w.child(m, "noise", v, path) if "noise" in m.children else v
+    return w.noise(m, v, path)
 
 
 @register("torch", "Conv2d")
 def conv2d(w, m, x, path):
     v = F.conv2d(x, w.array(path, "weight"), w.array(path, "bias") if "bias" in m.params else None,
                  stride=m.stride, padding=m.padding)
-    return w.child(m, "noise", v, path) if "noise" in m.children else v
+    return w.noise(m, v, path)
 
 
 @register("torch", "MaxPool2d")
@@ -39,17 +39,6 @@ def flatten(w, m, x, path):
     return torch.flatten(x, 1)
 
 
-@register("torch", "GaussianNoise")
-def gaussian_noise(w, m, v, path):
-    eps = w.eps(path)
-    if eps is not None:
-        sigma = w.array(path, "sigma")
-        v = v + (torch.abs(sigma) if m.abs_sigma else sigma) * eps      # z = sigma * eps, Eq. (1)
-    if "mu" in m.params:
-        v = v + w.array(path, "mu")
-    return v
-
-
 @register("torch", "ReLU")
 def relu(w, m, x, path):
     return F.relu(x)
@@ -70,12 +59,6 @@ def batch_norm(w, m, x, path):
     return F.batch_norm(x, w.array(path, "running_mean").clone(), w.array(path, "running_var").clone(),
                         w.array(path, "weight"), w.array(path, "bias"), training=m.training,
                         momentum=m.momentum, eps=m.eps)
-
-
-@register("torch", "Normalize")
-def normalize(w, m, x, path):
-    shape = (1, m.channels) + (1,) * (x.ndim - 2)
-    return (x - w.array(path, "mean").reshape(shape)) / w.array(path, "std").reshape(shape)
 
 
 def version():

@@ -56,6 +56,10 @@ class Walker:
     def child(self, module, name, x, path):
         return self.run(module.children[name], x, join(path, name))
 
+    def noise(self, module, v, path):
+        """``v`` through the module's noise child (the ``z`` of Eq. 1), if it has one."""
+        return self.child(module, "noise", v, path) if "noise" in module.children else v
+
     def array(self, path, key):
         return self.arrays[join(path, key)]
 
