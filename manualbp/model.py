@@ -1,7 +1,7 @@
 """Containers: chain forward passes, and run Eq. (2) as a loop over the layers in reverse."""
 from contextlib import contextmanager
 
-from .layers.base import Module
+from .layers.base import Module, backward_chain
 from .layers.noise import GaussianNoise
 
 
@@ -40,10 +40,7 @@ class Sequential(Module):
         """Propagate the residual error from the output down to the input: Eq. (2).
 
         Returns ``dL/dx``; with ``input_grad=False`` the first layer skips it (training)."""
-        layers = list(self.children.values())
-        for i in range(len(layers) - 1, -1, -1):
-            delta = layers[i].backward(delta, input_grad=input_grad or i > 0)
-        return delta
+        return backward_chain(list(self.children.values()), delta, input_grad)
 
     @property
     def layers(self):
@@ -59,7 +56,7 @@ def sigma_summary(model):
     """``{noise layer: {"mean", "std", "min", "max"}}`` of every noise level ``sigma`` (host floats)."""
     summary = {}
     for name, layer in noise_layers(model).items():
-        sigma = layer.params.get("sigma", layer.buffers.get("sigma"))
+        sigma = layer.sigma
         if sigma is not None:
             summary[name] = {stat: float(getattr(sigma, stat)()) for stat in ("mean", "std", "min", "max")}
     return summary

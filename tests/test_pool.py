@@ -167,6 +167,8 @@ def test_outputs_keep_the_input_layout():
         y = pool.forward(x)
         assert y.transpose(1, 0, 2, 3).flags.c_contiguous
         assert pool.backward(bk.xp.ones_like(y)).transpose(1, 0, 2, 3).flags.c_contiguous
+    gap = GlobalAvgPool2d(bk)
+    assert gap.backward(bk.xp.ones_like(gap.forward(x))).transpose(1, 0, 2, 3).flags.c_contiguous
 
 
 def test_no_input_gradient_requested():

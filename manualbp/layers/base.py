@@ -16,6 +16,14 @@ Full names join the local names with dots: ``"fc1.weight"``, ``"fc1.noise.sigma"
 """
 
 
+def backward_chain(layers, delta, input_grad=True):
+    """Eq. (2) through ``layers`` applied in order: their ``backward`` in reverse, each passing
+    ``dL/d(its input)`` to the one before; only the first skips it when ``input_grad`` is false."""
+    for i in range(len(layers) - 1, -1, -1):
+        delta = layers[i].backward(delta, input_grad=input_grad or i > 0)
+    return delta
+
+
 class Module:
     """Base class: naming, state and train/eval switches; subclasses write forward/backward."""
 

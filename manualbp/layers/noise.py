@@ -53,9 +53,14 @@ class GaussianNoise(Module):
         """Whether the next forward pass adds noise."""
         return self.mode != "off" and (self.training or self.eval_noise)
 
+    @property
+    def sigma(self):
+        """The noise level as stored: the parameter (learned) or the buffer (fixed); ``None``
+        when the mode is ``"off"``."""
+        return self.params.get("sigma", self.buffers.get("sigma"))
+
     def _sigma(self):
-        sigma = self.params.get("sigma", self.buffers.get("sigma"))
-        return self.xp.abs(sigma) if self.abs_sigma else sigma
+        return self.xp.abs(self.sigma) if self.abs_sigma else self.sigma
 
     def forward(self, v):
         if tuple(v.shape[1:]) != self.shape:

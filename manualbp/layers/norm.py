@@ -50,7 +50,10 @@ class _BatchNorm(Module):
                 raise ValueError(f"{type(self).__name__} needs more than one value per feature "
                                  f"in training mode, got input {tuple(x.shape)}")
             mean = x.mean(axis=self.axes, keepdims=True)
-            self._blocks(x, lambda i, f: xp.subtract(x[i], mean[f], out=xhat[i]))   # x - mean
+        else:
+            mean = self._per_feature("running_mean", self.buffers)
+        self._blocks(x, lambda i, f: xp.subtract(x[i], mean[f], out=xhat[i]))       # x - mean
+        if self.training:
             var = xp.einsum(self.per_feature_dot, xhat, xhat).reshape(self.shape) / count
             self.count = count
             m = self.momentum
@@ -61,8 +64,6 @@ class _BatchNorm(Module):
             running_var += (m * count / (count - 1)) * var.reshape(-1)   # unbiased variance
         else:
             var = self._per_feature("running_var", self.buffers)
-            mean = self._per_feature("running_mean", self.buffers)
-            self._blocks(x, lambda i, f: xp.subtract(x[i], mean[f], out=xhat[i]))
         self.inv_std = inv_std = 1.0 / xp.sqrt(var + self.eps)
         self.xhat = xhat
 

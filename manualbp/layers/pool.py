@@ -8,7 +8,7 @@ memory layout of the input (see :class:`~manualbp.layers.conv.Conv2d`).
 """
 from .base import Module
 from ..parallel import parallel_blocks
-from .im2col import _empty_in_layout_of, _memory_order, pair
+from .im2col import _empty_in_layout_of, _memory_order, output_size, pair
 
 
 def _check_4d(layer, x):
@@ -37,7 +37,7 @@ class _Pool2d(Module):
         if kh > h or kw > w:
             raise ValueError(f"{type(self).__name__}: kernel {kh}x{kw} is larger than the input "
                              f"{h}x{w} (input shape {tuple(x.shape)})")
-        return kh, kw, sh, sw, (h - kh) // sh + 1, (w - kw) // sw + 1
+        return kh, kw, sh, sw, output_size(h, kh, sh, 0), output_size(w, kw, sw, 0)
 
     def _windows(self, a, oh, ow):
         """Yield ``(index, view)`` for each kernel offset ``(i, j)`` in row-major order: the
@@ -51,7 +51,7 @@ class _Pool2d(Module):
         """``(C, OH, OW)`` for a per-sample input shape ``(C, H, W)``."""
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         c, h, w = input_shape
-        return (c, (h - kh) // sh + 1, (w - kw) // sw + 1)
+        return (c, output_size(h, kh, sh, 0), output_size(w, kw, sw, 0))
 
 
 class MaxPool2d(_Pool2d):
@@ -169,14 +169,14 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x):
         _check_4d("GlobalAvgPool2d", x)
-        self.x_shape = tuple(x.shape)
+        self.x_like = x
         return x.mean(axis=(2, 3))
 
     def backward(self, delta, input_grad=True):
         if not input_grad:
             return None
-        n, c, h, w = self.x_shape
-        dx = self.xp.empty((n, c, h, w), dtype=delta.dtype)
+        h, w = self.x_like.shape[2:]
+        dx = self.xp.empty_like(self.x_like)                  # in the input's memory layout
         dx[...] = (delta * (1.0 / (h * w)))[:, :, None, None]
         return dx
 

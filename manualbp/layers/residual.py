@@ -1,6 +1,6 @@
 """The basic residual block of ResNet18/34 (He et al., 2016), with its backward written out."""
 from .activations import ACTIVATIONS
-from .base import Module
+from .base import Module, backward_chain
 from .conv import Conv2d
 from .norm import BatchNorm2d
 
@@ -68,15 +68,13 @@ class BasicBlock(Module):
         for layer in self.main:
             out = layer.forward(out)
         shortcut = self.children.get("shortcut")
-        out = out + (x if shortcut is None else shortcut.forward(x))     # the two branches join
+        out += x if shortcut is None else shortcut.forward(x)            # the two branches join
         return self.children["act2"].forward(out)
 
     def backward(self, delta, input_grad=True):
         """``delta``: ``dL/dy``; returns ``dL/dx`` = main-branch gradient + shortcut gradient."""
         delta = self.children["act2"].backward(delta)                    # dL/d(sum)
-        main = delta
-        for i in range(len(self.main) - 1, -1, -1):
-            main = self.main[i].backward(main, input_grad=input_grad or i > 0)
+        main = backward_chain(self.main, delta, input_grad)
         shortcut = self.children.get("shortcut")
         if shortcut is not None:
             skip = shortcut.backward(delta, input_grad=input_grad)
