@@ -75,17 +75,10 @@ def perturbation_norms(x, adv, bk):
 
 
 # --- model families --------------------------------------------------------------------------
-def _mlp(bk, variant, activation):
-    return zoo.mlp(bk, variant, activation)
-
-
-def _from_zoo(name):
+def _without_activation(builder):
+    """``builder(bk, variant)`` as a family builder ``build(bk, variant, activation=None)``."""
     def build(bk, variant, activation=None):
-        builder = getattr(zoo, name, None)
-        if builder is None:
-            raise NotImplementedError(f"manualbp.zoo.{name} does not exist yet")
         return builder(bk, variant)
-    build.zoo_name = name
     return build
 
 
@@ -106,26 +99,19 @@ class Family:
         if dataset not in self.datasets:
             raise ValueError(f"family {self.name!r} is evaluated on {', '.join(self.datasets)}, "
                              f"not {dataset!r}")
-        name = getattr(self.build, "zoo_name", None)
-        if name is not None and not hasattr(zoo, name):
-            raise NotImplementedError(f"family {self.name!r} is not available yet: its builder "
-                                      f"manualbp.zoo.{name} does not exist")
-
-
-def _variants(stem):
-    return (stem, f"{stem}-mlp+", f"{stem}-a+", f"{stem}-mlpn", f"{stem}-an")
 
 
 FAMILIES = {
-    "mlp": Family("mlp", tuple(zoo.MLP_VARIANTS), _mlp, ("mnist", "fashion-mnist"), ("relu", "sigmoid")),
-    "cnn": Family("cnn", _variants("cnn"), _from_zoo("cnn"), ("mnist", "fashion-mnist")),
-    "resnet18": Family("resnet18", _variants("resnet18"), _from_zoo("resnet18"), ("cifar10",)),
-    "resnet34": Family("resnet34", _variants("resnet34"), _from_zoo("resnet34"), ("tiny-imagenet",)),
+    "mlp": Family("mlp", tuple(zoo.MLP_VARIANTS), zoo.mlp, ("mnist", "fashion-mnist"), ("relu", "sigmoid")),
+    "cnn": Family("cnn", tuple(zoo.CNN_VARIANTS), _without_activation(zoo.cnn), ("mnist", "fashion-mnist")),
+    "resnet18": Family("resnet18", zoo.RESNET18_VARIANTS, _without_activation(zoo.resnet18), ("cifar10",)),
+    "resnet34": Family("resnet34", zoo.RESNET34_VARIANTS, _without_activation(zoo.resnet34),
+                       ("tiny-imagenet",)),
 }
 
 
 def register_family(family):
-    """Add or replace a :class:`Family` (e.g. ResNets once their builders exist)."""
+    """Add or replace a :class:`Family`."""
     FAMILIES[family.name] = family
 
 
@@ -232,8 +218,13 @@ def white_box(model, images, y, settings):
     """Clean and white-box cells of one model, plus EOT-PGD and Ori / PGD with noise on and off."""
     x = as_input(model, images)
     cells = {"ori": accuracy_over_draws(model, x, y, settings.draws)}
+    with evaluating(model):
+        randomised = draws_noise(model)
     for name, (attack, params, batch) in _attacks(settings).items():
-        cells[name] = _attacked(model, attack, params, batch, x, y, settings)
+        if name == "eot_pgd" and not randomised and not params.get("random_start"):
+            cells[name] = cells["pgd"]                 # no noise to average over: EOT-PGD is PGD
+        else:
+            cells[name] = _attacked(model, attack, params, batch, x, y, settings)
     same = _noise_defaults(model)
     for noise, tag in ((True, "on"), (False, "off")):
         if same in ("both", noise):
