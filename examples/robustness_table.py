@@ -78,7 +78,7 @@ def models_for(args, bk, family, splits):
     models, how = {}, {}
     for row, variant, activation in family.rows():
         build = lambda b, v=variant, a=activation: family.build(b, v, a)  # noqa: E731
-        models[row], how[row] = obtain(row, build, evaluate.checkpoint_name(variant, activation),
+        models[row], how[row] = obtain(row, build, experiments.checkpoint_name(variant, activation),
                                        options, args.seed, required=True)
     options.update(SURROGATE_TRAINING.get(args.dataset, {}))
     surrogate, how["surrogate"] = obtain("black-box surrogate", lambda b: build_surrogate(b, args.dataset),

@@ -15,25 +15,20 @@ import argparse
 import json
 import os
 
-from manualbp import checkpoint, experiments, get_backend, zoo
+from manualbp import evaluate, experiments, get_backend
 from manualbp.model import evaluating
 from manualbp.plots import saliency_grid
 from manualbp.saliency import smoothgrad
 from manualbp.train import Trainer
 
-#: family -> (variants, builder(bk, variant, activation), default dataset)
-FAMILIES = {
-    "mlp": (zoo.MLP_VARIANTS, lambda bk, v, a: zoo.mlp(bk, v, a), "fashion-mnist"),
-    "cnn": (zoo.CNN_VARIANTS, lambda bk, v, a: zoo.cnn(bk, v), "fashion-mnist"),
-    "resnet18": (zoo.RESNET18_VARIANTS, lambda bk, v, a: zoo.resnet18(bk, v, "cifar10"), "cifar10"),
-    "resnet34": (zoo.RESNET34_VARIANTS, lambda bk, v, a: zoo.resnet34(bk, v, "tiny-imagenet"),
-                 "tiny-imagenet"),
-}
+#: family (of manualbp.evaluate.FAMILIES) -> default dataset
+DATASETS = {"mlp": "fashion-mnist", "cnn": "fashion-mnist", "resnet18": "cifar10",
+            "resnet34": "tiny-imagenet"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", choices=list(FAMILIES), default="mlp")
+    p.add_argument("--family", choices=list(DATASETS), default="mlp")
     p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="MLP only")
     p.add_argument("--checkpoints", default=None, help="directory of the training example's checkpoints")
     p.add_argument("--dataset", choices=list(experiments.SPLITS), default=None,
@@ -48,19 +43,19 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/saliency")
     args = p.parse_args(argv)
-    args.dataset = args.dataset or FAMILIES[args.family][2]
+    args.dataset = args.dataset or DATASETS[args.family]
     return args
 
 
 def load_or_train(bk, args, variant, splits):
     """The trained model of ``variant``: from its checkpoint if there is one, else trained now."""
     bk.seed([args.seed, 0xC0DE])
-    model = FAMILIES[args.family][1](bk, variant, args.activation)
-    name = f"{variant}-{args.activation}" if args.family == "mlp" else variant
-    path = os.path.join(args.checkpoints, f"{name}.npz") if args.checkpoints else None
+    model = evaluate.FAMILIES[args.family].build(bk, variant, args.activation)
+    file = experiments.checkpoint_name(variant, args.activation if args.family == "mlp" else None)
+    name = file[:-len(".npz")]
+    path = os.path.join(args.checkpoints, file) if args.checkpoints else None
     if path and os.path.exists(path):
-        arrays, _ = checkpoint.load(path)
-        model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")})
+        evaluate.load_model(model, path)
         print(f"{name}: loaded {path}")
         return model
     print(f"{name}: no checkpoint, training {args.epochs} epoch(s)")
@@ -88,8 +83,9 @@ def main(argv=None):
     args = parse_args(argv)
     bk = get_backend(args.backend, "float32", args.seed)
     splits = experiments.load_splits(bk, args.dataset, args.data_dir, args.seed)
-    variants, build, _ = FAMILIES[args.family]
-    shape = build(bk, next(iter(variants)), args.activation).input_shape
+    family = evaluate.FAMILIES[args.family]
+    variants = family.variants
+    shape = family.build(bk, variants[0], args.activation).input_shape
     splits = {k: (x.reshape((-1,) + shape), y) for k, (x, y) in splits.items()}   # flat MNIST rows
     models = {v.upper(): load_or_train(bk, args, v, splits) for v in variants}
     x_test, y_test = splits["test"]

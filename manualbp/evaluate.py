@@ -22,7 +22,9 @@ from .attacks import eot_pgd, fgsm, lbfgs, pgd
 from .attacks.base import draws_noise
 from .attacks.published import COLUMNS
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from .experiments import make_optimizers
 from .model import evaluating, noise_layers
+from .train import Trainer, model_state
 
 IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
                 "tiny-imagenet": (3, 64, 64)}
@@ -125,15 +127,9 @@ def get_family(name, dataset):
 
 
 # --- training or loading ---------------------------------------------------------------------
-def checkpoint_name(variant, activation=None):
-    """The example scripts' checkpoint file name (manualbp.experiments.run_variant)."""
-    return f"{variant}-{activation}.npz" if activation else f"{variant}.npz"
-
-
 def load_model(model, path):
     """Load the ``model/`` arrays of a checkpoint written by :class:`manualbp.train.Trainer`."""
-    arrays, _ = checkpoint.load(path)
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+    model.load_state_dict(model_state(checkpoint.load(path)[0]))
     return model
 
 
@@ -141,8 +137,6 @@ def train_model(bk, build, splits, epochs, seed, options, path=None, log=print):
     """Build (initialised as the example scripts do) and train for ``epochs`` with the Table 1
     ``options`` on ``splits`` (reshaped to the model's input); writes a checkpoint to ``path``
     when given."""
-    from .experiments import make_optimizers
-    from .train import Trainer
     bk.seed([seed, 0xC0DE])
     model = build(bk)
     splits = {name: (as_input(model, x), y) for name, (x, y) in splits.items()}

@@ -74,6 +74,11 @@ def _pixels(bk, x):
     return out
 
 
+def checkpoint_name(variant, activation=None):
+    """The checkpoint file of a variant: ``<variant>-<activation>.npz`` (MLPs) or ``<variant>.npz``."""
+    return f"{variant}-{activation}.npz" if activation else f"{variant}.npz"
+
+
 def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=None, log=print,
                 augment=None):
     """Train one model variant and evaluate it; returns its entry of ``metrics.json``."""
@@ -85,7 +90,7 @@ def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=Non
                       eval_batch_size=getattr(args, "eval_batch_size", 1000), progress=args.progress)
     path = None
     if checkpoint_dir:
-        path = os.path.join(checkpoint_dir, f"{variant}-{activation}.npz" if activation else f"{variant}.npz")
+        path = os.path.join(checkpoint_dir, checkpoint_name(variant, activation))
     history = trainer.fit(splits, args.epochs, checkpoint_path=path, resume=args.resume, log=log)
     x, y = splits["test"]
     on = trainer.evaluate(x, y, noise=True)[1]

@@ -13,6 +13,11 @@ from .layers import SoftmaxCrossEntropy
 from .model import evaluating, sigma_summary
 
 
+def model_state(arrays):
+    """The model's arrays of a checkpoint written by :meth:`Trainer.save` (its ``model/`` part)."""
+    return {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+
+
 class Trainer:
     """Trains ``model`` with ``optimizers`` (e.g. the weights' Adam and the Eq. (7) optimiser).
 
@@ -147,7 +152,7 @@ class Trainer:
             raise checkpoint.CheckpointError(f"checkpoint {path} holds {len(meta['optimizers'])} "
                                              f"optimisers, this run has {len(self.optimizers)}")
         try:
-            self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+            self.model.load_state_dict(model_state(arrays))
         except ValueError as err:
             raise checkpoint.CheckpointError(f"checkpoint {path}: {err}") from None
         for i, (opt, info) in enumerate(zip(self.optimizers, meta["optimizers"])):
