@@ -9,32 +9,12 @@ padding) and horizontal flips.
 Writes OUT/metrics.json (per variant: test accuracy with noise at evaluation on and off,
 per-epoch history, seconds per epoch, learned sigma per layer) and prints a table.
 """
-import argparse
-
 from manualbp import experiments
-from manualbp.data import random_crop_flip
 from manualbp.zoo import RESNET18_VARIANTS, resnet18
 
 
-def build_for(args):
-    def build(bk, variant, activation=None):
-        return resnet18(bk, variant, "cifar10", width=args.width)
-    return build
-
-
 def main(argv=None):
-    parser = experiments.add_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]),
-                                       RESNET18_VARIANTS, preset="cifar10", datasets=("cifar10",))
-    parser.add_argument("--limit-batches", type=int, default=None,
-                        help="train on only this many batches per epoch (quick CPU runs)")
-    parser.add_argument("--limit-eval", type=int, default=None,
-                        help="evaluate on only this many validation and test images (quick CPU runs)")
-    parser.add_argument("--eval-batch-size", type=int, default=250)
-    parser.add_argument("--width", type=int, default=64, help="channels of the first stage")
-    parser.add_argument("--no-augment", dest="augment", action="store_false")
-    args = parser.parse_args(argv)
-    return experiments.run(args, build_for(args), RESNET18_VARIANTS,
-                           augment=random_crop_flip if args.augment else None)
+    return experiments.run_resnet(argv, __doc__.split("\n")[0], resnet18, RESNET18_VARIANTS, "cifar10")
 
 
 if __name__ == "__main__":

@@ -9,33 +9,12 @@ momentum 0.9, weight decay 5e-4, lr x0.8 every 20 epochs), batch 128, 80 epochs 
 Writes OUT/metrics.json (per variant: test accuracy with noise at evaluation on and off,
 per-epoch history, seconds per epoch, learned sigma per layer) and prints a table.
 """
-import argparse
-
 from manualbp import experiments
-from manualbp.data import random_crop_flip
 from manualbp.zoo import RESNET34_VARIANTS, resnet34
 
 
-def build_for(args):
-    def build(bk, variant, activation=None):
-        return resnet34(bk, variant, "tiny-imagenet", width=args.width)
-    return build
-
-
 def main(argv=None):
-    parser = experiments.add_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]),
-                                       RESNET34_VARIANTS, preset="tiny-imagenet",
-                                       datasets=("tiny-imagenet",))
-    parser.add_argument("--limit-batches", type=int, default=None,
-                        help="train on only this many batches per epoch (quick CPU runs)")
-    parser.add_argument("--limit-eval", type=int, default=None,
-                        help="evaluate on only this many validation and test images (quick CPU runs)")
-    parser.add_argument("--eval-batch-size", type=int, default=250)
-    parser.add_argument("--width", type=int, default=64, help="channels of the first stage")
-    parser.add_argument("--no-augment", dest="augment", action="store_false")
-    args = parser.parse_args(argv)
-    return experiments.run(args, build_for(args), RESNET34_VARIANTS,
-                           augment=random_crop_flip if args.augment else None)
+    return experiments.run_resnet(argv, __doc__.split("\n")[0], resnet34, RESNET34_VARIANTS, "tiny-imagenet")
 
 
 if __name__ == "__main__":

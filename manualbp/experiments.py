@@ -11,7 +11,7 @@ import time
 from functools import partial
 
 from .backend import get_backend
-from .data import load_cifar10, load_mnist, load_tiny_imagenet, split_dataset
+from .data import load_cifar10, load_mnist, load_tiny_imagenet, random_crop_flip, split_dataset
 from .model import noise_layers, sigma_summary
 from .optim import SGD, Adam, StepLR, is_noise_level, noise_level_optimizer
 from .train import Trainer
@@ -180,3 +180,24 @@ def format_table(results):
 def parser(description, variants, activations=None, preset="mnist"):
     """An ``argparse`` parser with :func:`add_arguments` applied."""
     return add_arguments(argparse.ArgumentParser(description=description), variants, activations, preset)
+
+
+def run_resnet(argv, description, builder, variants, dataset):
+    """The whole ResNet example script: the shared flags plus quick-run ones (``--limit-batches``,
+    ``--limit-eval``, ``--eval-batch-size``, ``--width``, ``--no-augment``), then :func:`run` of
+    ``builder(bk, variant, dataset, width=...)`` over ``variants`` with random crops and flips."""
+    parser = add_arguments(argparse.ArgumentParser(description=description), variants,
+                           preset=dataset, datasets=(dataset,))
+    parser.add_argument("--limit-batches", type=int, default=None,
+                        help="train on only this many batches per epoch (quick CPU runs)")
+    parser.add_argument("--limit-eval", type=int, default=None,
+                        help="evaluate on only this many validation and test images (quick CPU runs)")
+    parser.add_argument("--eval-batch-size", type=int, default=250)
+    parser.add_argument("--width", type=int, default=64, help="channels of the first stage")
+    parser.add_argument("--no-augment", dest="augment", action="store_false")
+    args = parser.parse_args(argv)
+
+    def build(bk, variant, activation=None):
+        return builder(bk, variant, dataset, width=args.width)
+
+    return run(args, build, variants, augment=random_crop_flip if args.augment else None)
