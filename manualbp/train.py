@@ -55,10 +55,11 @@ class Trainer:
             opt.step()
         return loss
 
-    def batches(self, n, shuffle):
-        order = self.bk.permutation(n) if shuffle else self.bk.xp.arange(n)
+    def batches(self, n):
+        """Index arrays of one shuffled epoch (at most ``limit_batches`` of them)."""
+        order = self.bk.permutation(n)
         count = -(-n // self.batch_size)
-        if shuffle and self.limit_batches:
+        if self.limit_batches:
             count = min(count, self.limit_batches)
         return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
 
@@ -68,7 +69,7 @@ class Trainer:
         if self.schedule is not None:
             self.schedule.set_epoch(epoch)
         self.model.train()
-        batches = self.batches(len(x), shuffle=True)
+        batches = self.batches(len(x))
         total = 0.0
         for idx in self._progress(batches, f"epoch {epoch + 1}"):
             xb = x[idx]

@@ -11,7 +11,6 @@ Checksum: the MD5 ``90528d7ca1a48142e341f4ef8d21d0de`` published with the datase
 the file is published).
 """
 
-import hashlib
 import io
 import os
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .archive import locate_archive
+from .download import _digests_of
 from .idx import DataError
 
 __all__ = ["ARCHIVE", "CHECKSUMS", "MEAN", "STD", "load_tiny_imagenet", "read_tiny_imagenet_archive"]
@@ -113,11 +113,8 @@ def read_tiny_imagenet_archive(path):
 
 
 def _archive_key(path):
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"v{CACHE_VERSION}:{h.hexdigest()}"
+    """The decoded cache's key: its format version and the archive's MD5."""
+    return f"v{CACHE_VERSION}:{_digests_of(path, ('md5',))['md5']}"
 
 
 def _read_cache(cache, key):
