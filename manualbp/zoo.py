@@ -24,6 +24,16 @@ def noise_for(bk, shape, mode, sigma0=1.0, eval_noise=None, **options):
     return GaussianNoise(bk, shape, mode=mode, sigma0=sigma0, eval_noise=eval_noise, **options)
 
 
+def map_noise_for(bk, shape, mode, conv_mean, sigma0=1.0, eval_noise=None, **options):
+    """:func:`noise_for` on a feature map ``(C, H, W)``; learned noise there also learns the mean
+    ``mu`` when ``conv_mean`` (the paper's conv "bias", which then replaces the conv's own).
+    Returns ``(noise, whether it learns mu)``."""
+    learn_mean = mode == "learned" and conv_mean
+    if learn_mean:
+        options = dict(options, learn_mean=True)
+    return noise_for(bk, shape, mode, sigma0, eval_noise, **options), learn_mean
+
+
 def mlp(bk, variant="mlpn", activation="relu", sizes=MLP_SIZES, noise_on_output=False, sigma0=1.0,
         eval_noise=None, **noise_options):
     """The paper's MLP (784-100-50-10 by default) as ``fc1, act1, fc2, act2, fc3``.
@@ -95,9 +105,7 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     layers, shape = [], tuple(input_shape)
     for i, out_channels in enumerate(channels, start=1):
         out_shape = (out_channels, *shape[1:])                  # 3x3, padding 1: same H x W
-        mean = conv_mode == "learned" and conv_mean
-        options = dict(noise_options, learn_mean=True) if mean else noise_options
-        noise = noise_for(bk, out_shape, conv_mode, sigma0, eval_noise, **options)
+        noise, mean = map_noise_for(bk, out_shape, conv_mode, conv_mean, sigma0, eval_noise, **noise_options)
         conv = Conv2d(bk, shape[0], out_channels, 3, padding=1, bias=not mean, noise=noise)
         pool = MaxPool2d(bk, 2)
         pair = [(f"act{i}", ReLU(bk)), (f"pool{i}", pool)]
@@ -198,12 +206,10 @@ def resnet(bk, variant, blocks, dataset="cifar10", width=64, input_size=None, cl
         for b in range(count):
             stride = 2 if stage > 0 and b == 0 else 1
             out_shape = (out_channels, output_size(shape[1], 3, stride, 1), output_size(shape[2], 3, stride, 1))
-            learn_mean = conv_mode == "learned" and conv_mean
-            options = dict(noise_options, learn_mean=True) if learn_mean else noise_options
-            noise = noise_for(bk, out_shape, conv_mode, sigma0, eval_noise, **options)
+            noise, _ = map_noise_for(bk, out_shape, conv_mode, conv_mean, sigma0, eval_noise, **noise_options)
             block = BasicBlock(bk, channels, out_channels, stride, noise=noise, activation=activation)
             stage_blocks.append((str(b), block))
-            channels, shape = out_channels, block.output_shape(shape)
+            channels, shape = out_channels, out_shape
         layers.append((f"layer{stage + 1}", Sequential(bk, stage_blocks)))
     layers.append(("pool", GlobalAvgPool2d(bk)))
     for i, n_out in enumerate(hidden):
