@@ -101,13 +101,6 @@ def sigma_names(model):
             for i in range(layer.params["sigma"].size)]
 
 
-def _per_sample_loss(xp, logits, labels):
-    """``-log softmax(logits)[label]`` for every row (log-sum-exp, no overflow)."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-    return -log_p[xp.arange(len(labels)), labels]
-
-
 def _pathwise(model, loss, x, y, layers, h):
     loss.forward(model.forward(x), y)
     model.backward(loss.backward(), input_grad=False)                # Eq. (2) and (3)
@@ -134,8 +127,8 @@ def _finite_difference(model, loss, x, y, layers, h):
 
 
 def _likelihood_ratio(model, loss, x, y, layers, h):
-    xp = model.xp
-    share = _per_sample_loss(xp, model.forward(x), y) / len(y)       # l_n / (m N)
+    loss.forward(model.forward(x), y)
+    share = loss.losses / len(y)                                     # l_n / (m N)
     out = []
     for _, layer in layers:
         sigma = layer.params["sigma"].reshape(-1)

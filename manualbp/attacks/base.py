@@ -65,21 +65,16 @@ def input_gradient(model, x, y, weights=None):
     per-sample gradients divided by ``N``: enough for sign-based attacks). ``weights`` (shape
     ``(N,)``): the gradient of ``sum_i w_i CE_i`` -- the seed ``e`` is rescaled by ``N w_i``
     before the backward pass, which is linear in its seed. Per-sample losses ``CE_i``, shape
-    ``(N,)``, come from a stable log-sum-exp of the logits.
+    ``(N,)``, are the loss layer's (a stable log-sum-exp of the logits).
     """
-    xp = model.bk.xp
     loss = SoftmaxCrossEntropy(model.bk)
-    logits = model.forward(x)
-    loss.forward(logits, y)
+    loss.forward(model.forward(x), y)
     seed = loss.backward()
     if weights is not None:
         seed *= (len(x) * weights)[:, None]
     with input_gradient_only(model):                    # no parameter gradients needed
         grad = model.backward(seed)
-    top = logits.max(axis=1)
-    lse = top + xp.log(xp.exp(logits - top[:, None]).sum(axis=1))
-    per_sample = lse - logits[xp.arange(len(x)), y]
-    return per_sample, grad
+    return loss.losses, grad
 
 
 def eps_box(x, eps, xp):

@@ -30,7 +30,8 @@ class SoftmaxCrossEntropy:
         log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         self.p = xp.exp(log_p)
         self.labels = labels
-        return -log_p[xp.arange(n), labels].mean()
+        self.losses = -log_p[xp.arange(n), labels]           # per sample, (N,)
+        return self.losses.mean()
 
     def backward(self):
         """``e = dL/dlogits = (softmax(logits) - onehot(labels)) / N`` -- the seed of Eq. (2)."""
