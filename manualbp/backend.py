@@ -11,6 +11,7 @@ from .parallel import run_all
 
 BACKENDS = ("numpy", "cupy")
 DTYPES = ("float32", "float64")
+KERNELS = ("fast", "reference")
 
 
 class BackendError(RuntimeError):
@@ -43,6 +44,10 @@ class Backend:
     name : "numpy" or "cupy".
     dtype : "float32" (default, for training) or "float64" (for gradient checks).
     seed : seed of the generator that draws initial weights and every noise sample ``eps``.
+    kernels : ``"fast"`` (default): layers and optimisers for which :mod:`manualbp.kernels` has a
+        fast kernel on this backend are built as that kernel (a subclass computing the same
+        thing); ``"reference"``: every layer and optimiser is the plain code of
+        :mod:`manualbp.layers` and :mod:`manualbp.optim`.
     """
 
     #: Independent streams (children of the seed) that fill large float32 draws in pieces.
@@ -50,18 +55,29 @@ class Backend:
     #: Draws per stream piece at least: smaller draws come from one stream.
     STREAM_PIECE = 1 << 17
 
-    def __init__(self, name="numpy", dtype="float32", seed=0):
+    def __init__(self, name="numpy", dtype="float32", seed=0, kernels="fast"):
         if name not in BACKENDS:
             raise BackendError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
         if str(dtype) not in DTYPES:
             raise BackendError(f"unsupported dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        if kernels not in KERNELS:
+            raise BackendError(f"unknown kernels {kernels!r}: expected one of {', '.join(KERNELS)}")
         self.name = name
         self.xp = numpy if name == "numpy" else _import_cupy()
         self.dtype = self.xp.dtype(str(dtype))
+        self.kernels = kernels
         self.seed(seed)
 
     def __repr__(self):
-        return f"Backend({self.name!r}, dtype={self.dtype.name!r})"
+        return f"Backend({self.name!r}, dtype={self.dtype.name!r}, kernels={self.kernels!r})"
+
+    def implementation(self, cls):
+        """The class to build for the reference layer or optimiser ``cls``: its registered fast
+        kernel on this backend with ``kernels="fast"``, else ``cls`` itself."""
+        if self.kernels == "reference":
+            return cls
+        from .kernels import registry
+        return registry(self.name).get(cls, cls)
 
     def seed(self, seed):
         """Restart the random generator from ``seed`` (an int or a sequence of ints)."""
@@ -168,6 +184,6 @@ class Backend:
             self.xp.cuda.get_current_stream().synchronize()
 
 
-def get_backend(name="numpy", dtype="float32", seed=0):
+def get_backend(name="numpy", dtype="float32", seed=0, kernels="fast"):
     """Build a :class:`Backend`; the single entry point used by examples and tests."""
-    return Backend(name, dtype, seed)
+    return Backend(name, dtype, seed, kernels)

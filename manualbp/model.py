@@ -42,10 +42,6 @@ class Sequential(Module):
         Returns ``dL/dx``; with ``input_grad=False`` the first layer skips it (training)."""
         return backward_chain(list(self.children.values()), delta, input_grad)
 
-    @property
-    def layers(self):
-        return list(self.children.values())
-
 
 def noise_layers(model):
     """``{full name: GaussianNoise}`` of every noise layer in ``model``."""

@@ -1,86 +1,65 @@
 """Optimisers: Adam with L2 weight decay, SGD with momentum, the noise-level update of Eq. (7),
 and a step learning-rate schedule.
 
-An optimiser updates a chosen set of a model's parameters in place, by name. Its state
-(moments, step count) is a dict of named arrays, so checkpoints store it without pickle.
+An optimiser updates a chosen set of a model's parameters in place, parameter by parameter. Its
+state (moments, step count) is named arrays, so checkpoints store it without pickle. Building one
+builds what the model's backend asks for (:meth:`Backend.implementation`): with
+``kernels="fast"``, the flat kernel of :mod:`manualbp.kernels.optim`.
 """
-from .parallel import parallel_blocks
+from .store import is_noise_level
 
-
-def is_noise_level(name):
-    """Whether a parameter name is a noise level ``sigma`` (updated by Eq. 7, not by the weights')."""
-    return name.rsplit(".", 1)[-1] == "sigma"
+__all__ = ["Adam", "Optimizer", "SGD", "StepLR", "is_noise_level", "noise_level_optimizer"]
 
 
 class Optimizer:
     """Base: updates the parameters of ``model`` whose full names pass ``select(name)``.
 
-    It gathers those parameters, and their gradients, into one contiguous array each and makes
-    the layers' arrays views of them, so one update is a few whole-array operations however many
-    layers there are (the layers keep writing their gradients in place, as always). A subclass
-    writes ``update(part)`` for the slice ``part`` of those flat arrays; a large update runs as
-    several parts on threads (every operation is element-wise, so the result is the same).
+    A subclass names its per-parameter state arrays in ``state_names`` and writes
+    ``update(name, p, g)``, the step of one parameter ``p`` (changed in place) with gradient ``g``.
     """
 
     state_names = ()   # the per-parameter state arrays ``update`` uses (moments, momentum)
 
+    def __new__(cls, model, *args, **kwargs):
+        return super().__new__(model.bk.implementation(cls))
+
     def __init__(self, model, lr, select=None):
-        self.bk, self.xp = model.bk, model.xp
+        self.model, self.bk, self.xp = model, model.bk, model.xp
         self.lr = lr
-        slots = [s for s in model.parameter_slots() if select is None or select(s[0])]
-        if not slots:
+        self.slots = [s for s in model.parameter_slots() if select is None or select(s[0])]
+        if not self.slots:
             raise ValueError("optimiser was given no parameters to update")
-        self.names = [name for name, _, _ in slots]
-        self.param = self._gather(slots, "params")
-        self.grad = self._gather(slots, "grads")
-        self.scratch = self.xp.empty_like(self.param)
+        self.names = [name for name, _, _ in self.slots]
         self.t = 0
-        self.state = {}
-
-    def _gather(self, slots, kind):
-        """One flat array holding every ``module.<kind>[key]``, which become views of it."""
-        flat = self.bk.zeros((sum(int(m.params[k].size) for _, m, k in slots),))
-        offset = 0
-        for _, module, key in slots:
-            old = getattr(module, kind)[key]
-            view = flat[offset:offset + old.size].reshape(old.shape)
-            view[...] = old
-            getattr(module, kind)[key] = view
-            offset += old.size
-        return flat
-
-    def _decayed_grad(self, part, weight_decay):
-        """``g + weight_decay * p`` (L2 weight decay), or ``g`` itself when there is none."""
-        if not weight_decay:
-            return self.grad[part]
-        g = self.xp.multiply(self.param[part], weight_decay, out=self.scratch[part])
-        g += self.grad[part]
-        return g
+        self.state = {s: {name: self.xp.zeros_like(module.params[key]) for name, module, key in self.slots}
+                      for s in self.state_names}
 
     def step(self):
         self.t += 1
-        for name in self.state_names:
-            if name not in self.state:
-                self.state[name] = self.xp.zeros_like(self.param)
-        size = self.param.size
-        parallel_blocks(self.xp, size, 1, size, lambda part, _: self.update(part))
+        for name, module, key in self.slots:
+            self.update(name, module.params[key], module.grads[key])
 
-    def update(self, part):
+    def update(self, name, p, g):
         raise NotImplementedError
 
     def state_dict(self):
-        return {"t": self.t, "lr": self.lr, **self.state}
+        """``t``, ``lr`` and every state array as ``"<state>/<parameter name>"``."""
+        return {"t": self.t, "lr": self.lr,
+                **{f"{s}/{name}": a for s, arrays in self.state.items() for name, a in arrays.items()}}
 
     def load_state_dict(self, state):
-        """Restore ``t``, ``lr`` and copies of the state arrays (never aliases of ``state``'s,
+        """Restore ``t``, ``lr`` and the state arrays (copied in: never aliases of ``state``'s,
         which may be another optimiser's live buffers)."""
-        arrays = {k: v for k, v in state.items() if k not in ("t", "lr")}
-        for k, v in arrays.items():
-            if tuple(v.shape) != tuple(self.param.shape):
-                raise ValueError(f"optimiser state {k!r}: expected shape {tuple(self.param.shape)}, "
-                                 f"got {tuple(v.shape)}")
+        expected = {f"{s}/{name}": a for s, arrays in self.state.items() for name, a in arrays.items()}
+        given = set(state) - {"t", "lr"}
+        if given != set(expected):
+            raise ValueError(f"optimiser state holds {sorted(given)}, expected {sorted(expected)}")
+        for key, array in expected.items():
+            if tuple(state[key].shape) != tuple(array.shape):
+                raise ValueError(f"optimiser state {key!r}: expected shape {tuple(array.shape)}, "
+                                 f"got {tuple(state[key].shape)}")
+            array[...] = self.bk.asarray(state[key])
         self.t, self.lr = int(state["t"]), float(state["lr"])
-        self.state = {k: self.xp.array(v, dtype=self.bk.dtype) for k, v in arrays.items()}
 
 
 class Adam(Optimizer):
@@ -97,43 +76,34 @@ class Adam(Optimizer):
         super().__init__(model, lr, select)
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay, self.keep_positive = eps, weight_decay, keep_positive
-        self.work = self.xp.empty_like(self.param)
 
-    def update(self, part):
-        xp, b1, b2, s = self.xp, self.beta1, self.beta2, self.work[part]
-        p, g = self.param[part], self._decayed_grad(part, self.weight_decay)
-        h, v = self.state["m"][part], self.state["v"][part]
-        h *= b1
-        h += xp.multiply(g, 1 - b1, out=s)                         # h <- b1 h + (1 - b1) g, Eq. (7)
-        v *= b2
-        v += xp.multiply(xp.multiply(g, g, out=s), 1 - b2, out=s)  # v <- b2 v + (1 - b2) g^2, Eq. (7)
-        h_hat_scale = 1 / (1 - b1 ** self.t)                        # h_hat = h / (1 - b1^N)
-        v_hat_scale = 1 / (1 - b2 ** self.t)                        # v_hat = v / (1 - b2^N)
-        denom = xp.sqrt(xp.multiply(v, v_hat_scale, out=s), out=s)
-        denom += self.eps                                           # sqrt(v_hat) + eps
-        step = xp.divide(h, denom, out=s)
-        step *= self.lr * h_hat_scale                               # alpha * h_hat / (sqrt(v_hat) + eps)
-        p -= step
+    def update(self, name, p, g):
+        b1, b2, h, v = self.beta1, self.beta2, self.state["m"][name], self.state["v"][name]
+        g = g + self.weight_decay * p                          # L2 weight decay
+        h[...] = b1 * h + (1 - b1) * g                         # h <- b1 h + (1 - b1) g, Eq. (7)
+        v[...] = b2 * v + (1 - b2) * g * g                     # v <- b2 v + (1 - b2) g^2, Eq. (7)
+        h_hat = h / (1 - b1 ** self.t)                         # h_hat = h / (1 - b1^N), Eq. (7)
+        v_hat = v / (1 - b2 ** self.t)                         # v_hat = v / (1 - b2^N), Eq. (7)
+        p -= self.lr * h_hat / (self.xp.sqrt(v_hat) + self.eps)   # alpha h_hat / (sqrt(v_hat) + eps), Eq. (7)
         if self.keep_positive:
-            xp.abs(p, out=p)                                        # sigma <- |sigma - step|, Eq. (7)
+            p[...] = self.xp.abs(p)                            # sigma <- |sigma - step|, Eq. (7)
 
 
 class SGD(Optimizer):
     """SGD with momentum and L2 weight decay (PyTorch's ``SGD`` semantics)."""
 
     def __init__(self, model, lr=1e-2, momentum=0.9, weight_decay=0.0, select=None):
+        self.state_names = ("momentum",) if momentum else ()
         super().__init__(model, lr, select)
         self.momentum, self.weight_decay = momentum, weight_decay
-        self.state_names = ("momentum",) if momentum else ()
 
-    def update(self, part):
-        g = self._decayed_grad(part, self.weight_decay)
+    def update(self, name, p, g):
+        g = g + self.weight_decay * p                          # L2 weight decay
         if self.momentum:
-            buf = self.state["momentum"][part]
-            buf *= self.momentum
-            buf += g                                                # b <- momentum b + g
-            g = buf
-        self.param[part] -= self.xp.multiply(g, self.lr, out=self.scratch[part])   # p <- p - lr b
+            b = self.state["momentum"][name]
+            b[...] = self.momentum * b + g                     # b <- momentum b + g
+            g = b
+        p -= self.lr * g                                       # p <- p - lr b
 
 
 def noise_level_optimizer(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):

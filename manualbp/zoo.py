@@ -65,7 +65,7 @@ CNN_VARIANTS = {"cnn": ("off", "off"), "cnn-mlp+": ("off", "fixed"), "cnn-a+": (
 
 
 def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden=128, classes=10,
-        sigma0=1.0, eval_noise=None, conv_mean=True, relu_first=False, flat_input=False,
+        sigma0=1.0, eval_noise=None, conv_mean=True, flat_input=False,
         **noise_options):
     """The paper's MNIST CNN: ``conv1`` (3x3, 32, padding 1) -> ReLU -> 2x2 max-pool ->
     ``conv2`` (3x3, 64, padding 1) -> ReLU -> 2x2 max-pool -> flatten -> ``fc1`` (128) -> ReLU ->
@@ -86,12 +86,9 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     convolutions keep their bias. ``noise_options`` (``abs_sigma``, ``learn_mean`` for the dense
     layer) go to every :class:`GaussianNoise`.
 
-    Layer order: ReLU and 2x2 max-pooling commute exactly, values and gradients alike: ``max``
-    of ``relu`` is ``relu`` of ``max`` (ReLU is non-decreasing), and in both orders a window's
-    gradient reaches its first maximum when that maximum is positive and nothing otherwise (ties
-    included). So the builder pools first (``conv1, pool1, act1, ...``) and the ReLU works on a
-    quarter of the numbers; ``relu_first=True`` builds the literal order (``conv1, act1,
-    pool1, ...``), which gives the same outputs and gradients bit for bit.
+    Layer order is the paper's: convolution (with its noise), ReLU, max-pool. (The fast kernels
+    run each ReLU after the pool that follows it, an exact equivalence:
+    :class:`~manualbp.kernels.containers.SequentialKernel`.)
 
     The model takes images ``(N, *input_shape)``; with ``flat_input`` it takes rows of
     ``prod(input_shape)`` numbers instead (as the MNIST loader gives them) and a first layer
@@ -108,8 +105,7 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
         noise, mean = map_noise_for(bk, out_shape, conv_mode, conv_mean, sigma0, eval_noise, **noise_options)
         conv = Conv2d(bk, shape[0], out_channels, 3, padding=1, bias=not mean, noise=noise)
         pool = MaxPool2d(bk, 2)
-        pair = [(f"act{i}", ReLU(bk)), (f"pool{i}", pool)]
-        layers += [(f"conv{i}", conv)] + (pair if relu_first else pair[::-1])
+        layers += [(f"conv{i}", conv), (f"act{i}", ReLU(bk)), (f"pool{i}", pool)]
         shape = pool.output_shape(out_shape)
     flatten = Flatten(bk)
     (features,) = flatten.output_shape(shape)

@@ -54,16 +54,23 @@ def backend_name(request):
     return request.param
 
 
-@pytest.fixture
-def bk64(backend_name):
-    """A float64 backend (gradient checks) on each available array module."""
-    return get_backend(backend_name, "float64", 0)
+@pytest.fixture(params=["fast", "reference"])
+def kernels(request):
+    """``"fast"`` and ``"reference"``: tests of layers built on ``bk64`` / ``bk32`` check the
+    fast kernels and the reference layers alike."""
+    return request.param
 
 
 @pytest.fixture
-def bk32(backend_name):
-    """A float32 backend (the training dtype) on each available array module."""
-    return get_backend(backend_name, "float32", 0)
+def bk64(backend_name, kernels):
+    """A float64 backend (gradient checks) on each available array module and kernel set."""
+    return get_backend(backend_name, "float64", 0, kernels)
+
+
+@pytest.fixture
+def bk32(backend_name, kernels):
+    """A float32 backend (the training dtype) on each available array module and kernel set."""
+    return get_backend(backend_name, "float32", 0, kernels)
 
 
 def _require_module(name):

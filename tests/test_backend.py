@@ -72,7 +72,7 @@ def test_cupy_without_gpu_gives_one_clear_error(monkeypatch, count, words):
 def test_repr_and_attributes():
     bk = get_backend("numpy", "float64", 3)
     assert bk.xp is np and bk.dtype == np.float64 and bk.name == "numpy"
-    assert repr(bk) == "Backend('numpy', dtype='float64')"
+    assert repr(bk) == "Backend('numpy', dtype='float64', kernels='fast')"
     assert get_backend().dtype == np.float32                   # training default
 
 

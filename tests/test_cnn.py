@@ -11,6 +11,8 @@ from manualbp import get_backend, held_noise, named_eps
 from manualbp.gradcheck import check_gradients, directional_check
 from manualbp.layers import Conv2d, GaussianNoise, MaxPool2d, SoftmaxCrossEntropy
 from manualbp.optim import Adam, is_noise_level, noise_level_optimizer
+from manualbp.kernels.containers import SequentialKernel
+from manualbp.model import Sequential
 from manualbp.zoo import CNN_VARIANTS, cnn
 
 TOL = 1e-7
@@ -33,7 +35,7 @@ CONV_MEAN = {"conv1.noise.mu": (32, 28, 28), "conv2.noise.mu": (64, 14, 14)}
 def test_variants(variant, params, buffers):
     bk = get_backend("numpy", "float32", 0)
     model = cnn(bk, variant)
-    assert list(model.children) == ["conv1", "pool1", "act1", "conv2", "pool2", "act2", "flatten",
+    assert list(model.children) == ["conv1", "act1", "pool1", "conv2", "act2", "pool2", "flatten",
                                     "fc1", "act3", "fc2"]
     assert {k: tuple(v.shape) for k, v in model.named_parameters().items()} == params
     assert {k: tuple(v.shape) for k, v in model.named_buffers().items()} == buffers
@@ -77,20 +79,23 @@ def test_options_and_errors():
 
 @pytest.mark.parametrize("variant", ["cnn", "cnn-a+", "cnn-an"])
 def test_pooling_before_relu_is_exact(variant):
-    """ReLU and max-pooling commute: the default order (pool, then ReLU) and the literal one
-    (ReLU, then pool) give the same logits and gradients bit for bit -- ties included: constant
-    image regions make every 2x2 window of the first feature map a tie."""
+    """ReLU and max-pooling commute: the fast chain (pool, then ReLU) and the literal one
+    (ReLU, then pool: ``Sequential``'s own forward and backward on the same layers) give the
+    same logits and gradients bit for bit -- ties included: constant image regions make every
+    2x2 window of the first feature map a tie."""
+    bk = get_backend("numpy", "float32", 5)
+    model = cnn(bk, variant)
+    assert isinstance(model, SequentialKernel) and model.order != list(model.children.values())
+    x = np.zeros((6, 1, 28, 28), np.float32)
+    x[:, :, 8:20, 6:22] = np.random.default_rng(6).random((6, 1, 12, 16))
+    loss = SoftmaxCrossEntropy(bk)
     results = []
-    for relu_first in (False, True):
-        bk = get_backend("numpy", "float32", 5)
-        model = cnn(bk, variant, relu_first=relu_first)
-        x = np.zeros((6, 1, 28, 28), np.float32)
-        x[:, :, 8:20, 6:22] = np.random.default_rng(6).random((6, 1, 12, 16))
-        loss = SoftmaxCrossEntropy(bk)
+    for forward, backward in ((model.forward, model.backward),
+                              (lambda x: Sequential.forward(model, x), lambda d: Sequential.backward(model, d))):
         bk.seed(7)
-        logits = model.forward(x)
+        logits = forward(x)
         loss.forward(logits, np.arange(6) % 10)
-        dx = model.backward(loss.backward())
+        dx = backward(loss.backward())
         results.append((logits.copy(), dx.copy(), {k: g.copy() for k, g in model.named_gradients().items()}))
     (l0, dx0, g0), (l1, dx1, g1) = results
     np.testing.assert_array_equal(l0, l1)

@@ -17,7 +17,7 @@ class Params(Module):
     def __init__(self, bk, **arrays):
         super().__init__(bk)
         for name, value in arrays.items():
-            self.add_param(name, bk.asarray(np.asarray(value, dtype=np.float64)))
+            self.add_param(name, bk.asarray(np.array(value, dtype=np.float64)))   # a copy
 
 
 def run(opt, model, name, grads):
@@ -54,8 +54,8 @@ def eq7_by_hand(sigma, grads):
     return out
 
 
-def test_eq7_matches_hand_computation():
-    bk = get_backend("numpy", "float64", 0)
+def test_eq7_matches_hand_computation(kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     model = Params(bk, weight=[[1.0, 2.0]], sigma=SIGMA0)
     opt = noise_level_optimizer(model, lr=LR)
     assert opt.names == ["sigma"]
@@ -71,9 +71,9 @@ def test_eq7_matches_hand_computation():
     np.testing.assert_array_equal(model.params["weight"], [[1.0, 2.0]])   # weights untouched
 
 
-def test_eq7_abs_is_what_keeps_sigma_nonnegative():
+def test_eq7_abs_is_what_keeps_sigma_nonnegative(kernels):
     """The same update without the absolute value (plain Adam) drives those entries negative."""
-    bk = get_backend("numpy", "float64", 0)
+    bk = get_backend("numpy", "float64", 0, kernels)
     plain_model = Params(bk, sigma=SIGMA0)
     plain = run(Adam(plain_model, lr=LR), plain_model, "sigma", SIGMA_GRADS)
     assert plain[0][1] == pytest.approx(-6e-4, rel=1e-6)
@@ -84,8 +84,8 @@ def test_eq7_abs_is_what_keeps_sigma_nonnegative():
     assert all((k >= 0).all() for k in kept)
 
 
-def test_noise_level_optimizer_selects_only_learned_sigma():
-    bk = get_backend("numpy", "float64", 0)
+def test_noise_level_optimizer_selects_only_learned_sigma(kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     assert noise_level_optimizer(mlp(bk, "mlp", sizes=(4, 3, 3, 2))) is None
     assert noise_level_optimizer(mlp(bk, "mlp+", sizes=(4, 3, 3, 2))) is None   # sigma fixed
     model = mlp(bk, "mlpn", sizes=(4, 3, 3, 2), learn_mean=True)
@@ -105,8 +105,8 @@ GRADS = [np.array([[0.1, -0.2, 0.3], [1.0, 0.0, -0.5]]),
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_adam_matches_hand_computation(weight_decay):
-    bk = get_backend("numpy", "float64", 0)
+def test_adam_matches_hand_computation(weight_decay, kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     model = Params(bk, weight=P0)
     got = run(Adam(model, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay),
               model, "weight", GRADS)
@@ -120,8 +120,8 @@ def test_adam_matches_hand_computation(weight_decay):
     assert (p < 0).any()                                      # no abs for ordinary weights
 
 
-def test_adam_weight_decay_changes_the_update():
-    bk = get_backend("numpy", "float64", 0)
+def test_adam_weight_decay_changes_the_update(kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     plain, decayed = Params(bk, weight=P0), Params(bk, weight=P0)
     a = run(Adam(plain, lr=0.01), plain, "weight", GRADS)[-1]
     b = run(Adam(decayed, lr=0.01, weight_decay=0.1), decayed, "weight", GRADS)[-1]
@@ -129,8 +129,8 @@ def test_adam_weight_decay_changes_the_update():
 
 
 @pytest.mark.parametrize("momentum, weight_decay", [(0.9, 0.0), (0.9, 0.05), (0.0, 0.05)])
-def test_sgd_matches_hand_computation(momentum, weight_decay):
-    bk = get_backend("numpy", "float64", 0)
+def test_sgd_matches_hand_computation(momentum, weight_decay, kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     model = Params(bk, weight=P0)
     got = run(SGD(model, lr=0.1, momentum=momentum, weight_decay=weight_decay), model, "weight", GRADS)
     p, buf = P0.copy(), np.zeros_like(P0)
@@ -141,16 +141,16 @@ def test_sgd_matches_hand_computation(momentum, weight_decay):
         np.testing.assert_allclose(got[t - 1], p, rtol=1e-13, atol=1e-15, err_msg=f"step {t}")
 
 
-def test_optimizer_needs_parameters():
-    bk = get_backend("numpy", "float64", 0)
+def test_optimizer_needs_parameters(kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     with pytest.raises(ValueError, match="no parameters"):
         Adam(Params(bk, weight=P0), select=lambda name: False)
 
 
 # --- StepLR ------------------------------------------------------------------------------------
 
-def test_step_lr():
-    bk = get_backend("numpy", "float64", 0)
+def test_step_lr(kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     model = Params(bk, weight=P0, sigma=SIGMA0)
     weights = Adam(model, lr=0.1, select=lambda n: not is_noise_level(n))
     sigma = noise_level_optimizer(model, lr=0.01)
@@ -175,8 +175,8 @@ def _copy_state(state):
     lambda m: Adam(m, lr=0.01, keep_positive=True),
     lambda m: SGD(m, lr=0.1, momentum=0.9),
 ], ids=["adam", "eq7", "sgd"])
-def test_state_dict_round_trip(make):
-    bk = get_backend("numpy", "float64", 0)
+def test_state_dict_round_trip(make, kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     first = Params(bk, weight=P0)
     opt = make(first)
     run(opt, first, "weight", GRADS[:2])
@@ -193,9 +193,9 @@ def test_state_dict_round_trip(make):
     np.testing.assert_array_equal(a, b)
 
 
-def test_state_dict_round_trip_vs_fresh_optimizer():
+def test_state_dict_round_trip_vs_fresh_optimizer(kernels):
     """A fresh optimiser (moments at zero, t = 0) goes elsewhere: restoring the state matters."""
-    bk = get_backend("numpy", "float64", 0)
+    bk = get_backend("numpy", "float64", 0, kernels)
     model = Params(bk, weight=P0)
     opt = Adam(model, lr=0.01)
     run(opt, model, "weight", GRADS[:2])
@@ -209,64 +209,77 @@ def test_state_dict_round_trip_vs_fresh_optimizer():
     assert np.abs(a - b).max() > 1e-4
 
 
-def test_loaded_state_is_a_copy_not_an_alias():
-    bk = get_backend("numpy", "float64", 0)
+def test_loaded_state_is_a_copy_not_an_alias(kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     first, second = Params(bk, weight=P0), Params(bk, weight=P0)
     a, b = Adam(first, lr=0.01), Adam(second, lr=0.01)
     run(a, first, "weight", GRADS[:1])
     b.load_state_dict(a.state_dict())                         # live arrays, not copies
-    saved_m = np.array(b.state["m"])
+    saved_m = np.array(b.state["m"]["weight"])
     run(a, first, "weight", GRADS[1:])
-    np.testing.assert_array_equal(b.state["m"], saved_m)
-    assert not np.shares_memory(a.state["m"], b.state["m"])
+    np.testing.assert_array_equal(b.state["m"]["weight"], saved_m)
+    assert not np.shares_memory(a.state["m"]["weight"], b.state["m"]["weight"])
 
 
-def test_load_state_dict_rejects_wrong_shape():
-    bk = get_backend("numpy", "float64", 0)
+def test_load_state_dict_rejects_wrong_shape(kernels):
+    bk = get_backend("numpy", "float64", 0, kernels)
     opt = Adam(Params(bk, weight=P0))
     with pytest.raises(ValueError, match="expected shape"):
-        opt.load_state_dict({"t": 1, "lr": 0.1, "m": np.zeros(5), "v": np.zeros(6)})
+        opt.load_state_dict({"t": 1, "lr": 0.1, "m/weight": np.zeros(5), "v/weight": np.zeros(6)})
+    with pytest.raises(ValueError, match=r"holds \['m'\], expected \['m/weight', 'v/weight'\]"):
+        opt.load_state_dict({"t": 1, "lr": 0.1, "m": np.zeros(5)})
 
 
-# --- packing ------------------------------------------------------------------------------------
+# --- the parameter store -------------------------------------------------------------------
 
-def test_packing_keeps_layer_arrays_as_views():
-    bk = get_backend("numpy", "float64", 0)
+def test_parameter_store_holds_every_parameter_and_gradient():
+    """The store copies the values in, makes the layers' arrays views of two flat arrays (noise
+    levels last, so each optimiser owns one span), and gathers replaced gradients."""
+    bk = get_backend("numpy", "float64", 0, "reference")
     model = mlp(bk, "mlpn", "relu", sizes=(5, 4, 3, 2))
     before = {k: np.array(v) for k, v in model.named_parameters().items()}
-    weights = Adam(model, lr=0.01, select=lambda n: not is_noise_level(n))
-    sigma = noise_level_optimizer(model)
-    assert weights.names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
-    assert weights.param.shape == (5 * 4 + 4 + 4 * 3 + 3 + 3 * 2 + 2,)
-    assert sigma.param.shape == (4 + 3,)
-    # packing copied the values in
+    store = model.parameter_store()
+    assert model.parameter_store() is store
+    assert store.names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias",
+                           "fc1.noise.sigma", "fc2.noise.sigma"]
+    assert store.param.shape == store.grad.shape == (5 * 4 + 4 + 4 * 3 + 3 + 3 * 2 + 2 + 4 + 3,)
+    assert store.span(["fc2.noise.sigma", "fc1.noise.sigma"]) == slice(47, 54)
+    assert store.span(["fc1.weight", "fc2.weight"]) is None                    # fc1.bias between
     for k, v in model.named_parameters().items():
         np.testing.assert_array_equal(v, before[k])
-        owner = sigma if is_noise_level(k) else weights
-        assert np.shares_memory(v, owner.param)
-        assert np.shares_memory(model.named_gradients()[k], owner.grad)
-    # writing through the optimiser changes the model's arrays
-    packed = weights.param.copy()
-    weights.param[:] = 0.25
-    assert all((v == 0.25).all() for k, v in model.named_parameters().items() if not is_noise_level(k))
-    assert (model.named_parameters()["fc1.noise.sigma"] == 1.0).all()
-    weights.param[:] = packed
-    # backward writes the gradients straight into the packed array
+        assert np.shares_memory(v, store.param) and np.shares_memory(model.named_gradients()[k], store.grad)
     x = bk.asarray(np.random.default_rng(0).standard_normal((6, 5)))
-    labels = bk.asarray(np.arange(6) % 2, dtype="int64")
     loss = SoftmaxCrossEntropy(bk)
-    loss.forward(model.forward(x), labels)
-    model.backward(loss.backward(), input_grad=False)
+    loss.forward(model.forward(x), bk.asarray(np.arange(6) % 2, dtype="int64"))
+    model.backward(loss.backward(), input_grad=False)          # the reference layers replace grads
     grads = model.named_gradients()
-    np.testing.assert_array_equal(weights.grad, np.concatenate([grads[n].ravel() for n in weights.names]))
-    np.testing.assert_array_equal(sigma.grad, np.concatenate([grads[n].ravel() for n in sigma.names]))
-    assert np.abs(sigma.grad).max() > 0
-    # a step through the optimiser is seen by the model's next forward
-    old = {k: np.array(v) for k, v in model.named_parameters().items()}
-    weights.step()
-    sigma.step()
-    for k, v in model.named_parameters().items():
-        assert not np.array_equal(v, old[k]), k
+    assert not np.shares_memory(grads["fc1.weight"], store.grad)
+    np.testing.assert_array_equal(store.gather(), np.concatenate([grads[n].ravel() for n in store.names]))
+
+
+@pytest.mark.parametrize("kernels", ["fast", "reference"])
+def test_optimisers_update_the_model_they_were_given(kernels):
+    """Fast optimisers step the store's spans, reference ones each parameter; both change the
+    model's own arrays, and the two agree."""
+    results = {}
+    for k in ("fast", "reference"):
+        bk = get_backend("numpy", "float64", 0, k)
+        model = mlp(bk, "mlpn", "relu", sizes=(5, 4, 3, 2))
+        weights = Adam(model, lr=0.01, weight_decay=0.1, select=lambda n: not is_noise_level(n))
+        sigma = noise_level_optimizer(model)
+        assert (weights.span is not None) if k == "fast" else not hasattr(weights, "span")
+        x = bk.asarray(np.random.default_rng(0).standard_normal((6, 5)))
+        loss = SoftmaxCrossEntropy(bk)
+        old = {n: np.array(v) for n, v in model.named_parameters().items()}
+        for _ in range(2):
+            loss.forward(model.forward(x), bk.asarray(np.arange(6) % 2, dtype="int64"))
+            model.backward(loss.backward(), input_grad=False)
+            weights.step()
+            sigma.step()
+        results[k] = {n: np.array(v) for n, v in model.named_parameters().items()}
+        assert all(not np.array_equal(results[k][n], old[n]) for n in old)
+    for n in results["fast"]:
+        np.testing.assert_allclose(results["fast"][n], results["reference"][n], rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("make", [
@@ -274,7 +287,7 @@ def test_packing_keeps_layer_arrays_as_views():
     lambda m: Adam(m, lr=0.01, keep_positive=True),
     lambda m: SGD(m, lr=0.1, momentum=0.9, weight_decay=0.05),
 ])
-def test_threaded_update_equals_the_serial_one(monkeypatch, make):
+def test_threaded_update_equals_the_serial_one(monkeypatch, make, kernels):
     """A large update runs in slices on threads: the same bits as one whole-array update."""
     import manualbp.parallel as parallel
     rng = np.random.default_rng(5)
@@ -284,7 +297,7 @@ def test_threaded_update_equals_the_serial_one(monkeypatch, make):
     for threads in ("1", "3"):
         monkeypatch.setenv("MANUALBP_NUM_THREADS", threads)
         monkeypatch.setattr(parallel, "PARALLEL_MIN_SIZE", 0)
-        model = Params(get_backend("numpy", "float32", 0), w=start)
+        model = Params(get_backend("numpy", "float32", 0, kernels), w=start)
         results.append(run(make(model), model, "w", grads))
     for serial, threaded in zip(*results):
         np.testing.assert_array_equal(serial, threaded)

@@ -18,8 +18,8 @@ from manualbp.verify.models import zoo_models
 MODELS = zoo_models(resnet_width=4)                    # the ResNets' structure, at low cost
 
 
-def build(name, dtype="float64", seed=0):
-    bk = get_backend("numpy", dtype, seed)
+def build(name, dtype="float64", seed=0, kernels="fast"):
+    bk = get_backend("numpy", dtype, seed, kernels)
     model = MODELS[name](bk)
     return model, *random_batch(model, 2 if name.startswith("resnet") else 4, seed)
 
@@ -109,9 +109,9 @@ def test_perturbed_weight_gradient_fails_and_is_named(torch, monkeypatch, capsys
         return out
 
     monkeypatch.setattr(Linear, "backward", off_by_a_little)
-    model, x, y = build("mlpn-relu")
+    model, x, y = build("mlpn-relu", kernels="reference")
     assert verify_model(model, x, y, "torch").failures == ["fc2.weight"]
-    assert main(["--against", "torch", "--model", "mlpn-relu"]) == 1
+    assert main(["--against", "torch", "--model", "mlpn-relu", "--kernels", "reference"]) == 1
     out = capsys.readouterr().out
     assert "FAIL: fc2.weight" in out and "failed: mlpn-relu" in out
 
@@ -123,7 +123,7 @@ def test_wrong_eq3_is_caught(torch, monkeypatch):
         return delta
 
     monkeypatch.setattr(GaussianNoise, "backward", without_eps)
-    model, x, y = build("cnn-mlpn")
+    model, x, y = build("cnn-mlpn", kernels="reference")
     assert verify_model(model, x, y, "torch").failures == ["fc1.noise.sigma"]
 
 

@@ -8,11 +8,17 @@ A layer holds
 * ``children`` -- sub-layers by local name, in forward order.
 
 ``forward(x)`` keeps what ``backward`` needs; ``backward(delta, input_grad=True)`` takes
-``dL/d(output)``, fills ``grads`` and returns ``dL/d(input)`` -- one step of the paper's Eq. (2)
+``dL/d(output)``, sets ``grads`` and returns ``dL/d(input)`` -- one step of the paper's Eq. (2)
 -- or ``None`` when ``input_grad`` is false (nobody needs it: the first layer in training).
+A layer only ever changes its ``params`` in place (optimisers and checkpoints write them); its
+``grads`` it may replace or overwrite.
 While ``param_grads`` is false (:func:`manualbp.model.input_gradient_only`), ``backward`` leaves
 ``grads`` as they are and computes only what ``dL/d(input)`` needs (attacks, saliency maps).
 Full names join the local names with dots: ``"fc1.weight"``, ``"fc1.noise.sigma"``.
+
+Building a layer builds what its backend asks for (:meth:`Backend.implementation`): the class
+itself, or with ``kernels="fast"`` the fast kernel registered for it in :mod:`manualbp.kernels`,
+a subclass that computes the same thing.
 """
 
 
@@ -27,6 +33,9 @@ def backward_chain(layers, delta, input_grad=True):
 class Module:
     """Base class: naming, state and train/eval switches; subclasses write forward/backward."""
 
+    def __new__(cls, bk, *args, **kwargs):
+        return super().__new__(bk.implementation(cls))
+
     def __init__(self, bk):
         self.bk = bk
         self.xp = bk.xp
@@ -36,6 +45,12 @@ class Module:
         self.children = {}
         self.training = True
         self.param_grads = True
+
+    @property
+    def kind(self):
+        """The layer's type by name as built: a fast kernel's is its reference layer's."""
+        from ..kernels import reference_of
+        return reference_of(type(self)).__name__
 
     def forward(self, x):
         raise NotImplementedError
@@ -47,9 +62,6 @@ class Module:
         """Register a trained array and a zero gradient of its shape."""
         self.params[name] = value
         self.grads[name] = self.xp.zeros_like(value)
-
-    def __call__(self, x):
-        return self.forward(x)
 
     # --- walking the tree ----------------------------------------------------------------
     def modules(self, prefix=""):
@@ -73,6 +85,14 @@ class Module:
     def named_buffers(self):
         return {(f"{path}.{key}" if path else key): array
                 for path, module in self.modules() for key, array in module.buffers.items()}
+
+    def parameter_store(self):
+        """The :class:`~manualbp.store.ParameterStore` of this model: every parameter in one
+        flat array, every gradient gathered into another (made on the first call)."""
+        if getattr(self, "_store", None) is None:
+            from ..store import ParameterStore
+            self._store = ParameterStore(self)
+        return self._store
 
     def state_dict(self):
         """Every parameter and buffer by full name (what a checkpoint stores)."""

@@ -25,13 +25,16 @@ class Linear(Module):
         if noise is not None:
             self.children["noise"] = noise
 
-    def forward(self, x):
+    def check(self, x):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects input (N, {self.in_features}), got {tuple(x.shape)}")
+
+    def forward(self, x):
+        self.check(x)
         self.x = x
         v = x @ self.params["weight"].T                      # sum_j theta_ij x_j, Eq. (1)
         if "bias" in self.params:
-            v += self.params["bias"]                         # theta_i0 * x_0, x_0 = 1
+            v = v + self.params["bias"]                      # theta_i0 * x_0, x_0 = 1
         if "noise" in self.children:
             v = self.children["noise"].forward(v)            # + z_i, Eq. (1)
         return v
@@ -41,9 +44,9 @@ class Linear(Module):
         if "noise" in self.children:
             delta = self.children["noise"].backward(delta)   # fills dL/dsigma, Eq. (3)
         if self.param_grads:
-            self.xp.matmul(delta.T, self.x, out=self.grads["weight"])   # dL/dtheta_ij = delta_i x_j
+            self.grads["weight"] = delta.T @ self.x          # dL/dtheta_ij = delta_i x_j
             if "bias" in self.params:
-                delta.sum(axis=0, out=self.grads["bias"])
+                self.grads["bias"] = delta.sum(axis=0)
         if input_grad:
             return delta @ self.params["weight"]             # sum_j theta_ji delta_j, Eq. (2)
         return None

@@ -1,5 +1,4 @@
 """Gaussian noise on neurons: the noise term ``z = mu + sigma * eps`` of Eq. (1), and Eq. (3)."""
-from ..parallel import parallel_blocks
 from .base import Module
 
 NOISE_MODES = ("off", "fixed", "learned")
@@ -59,51 +58,39 @@ class GaussianNoise(Module):
         when the mode is ``"off"``."""
         return self.params.get("sigma", self.buffers.get("sigma"))
 
-    def _sigma(self):
+    def noise_level(self):
+        """``sigma`` as the forward pass uses it: ``|sigma|`` with ``abs_sigma``."""
         return self.xp.abs(self.sigma) if self.abs_sigma else self.sigma
 
-    def forward(self, v):
+    def check(self, v):
         if tuple(v.shape[1:]) != self.shape:
             raise ValueError(f"noise layer expects input (N, {', '.join(map(str, self.shape))}), "
                              f"got {tuple(v.shape)}")
-        xp, out = self.xp, v
-        mu = self.params.get("mu")
+
+    def forward(self, v):
+        self.check(v)
         if self.draws:
             if not (self.hold_eps and self.eps is not None and self.eps.shape == v.shape):
-                if self.eps is None or self.eps.shape != v.shape or self.eps.strides != v.strides:
-                    self.eps = xp.empty_like(v)                    # in v's memory layout
-                self.eps = self.bk.normal(v.shape, out=self.eps)   # eps ~ N(0, 1), Eq. (1)
-            sigma, eps, out = self._sigma(), self.eps, xp.empty_like(v)
-
-            def add_noise(cs, ns):                                 # a block of channels, samples
-                o = out[ns, cs]
-                xp.multiply(sigma[cs], eps[ns, cs], out=o)         # z = sigma * eps, Eq. (1)
-                o += v[ns, cs]                                     # v + z
-                if mu is not None:
-                    o += mu[cs]                                    # + mu
-
-            parallel_blocks(xp, self.shape[0], len(v), v.size, add_noise)
-        else:
-            if not self.hold_eps:
-                self.eps = None
-            if mu is not None:
-                out = v + mu
-        return out
+                self.eps = self.bk.normal(v.shape)             # eps ~ N(0, 1), Eq. (1)
+            v = v + self.noise_level() * self.eps              # v + z, z = sigma * eps, Eq. (1)
+        elif not self.hold_eps:
+            self.eps = None
+        if "mu" in self.params:
+            v = v + self.params["mu"]                          # + mu
+        return v
 
     def backward(self, delta, input_grad=True):
         """``delta`` passes through unchanged (``dv/dz = 1``); the noise parameters get
         ``dL/dsigma = sum_n delta * eps`` (Eq. 3) and ``dL/dmu = sum_n delta``."""
-        xp = self.xp
         if not self.param_grads:
             return delta
         if "sigma" in self.params:
-            grad_sigma = self.grads["sigma"]
-            if self.eps is None:
-                grad_sigma[...] = 0
+            if self.draws:
+                self.grads["sigma"] = (delta * self.eps).sum(axis=0)   # sum_n delta * eps, Eq. (3)
             else:
-                grad_sigma[...] = xp.einsum("n...,n...->...", delta, self.eps)   # Eq. (3), sum over n
-                if self.abs_sigma:
-                    grad_sigma *= xp.sign(self.params["sigma"])
+                self.grads["sigma"] = self.xp.zeros_like(self.params["sigma"])   # no noise drawn
+            if self.abs_sigma:
+                self.grads["sigma"] *= self.xp.sign(self.params["sigma"])    # d|sigma| / dsigma
         if "mu" in self.params:
-            self.grads["mu"][...] = xp.einsum("n...->...", delta)
+            self.grads["mu"] = delta.sum(axis=0)
         return delta

@@ -68,7 +68,7 @@ class BasicBlock(Module):
         for layer in self.main:
             out = layer.forward(out)
         shortcut = self.children.get("shortcut")
-        out += x if shortcut is None else shortcut.forward(x)            # the two branches join
+        out = out + (x if shortcut is None else shortcut.forward(x))     # the two branches join
         return self.children["act2"].forward(out)
 
     def backward(self, delta, input_grad=True):
@@ -76,11 +76,7 @@ class BasicBlock(Module):
         delta = self.children["act2"].backward(delta)                    # dL/d(sum)
         main = backward_chain(self.main, delta, input_grad)
         shortcut = self.children.get("shortcut")
-        if shortcut is not None:
-            skip = shortcut.backward(delta, input_grad=input_grad)
-        else:
-            skip = delta                                                 # identity: d(x)/dx = 1
+        skip = delta if shortcut is None else shortcut.backward(delta, input_grad)  # identity: dx/dx = 1
         if not input_grad:
             return None
-        main += skip
-        return main
+        return main + skip

@@ -32,6 +32,8 @@ def parse_args(argv, models):
     parser.add_argument("--model", choices=list(models) + ["all"], default="all")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    parser.add_argument("--kernels", choices=["fast", "reference"], default="fast",
+                        help="verify the fast kernels (default) or the reference layers")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rtol", type=float, default=None, help="default: 1e-9 (float64), 1e-4 (float32)")
@@ -48,7 +50,7 @@ def main(argv=None):
     names = list(models) if args.model == "all" else [args.model]
     reports = []
     for name in names:
-        bk = get_backend(args.backend, args.dtype, args.seed)
+        bk = get_backend(args.backend, args.dtype, args.seed, args.kernels)
         model = models[name](bk)
         x, y = random_batch(model, args.batch, args.seed)
         bk.seed(args.seed)
@@ -57,7 +59,7 @@ def main(argv=None):
         except (FrameworkMissing, ConversionError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        report.title = (f"{name}: manualbp vs {report.against} ({args.dtype}, batch {args.batch}, "
+        report.title = (f"{name}: manualbp ({args.kernels} kernels) vs {report.against} ({args.dtype}, batch {args.batch}, "
                         f"seed {args.seed}, rtol {report.rtol:g}, atol {report.atol:g})")
         print(report.format(), end="\n\n")
         reports.append(report)

@@ -6,7 +6,8 @@ and the same noise draw (``walker.eps(path)``), and recurses into children with
 ``walker.child(module, name, x, path)``. The framework then differentiates the result itself.
 
 Rules are keyed by the exact class name (a subclass may compute something else, so it needs its own
-rule). Register one for a new layer with :func:`register`.
+rule); a fast kernel takes the rule of the reference layer it is proven equal to
+(:attr:`Module.kind`). Register one for a new layer with :func:`register`.
 """
 
 RULES = {"torch": {}, "jax": {}}
@@ -44,7 +45,7 @@ class Walker:
         self.arrays, self.draws = arrays, eps
 
     def run(self, module, x, path=""):
-        name = type(module).__name__
+        name = module.kind
         rule = self.rules.get(name)
         if rule is None:
             raise ConversionError(
