@@ -1,7 +1,7 @@
 """Training steps of the MNIST CNN and CNN-AN (batch 128, 1x28x28, Adam) on the NumPy backend
 against the same models in PyTorch on the CPU, side by side in one run.
 
-    python benchmarks/bench_cnn.py [--rounds 7] [--steps 20] [--json out.json]
+    python benchmarks/bench_cnn.py [--rounds 7] [--steps 20] [--kernels fast|reference] [--json out.json]
 
 Each round times ``--steps`` consecutive training steps of every model in both engines, one
 after the other; the median over rounds of the mean step time is reported, with ratios
@@ -9,9 +9,12 @@ manualbp / PyTorch (below 1: manualbp is faster) and per-epoch estimates (50,000
 391 steps; data shuffling and evaluation not included). PyTorch gets as many threads as NumPy's
 loops and BLAS have (``MANUALBP_NUM_THREADS``, else the CPUs this process may use).
 
-Then one instrumented pass splits a manualbp step into its parts -- the convolution GEMMs
-(with their achieved GFLOP/s, against NumPy's float32 matmul on a large square product on the
-same machine), im2col/col2im, and the noise draws -- and the rest.
+Then instrumented passes over the same batches (one warm-up pass, then the median of
+max(3, ``--rounds``)) split a manualbp step into its parts -- the convolution GEMMs, im2col/col2im
+and the noise draws, timed where the path chosen by ``--kernels`` calls them -- and the rest.
+The GEMMs' achieved GFLOP/s is set against NumPy's float32 matmul of two 2048x2048 matrices,
+measured just before each model's breakdown. Parts adding up to more than the step, or GEMMs
+faster than that peak, can only come from a disturbed measurement, and are reported as such.
 
 OpenBLAS's threads spin for a while after each matrix product and so hold the second core
 that manualbp's threaded im2col/col2im/pooling loops and noise draws want; importing manualbp
@@ -21,8 +24,10 @@ printed.
 """
 import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
+import functools
 import importlib
 import json
+import math
 import os
 import statistics
 import time
@@ -34,9 +39,10 @@ from manualbp import get_backend
 from manualbp.experiments import make_optimizers
 from manualbp.layers import SoftmaxCrossEntropy
 from manualbp.zoo import cnn
-from common import N_TRAIN, same_threads, torch_train_step, training_data
+from common import N_TRAIN, add_kernels_option, same_threads, torch_train_step, training_data
 
-conv_module = importlib.import_module("manualbp.layers.conv")
+kernel_conv = importlib.import_module("manualbp.kernels.conv")      # the modules, not the classes
+layer_conv = importlib.import_module("manualbp.layers.conv")
 
 BATCH = 128
 STEPS_PER_EPOCH = -(-N_TRAIN // BATCH)
@@ -85,8 +91,8 @@ def torch_stepper(noisy, seed):
     return step
 
 
-def manualbp_stepper(variant, seed):
-    bk = get_backend("numpy", "float32", seed)
+def manualbp_stepper(variant, seed, kernels):
+    bk = get_backend("numpy", "float32", seed, kernels)
     model = cnn(bk, variant)
     optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
     optimizers = [o for o in optimizers if o is not None]
@@ -108,75 +114,97 @@ def time_steps(step, batches):
     return (time.perf_counter() - t0) / len(batches)
 
 
+#: Per ``--kernels``: the module whose im2col/col2im the conv layers call (imported there by name,
+#: so patched there), the conv layers' class, and the array function doing their GEMMs.
+CONV_PATHS = {"fast": (kernel_conv, kernel_conv.Conv2dKernel, "matmul"),
+              "reference": (layer_conv, layer_conv.Conv2d, "tensordot")}
+PARTS = ("conv GEMM", "im2col/col2im", "noise draws")
+
+
+def gemm_flops(name, result, a, b, axes=2, **_):
+    """2 x (elements of the product) x (length of each dot product), for matmul or tensordot."""
+    if name == "matmul":
+        k = a.shape[-1]
+    else:
+        axes_a = range(a.ndim - axes, a.ndim) if isinstance(axes, int) else np.atleast_1d(axes[0])
+        k = math.prod(a.shape[i] for i in axes_a)
+    return 2 * result.size * k
+
+
 class Instrumented:
-    """Within the block, time every GEMM of the convolutions (``xp.matmul`` calls made from
-    :mod:`manualbp.layers.conv`), im2col/col2im, and the backend's noise draws."""
+    """Within the block, the wall time of the parts of a step on the path ``bk.kernels`` selects:
+    the GEMMs of its conv layers (``xp.matmul`` of :class:`~manualbp.kernels.conv.Conv2dKernel`,
+    or ``xp.tensordot`` of the reference :class:`~manualbp.layers.conv.Conv2d`, with its internal
+    copies), the im2col/col2im those layers call, and the backend's noise draws. The timed calls
+    return only when their threads are done and none runs inside another, so in one pass the
+    parts add up to at most the step."""
 
-    def __init__(self, bk):
-        self.bk = bk
-        self.seconds = {"conv GEMM": 0.0, "im2col/col2im": 0.0, "noise draws": 0.0}
-        self.flops = 0
+    def __init__(self, bk, model):
+        self.module, cls, self.gemm_name = CONV_PATHS[bk.kernels]
+        self.bk, self.layers = bk, [m for _, m in model.modules() if isinstance(m, layer_conv.Conv2d)]
+        if not self.layers or any(type(m) is not cls for m in self.layers):
+            raise RuntimeError(f"kernels={bk.kernels!r}: expected {cls.__name__} conv layers, got "
+                               f"{sorted({type(m).__name__ for m in self.layers})}")
+        self.reset()
 
-    def _timed(self, key, fn, flops=None):
+    def reset(self):
+        self.seconds, self.calls, self.flops = dict.fromkeys(PARTS, 0.0), dict.fromkeys(PARTS, 0), 0
+
+    def _timed(self, part, fn, flops=None):
         def wrapper(*args, **kwargs):
             t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            self.seconds[key] += time.perf_counter() - t0
+            result = fn(*args, **kwargs)
+            self.seconds[part] += time.perf_counter() - t0
+            self.calls[part] += 1
             if flops is not None:
-                self.flops += flops(*args)
-            return out
+                self.flops += flops(result, *args, **kwargs)
+            return result
         return wrapper
 
     def __enter__(self):
-        self.saved = (conv_module.im2col, conv_module.col2im, self.bk.normal)
-        conv_module.im2col = self._timed("im2col/col2im", conv_module.im2col)
-        conv_module.col2im = self._timed("im2col/col2im", conv_module.col2im)
+        m = self.module
+        self.saved = (m.im2col, m.col2im, self.bk.normal, [layer.xp for layer in self.layers])
+        m.im2col, m.col2im = (self._timed("im2col/col2im", f) for f in (m.im2col, m.col2im))
         self.bk.normal = self._timed("noise draws", self.bk.normal)
-        matmul = np.matmul
-        self.gemm = self._timed("conv GEMM", matmul,
-                                lambda a, b: 2 * a.shape[0] * a.shape[1] * b.shape[1])
-        conv_module_xp = _ConvXp(np, self.gemm)
-        self.saved_xp = []
-        for layer in _conv_layers(self.model):
-            self.saved_xp.append((layer, layer.xp))
-            layer.xp = conv_module_xp
+        for layer in self.layers:
+            gemm = getattr(layer.xp, self.gemm_name)
+            flops = functools.partial(gemm_flops, self.gemm_name)
+            layer.xp = _Xp(layer.xp, **{self.gemm_name: self._timed("conv GEMM", gemm, flops)})
         return self
 
     def __exit__(self, *exc):
-        conv_module.im2col, conv_module.col2im, self.bk.normal = self.saved
-        for layer, xp in self.saved_xp:
+        self.module.im2col, self.module.col2im, self.bk.normal, xps = self.saved
+        for layer, xp in zip(self.layers, xps):
             layer.xp = xp
 
 
-class _ConvXp:
-    """NumPy, except that ``matmul`` is the timed one (given to the conv layers only)."""
+class _Xp:
+    """The array module ``module``, with some of its functions replaced (given to conv layers)."""
 
-    def __init__(self, module, matmul):
-        self._module, self.matmul = module, matmul
+    def __init__(self, module, **replaced):
+        self._module = module
+        self.__dict__.update(replaced)
 
     def __getattr__(self, name):
         return getattr(self._module, name)
 
 
-def _conv_layers(model):
-    return [m for _, m in model.modules() if isinstance(m, conv_module.Conv2d)]
-
-
-def breakdown(variant, batches, seed=0):
-    """Mean seconds per step of each part, the step itself, and the conv GEMMs' GFLOP/s."""
-    step = manualbp_stepper(variant, seed)
-    for x, y in batches[:3]:
-        step(x, y)
-    probe = Instrumented(step.bk)
-    probe.model = step.model
+def breakdown(step, batches, passes):
+    """Seconds per step of each part and of the instrumented step (medians over ``passes`` passes
+    over ``batches``, after one instrumented warm-up pass), and the conv GEMM flops per step."""
+    probe = Instrumented(step.bk, step.model)
+    runs = []
     with probe:
-        t0 = time.perf_counter()
-        for x, y in batches:
-            step(x, y)
-        total = (time.perf_counter() - t0) / len(batches)
-    parts = {k: v / len(batches) for k, v in probe.seconds.items()}
-    gflops = probe.flops / len(batches) / parts["conv GEMM"] / 1e9
-    return total, parts, gflops
+        for _ in range(passes + 1):
+            probe.reset()
+            total = time_steps(step, batches)
+            runs.append((total, {k: v / len(batches) for k, v in probe.seconds.items()}))
+    missed = [k for k in PARTS[:2] if probe.calls[k] == 0]
+    if missed:
+        raise RuntimeError(f"the probe saw no calls of {missed}: it patches what this path does not call")
+    runs = runs[1:]
+    parts = {k: statistics.median(r[1][k] for r in runs) for k in PARTS}
+    return statistics.median(r[0] for r in runs), parts, probe.flops / len(batches)
 
 
 def peak_matmul_gflops(n=2048, repeats=5):
@@ -199,10 +227,34 @@ def _seconds(fn):
     return time.perf_counter() - t0
 
 
+def print_breakdown(name, timed, total, parts, flops, gflops, peak):
+    rest = total - sum(parts.values())
+    print(f"{name:7s} step {total * 1e3:.1f} ms instrumented ({timed * 1e3:.1f} ms timed above); "
+          f"float32 matmul 2048x2048 just before: NumPy {peak['numpy']:.0f} GFLOP/s, "
+          f"PyTorch {peak['torch']:.0f}")
+    if total > 1.5 * timed:
+        print(f"        warning: the instrumented step took {total / timed:.1f}x the timed one: the machine's "
+              "load changed (or the probes cost that much); read the parts with care")
+    if rest >= 0:
+        print("        " + ", ".join(f"{k} {t * 1e3:.1f} ms ({t / total:.0%})" for k, t in parts.items())
+              + f", rest {rest * 1e3:.1f} ms ({rest / total:.0%})")
+    else:
+        print("        " + ", ".join(f"{k} {t * 1e3:.1f} ms" for k, t in parts.items()))
+        print(f"        warning: the parts add up to {(total - rest) * 1e3:.1f} ms, more than the step: "
+              "the passes were disturbed (other load); no shares")
+    rate = f"conv GEMMs: {flops / 1e9:.2f} GFLOP per step at {gflops:.0f} GFLOP/s"
+    if gflops <= peak["numpy"]:
+        print(f"        {rate} = {gflops / peak['numpy']:.0%} of NumPy's peak")
+    else:
+        print(f"        {rate}, above NumPy's peak measured just before: the measurement was disturbed "
+              "(other load)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="training steps per round and engine")
+    add_kernels_option(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     threads = same_threads()
@@ -212,7 +264,7 @@ def main():
                   for i in range(0, len(order), BATCH)]
     torch_batches = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in np_batches]
 
-    steppers = {v: {"manualbp": manualbp_stepper(v, 0), "torch": torch_stepper(noisy, 0)}
+    steppers = {v: {"manualbp": manualbp_stepper(v, 0, args.kernels), "torch": torch_stepper(noisy, 0)}
                 for v, noisy in MODELS.items()}
     for v in MODELS:                                   # warm-up: buffers, thread pools, caches
         time_steps(steppers[v]["manualbp"], np_batches[:3])
@@ -226,8 +278,8 @@ def main():
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                             "OPENBLAS_THREAD_TIMEOUT", "MANUALBP_NUM_THREADS")}
-    print(f"data: {source}; batch {BATCH}; threads: {threads} (torch.set_num_threads({threads})); "
-          f"torch {torch.__version__}, numpy {np.__version__}; "
+    print(f"data: {source}; batch {BATCH}; kernels: {args.kernels}; threads: {threads} "
+          f"(torch.set_num_threads({threads})); torch {torch.__version__}, numpy {np.__version__}; "
           f"median of {args.rounds} rounds of {args.steps} steps")
     print("environment: " + (", ".join(f"{k}={v}" for k, v in env.items() if v is not None) or "-"))
     print(f"{'model':7s} {'manualbp ms':>12s} {'torch ms':>9s} {'ratio':>6s} "
@@ -241,20 +293,21 @@ def main():
           f"{med['cnn-an']['manualbp'] / med['cnn']['manualbp']:.2f}, PyTorch: "
           f"{med['cnn-an']['torch'] / med['cnn']['torch']:.2f}")
 
-    peak = peak_matmul_gflops()
-    print(f"float32 matmul 2048x2048: NumPy {peak['numpy']:.0f} GFLOP/s, PyTorch {peak['torch']:.0f} GFLOP/s")
+    passes = max(3, args.rounds)
+    print(f"breakdown of a manualbp step: median of {passes} instrumented passes over the same batches, "
+          "after a warm-up pass")
     parts_all = {}
     for v in MODELS:
-        total, parts, gflops = breakdown(v, np_batches)
-        parts_all[v] = {"step_seconds": total, "parts_seconds": parts, "conv_gemm_gflops": gflops}
-        rest = total - sum(parts.values())
-        shares = ", ".join(f"{k} {s * 1e3:.1f} ms ({s / total:.0%})" for k, s in parts.items())
-        print(f"{v:7s} step {total * 1e3:.1f} ms: {shares}, rest {rest * 1e3:.1f} ms ({rest / total:.0%}); "
-              f"conv GEMMs at {gflops:.0f} GFLOP/s = {gflops / peak['numpy']:.0%} of NumPy's peak")
+        peak = peak_matmul_gflops()                    # just before, in the same conditions
+        total, parts, flops = breakdown(steppers[v]["manualbp"], np_batches, passes)
+        gflops = flops / parts["conv GEMM"] / 1e9
+        parts_all[v] = {"step_seconds": total, "parts_seconds": parts, "conv_gemm_flops_per_step": flops,
+                        "conv_gemm_gflops": gflops, "matmul_gflops_just_before": peak}
+        print_breakdown(v, med[v]["manualbp"], total, parts, flops, gflops, peak)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"source": source, "threads": threads, "median_step_seconds": med,
-                       "steps_per_epoch": STEPS_PER_EPOCH, "matmul_gflops": peak,
+                       "kernels": args.kernels, "steps_per_epoch": STEPS_PER_EPOCH,
                        "breakdown": parts_all, "env": env},
                       f, indent=2)
 

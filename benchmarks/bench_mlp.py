@@ -1,7 +1,7 @@
 """One training epoch of MLP, MLP+ and MLPN (784-100-50-10, ReLU, batch 128, Adam) on the NumPy
 backend against the same models in PyTorch on the CPU, side by side in one run.
 
-    python benchmarks/bench_mlp.py [--repeats 5] [--json out.json]
+    python benchmarks/bench_mlp.py [--repeats 5] [--kernels fast|reference] [--json out.json]
 
 Each epoch is 50,000 images (the paper's training split of Fashion-MNIST when the data is found,
 random images otherwise). Runs alternate between the engines; the median of ``--repeats`` epochs
@@ -23,7 +23,7 @@ from manualbp import get_backend
 from manualbp.experiments import make_optimizers
 from manualbp.train import Trainer
 from manualbp.zoo import mlp
-from common import same_threads, torch_train_step, training_data
+from common import add_kernels_option, same_threads, torch_train_step, training_data
 
 VARIANTS = ("mlp", "mlp+", "mlpn")
 BATCH = 128
@@ -67,8 +67,8 @@ def torch_epoch(x, y, mode, seed):
     return time.perf_counter() - t0
 
 
-def manualbp_epoch(x, y, variant, seed):
-    bk = get_backend("numpy", "float32", seed)
+def manualbp_epoch(x, y, variant, seed, kernels):
+    bk = get_backend("numpy", "float32", seed, kernels)
     model = mlp(bk, variant, "relu")
     optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
     trainer = Trainer(model, optimizers, batch_size=BATCH, seed=seed, progress=False)
@@ -77,13 +77,13 @@ def manualbp_epoch(x, y, variant, seed):
     return time.perf_counter() - t0
 
 
-def sigma_cost(x, y, rounds=30, steps=100):
+def sigma_cost(x, y, kernels, rounds=30, steps=100):
     """Median over ``rounds`` of (time of ``steps`` MLPN steps) / (time of ``steps`` MLP+ steps),
     the two models alternating on the same batches: the cost of learning sigma (Eq. 3 and 7)
     over drawing the same noise with a fixed sigma."""
     steppers = {}
     for variant in ("mlp+", "mlpn"):
-        model = mlp(get_backend("numpy", "float32", 0), variant, "relu")
+        model = mlp(get_backend("numpy", "float32", 0, kernels), variant, "relu")
         optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
         steppers[variant] = Trainer(model, optimizers, batch_size=BATCH, progress=False).step
     batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, steps * BATCH, BATCH)]
@@ -99,11 +99,11 @@ def sigma_cost(x, y, rounds=30, steps=100):
     return statistics.median(ratios[1:])
 
 
-def noise_draw_rates(n=1 << 22):
+def noise_draw_rates(kernels, n=1 << 22):
     """Million samples per second of N(0, 1) draws: NumPy's ziggurat (float64, float32, float32
     into a preallocated buffer), the backend's float32 sampler, and PyTorch (float32)."""
     rng = np.random.default_rng(0)
-    bk = get_backend("numpy", "float32", 0)
+    bk = get_backend("numpy", "float32", 0, kernels)
     buf = np.empty(n, np.float32)
     tbuf = torch.empty(n)
     cases = {"numpy float64": lambda: rng.standard_normal(n),
@@ -124,6 +124,7 @@ def noise_draw_rates(n=1 << 22):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    add_kernels_option(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     threads = same_threads()
@@ -131,28 +132,28 @@ def main():
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     modes = {"mlp": "off", "mlp+": "fixed", "mlpn": "learned"}
     times = {v: {"manualbp": [], "torch": []} for v in VARIANTS}
-    manualbp_epoch(x, y, "mlp", 0)                      # warm-up: touch the data once
+    manualbp_epoch(x, y, "mlp", 0, args.kernels)        # warm-up: touch the data once
     torch_epoch(tx, ty, "off", 0)
     for r in range(args.repeats):
         for v in VARIANTS:
-            times[v]["manualbp"].append(manualbp_epoch(x, y, v, r))
+            times[v]["manualbp"].append(manualbp_epoch(x, y, v, r, args.kernels))
             times[v]["torch"].append(torch_epoch(tx, ty, modes[v], r))
     med = {v: {k: statistics.median(t) for k, t in times[v].items()} for v in VARIANTS}
-    print(f"data: {source}, {len(x)} images, batch {BATCH}; threads: {threads}; "
+    print(f"data: {source}, {len(x)} images, batch {BATCH}; kernels: {args.kernels}; threads: {threads}; "
           f"torch {torch.__version__}, numpy {np.__version__}; median of {args.repeats} epochs")
     print(f"{'model':6s} {'manualbp s':>11s} {'torch s':>8s} {'ratio':>6s}")
     for v in VARIANTS:
         m = med[v]
         print(f"{v:6s} {m['manualbp']:11.3f} {m['torch']:8.3f} {m['manualbp'] / m['torch']:6.2f}")
-    cost = sigma_cost(x, y)
+    cost = sigma_cost(x, y, args.kernels)
     print(f"cost of learning sigma, MLPN / MLP+ (manualbp, steps interleaved): {cost:.3f}; "
           f"from the epochs above: {med['mlpn']['manualbp'] / med['mlp+']['manualbp']:.3f}")
-    rates = noise_draw_rates()
+    rates = noise_draw_rates(args.kernels)
     for name, rate in rates.items():
         print(f"N(0,1) draws, {name:22s} {rate:7.0f} M/s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"source": source, "threads": threads, "median_seconds": med,
+            json.dump({"source": source, "kernels": args.kernels, "threads": threads, "median_seconds": med,
                        "mlpn_over_mlp_plus": cost, "noise_draws_M_per_s": rates}, f, indent=2)
 
 

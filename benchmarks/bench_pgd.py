@@ -1,7 +1,8 @@
 """PGD-10 over 10,000 MNIST-size images for the MLP and the CNN: manualbp on NumPy against the
 same attack on the same model (same weights) in PyTorch on the CPU, side by side in one run.
 
-    python benchmarks/bench_pgd.py [--repeats 3] [--images 10000] [--batch 500] [--json out.json]
+    python benchmarks/bench_pgd.py [--repeats 3] [--images 10000] [--batch 500]
+                                   [--kernels fast|reference] [--json out.json]
 
 manualbp takes every input gradient from ``model.backward`` inside ``input_gradient_only``
 (the layers skip their parameter gradients). PyTorch runs the attack two ways:
@@ -22,7 +23,7 @@ import torch
 from manualbp import get_backend, zoo
 from manualbp.attacks import pgd
 from manualbp.model import evaluating
-from common import same_threads
+from common import add_kernels_option, same_threads
 
 EPS, ALPHA, STEPS = 25 / 255, 5 / 255, 10
 
@@ -96,11 +97,12 @@ def main():
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--models", default="mlp,cnn")
+    add_kernels_option(parser)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     threads = same_threads()
     x, y, source = images(args.images)
-    bk = get_backend("numpy", "float32", 0)
+    bk = get_backend("numpy", "float32", 0, args.kernels)
     results = {}
     for name in args.models.split(","):
         model = zoo.mlp(bk, "mlp", "relu") if name == "mlp" else zoo.cnn(bk, "cnn")
@@ -127,7 +129,8 @@ def main():
                          "best_ratio_vs_input_grad": best["manualbp"] / best["torch input grad"],
                          "best_ratio_vs_loss_backward": best["manualbp"] / best["torch loss.backward"]}
     print(f"PGD-{STEPS} (eps {EPS:.4f}, alpha {ALPHA:.4f}) on {args.images} {source}, batch {args.batch}; "
-          f"threads: {threads}; torch {torch.__version__}, numpy {np.__version__}; median of {args.repeats}")
+          f"kernels: {args.kernels}; threads: {threads}; torch {torch.__version__}, numpy {np.__version__}; "
+          f"median of {args.repeats}")
     print(f"{'model':5s} {'manualbp s':>11s} {'torch grad(x) s':>16s} {'ratio':>6s} {'torch backward() s':>19s} "
           f"{'ratio':>6s} {'same adv':>9s}")
     for name, r in results.items():
@@ -139,8 +142,8 @@ def main():
         for name, r in results.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"source": source, "threads": threads, "batch": args.batch, "images": args.images,
-                       "results": results}, f, indent=2)
+            json.dump({"source": source, "kernels": args.kernels, "threads": threads, "batch": args.batch,
+                       "images": args.images, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

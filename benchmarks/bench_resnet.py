@@ -3,6 +3,7 @@ side by side in one run, as a ratio manualbp / PyTorch (below 1: manualbp is fas
 
     python benchmarks/bench_resnet.py                   # NumPy vs PyTorch CPU: ResNet18, batch 32
     python benchmarks/bench_resnet.py --backend cupy    # CuPy vs PyTorch CUDA: ResNet18 and 34
+    python benchmarks/bench_resnet.py --kernels reference   # manualbp's reference layers
 
 A step is forward, cross-entropy, backward and the Adam update (lr 1e-3, weight decay 1e-4; for
 learned noise also the Eq. (7) update of sigma). ResNet18 gets 32x32 inputs and the CIFAR-10
@@ -27,7 +28,7 @@ from manualbp import get_backend
 from manualbp.experiments import make_optimizers
 from manualbp.layers import SoftmaxCrossEntropy
 from manualbp.zoo import RESNET_SETUPS, RESNET_SUFFIXES, resnet18, resnet34
-from common import same_threads, torch_train_step
+from common import add_kernels_option, same_threads, torch_train_step
 
 MODELS = {"resnet18": (resnet18, (2, 2, 2, 2), "cifar10"), "resnet34": (resnet34, (3, 4, 6, 3), "tiny-imagenet")}
 
@@ -108,9 +109,9 @@ def torch_stepper(name, suffix, x, y, device):
     return step
 
 
-def manualbp_stepper(name, suffix, x, y, backend):
+def manualbp_stepper(name, suffix, x, y, backend, kernels):
     build, _, dataset = MODELS[name]
-    bk = get_backend(backend, "float32", 0)
+    bk = get_backend(backend, "float32", 0, kernels)
     model = build(bk, name + suffix, dataset)
     optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
     loss = SoftmaxCrossEntropy(bk)
@@ -134,14 +135,14 @@ def timed(step, sync, steps):
     return (time.perf_counter() - t0) / steps
 
 
-def bench(name, suffix, batch, backend, rounds, steps):
+def bench(name, suffix, batch, backend, kernels, rounds, steps):
     dataset = MODELS[name][2]
     size, classes = RESNET_SETUPS[dataset]["input_size"], RESNET_SETUPS[dataset]["classes"]
     rng = np.random.default_rng(0)
     x = rng.random((batch, 3, size, size), dtype=np.float32)
     y = rng.integers(0, classes, batch).astype(np.int64)
     device = "cuda" if backend == "cupy" else "cpu"
-    ours, sync = manualbp_stepper(name, suffix, x, y, backend)
+    ours, sync = manualbp_stepper(name, suffix, x, y, backend, kernels)
     theirs = torch_stepper(name, suffix, x, y, device)
     torch_sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(2):                                     # warm-up: buffers, kernels, caches
@@ -164,6 +165,7 @@ def main():
                         help="default: resnet18 resnet18-an (numpy); also resnet34, resnet34-an (cupy)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="steps per round (default 2 / 10)")
+    add_kernels_option(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     gpu = args.backend == "cupy"
@@ -176,18 +178,19 @@ def main():
         device = torch.cuda.get_device_name()
     else:
         device = f"CPU, {same_threads()} threads"
-    print(f"{args.backend} vs torch {torch.__version__} on {device}; numpy {np.__version__}; "
-          f"batch {batch}; median of {args.rounds} rounds of {steps} steps")
+    print(f"{args.backend} ({args.kernels} kernels) vs torch {torch.__version__} on {device}; "
+          f"numpy {np.__version__}; batch {batch}; median of {args.rounds} rounds of {steps} steps")
     print(f"{'model':14s} {'input':>5s} {'manualbp s':>11s} {'torch s':>8s} {'ratio':>6s}")
     results = []
     for model in models:
         name = model[:8]
-        r = bench(name, model[8:], batch, args.backend, args.rounds, steps)
+        r = bench(name, model[8:], batch, args.backend, args.kernels, args.rounds, steps)
         results.append(r)
         print(f"{r['model']:14s} {r['input']:5d} {r['manualbp']:11.3f} {r['torch']:8.3f} {r['ratio']:6.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"backend": args.backend, "device": device, "results": results}, f, indent=2)
+            json.dump({"backend": args.backend, "kernels": args.kernels, "device": device, "results": results},
+                      f, indent=2)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def parse(argv=None):
                    help="images per L-BFGS objective (the paper's code: test batches of 128)")
     p.add_argument("--no-sweep", dest="sweep", action="store_false")
     p.add_argument("--sweep-steps", type=int, default=10, help="PGD steps in the epsilon sweep")
-    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    experiments.add_backend_arguments(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/robustness")
@@ -158,7 +158,7 @@ def main(argv=None):
     args = parse(argv)
     family = evaluate.get_family(args.family, args.dataset)
     attack_preset = preset(args.dataset)
-    bk = get_backend(args.backend, "float32", args.seed)
+    bk = get_backend(args.backend, "float32", args.seed, args.kernels)
     splits = experiments.load_splits(bk, args.dataset, args.data_dir, args.seed)
     if args.train_limit:
         splits["train"] = tuple(a[:args.train_limit] for a in splits["train"])

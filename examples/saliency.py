@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--noise", type=float, default=0.15, help="noise level relative to the image range")
     p.add_argument("--epochs", type=int, default=2, help="training epochs where no checkpoint exists")
     p.add_argument("--limit-batches", type=int, default=None, help="batches per training epoch")
-    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    experiments.add_backend_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/saliency")
     args = p.parse_args(argv)
@@ -81,7 +81,7 @@ def pick_images(models, x, y, count):
 
 def main(argv=None):
     args = parse_args(argv)
-    bk = get_backend(args.backend, "float32", args.seed)
+    bk = get_backend(args.backend, "float32", args.seed, args.kernels)
     splits = experiments.load_splits(bk, args.dataset, args.data_dir, args.seed)
     family = evaluate.FAMILIES[args.family]
     variants = family.variants

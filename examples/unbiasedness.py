@@ -13,6 +13,7 @@ import json
 import os
 
 from manualbp import get_backend
+from manualbp.experiments import add_backend_arguments
 from manualbp.estimators import compare_estimators, small_problem
 from manualbp.plots import estimator_comparison
 
@@ -30,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--h", type=float, default=1e-3, help="finite-difference step")
     p.add_argument("--level", type=float, default=0.99, help="confidence level")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    add_backend_arguments(p)
     return p.parse_args(argv)
 
 
@@ -57,7 +58,7 @@ def markdown(result, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    bk = get_backend(args.backend, "float64", args.seed)
+    bk = get_backend(args.backend, "float64", args.seed, args.kernels)
     sizes = tuple(int(s) for s in args.sizes.split(","))
     model, x, y = small_problem(bk, args.family, sizes, args.activation, args.samples)
     result = compare_estimators(model, x, y, args.draws, args.group_size, args.h, args.seed, args.level)

@@ -79,6 +79,11 @@ class Backend:
         from .kernels import registry
         return registry(self.name).get(cls, cls)
 
+    def reference(self, cls):
+        """The reference class that ``cls`` computes: the one it is the kernel of, or itself."""
+        from .kernels import reference_of
+        return reference_of(cls)
+
     def seed(self, seed):
         """Restart the random generator from ``seed`` (an int or a sequence of ints)."""
         seq = numpy.random.SeedSequence(seed)

@@ -10,7 +10,7 @@ import os
 import time
 from functools import partial
 
-from .backend import get_backend
+from .backend import BACKENDS, KERNELS, get_backend
 from .data import load_cifar10, load_mnist, load_tiny_imagenet, random_crop_flip, split_dataset
 from .model import noise_layers, sigma_summary
 from .optim import SGD, Adam, StepLR, is_noise_level, noise_level_optimizer
@@ -104,10 +104,19 @@ def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=Non
             "history": history, "sigma": sigma_summary(model), "checkpoint": path}
 
 
+def add_backend_arguments(parser):
+    """``--backend`` and ``--kernels``: the arguments of :func:`manualbp.get_backend` that every
+    script takes."""
+    parser.add_argument("--backend", choices=list(BACKENDS), default="numpy")
+    parser.add_argument("--kernels", choices=list(KERNELS), default="fast",
+                        help="fast kernels (default) or the reference layers a student reads")
+    return parser
+
+
 def add_arguments(parser, variants, activations=None, preset="mnist", datasets=("mnist", "fashion-mnist")):
     """The flags every example shares; defaults from the Table 1 ``preset``."""
     p = PRESETS[preset]
-    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    add_backend_arguments(parser)
     parser.add_argument("--dataset", choices=list(datasets), default=datasets[0])
     parser.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
     parser.add_argument("--variant", choices=list(variants) + ["all"], default="all")
@@ -136,7 +145,7 @@ def add_arguments(parser, variants, activations=None, preset="mnist", datasets=(
 def run(args, build, variants, activations=(None,), augment=None):
     """Train and evaluate every requested variant (x activation); write ``OUT/metrics.json``.
     ``augment``: optional ``f(x_batch, backend)`` applied to training batches."""
-    bk = get_backend(args.backend, args.dtype, args.seed)
+    bk = get_backend(args.backend, args.dtype, args.seed, args.kernels)
     splits = load_splits(bk, args.dataset, args.data_dir, args.seed)
     limit = getattr(args, "limit_eval", None)
     if limit:                                   # quick runs: a random subset of val and test

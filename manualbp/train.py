@@ -136,7 +136,8 @@ class Trainer:
             optimizers.append({"t": state.pop("t"), "lr": state.pop("lr"), "names": opt.names})
             arrays.update({f"optimizer{i}/{k}": to_host(v) for k, v in state.items()})
         meta = {"epochs_done": len(self.history), "history": self.history, "seed": self.seed,
-                "batch_size": self.batch_size, "dtype": self.bk.dtype.name, "optimizers": optimizers}
+                "batch_size": self.batch_size, "dtype": self.bk.dtype.name, "kernels": self.bk.kernels,
+                "optimizers": optimizers}
         checkpoint.save(path, arrays, meta)
 
     def load(self, path, missing_ok=False):

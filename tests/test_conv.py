@@ -1,7 +1,7 @@
-"""Convolution by im2col: im2col/col2im against their definitions (adjointness, the naive
-convolution), float64 finite-difference checks of every gradient of Conv2d (with and without
-bias, with a noise child on the feature map), output shapes for arbitrary geometries
-(hypothesis), and clear errors for bad input.
+"""Convolution by im2col: the reference and the fast im2col/col2im against their definitions
+(adjointness, the naive convolution), float64 finite-difference checks of every gradient of
+Conv2d on both paths (with and without bias, with a noise child on the feature map), output
+shapes for arbitrary geometries (hypothesis), and clear errors for bad input.
 """
 import importlib
 
@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from manualbp import get_backend
 from manualbp.gradcheck import check_gradients
-from manualbp.layers import Conv2d, GaussianNoise, col2im, conv2d_naive, im2col
-from manualbp.layers.im2col import conv_geometry
+from manualbp.kernels import im2col as fast
+from manualbp.kernels.conv import Conv2dKernel
+from manualbp.layers import Conv2d, GaussianNoise
+from manualbp.layers.im2col import col2im, conv2d_naive, conv_geometry, im2col
 
 TOL = 1e-7
 
@@ -43,55 +45,59 @@ def assert_all_below(errors, expected_names, tol=TOL):
 
 @pytest.mark.parametrize("c_in, c_out, kernel, stride, padding, hw", GEOMETRIES)
 def test_im2col_matches_definition(c_in, c_out, kernel, stride, padding, hw):
-    """``cols[c, i, j, n, oh, ow] = x_pad[n, c, oh SH + i, ow SW + j]``, zeros over the padding."""
+    """``cols[n, c, i, j, oh, ow] = x_pad[n, c, oh SH + i, ow SW + j]``, zeros over the padding;
+    the fast im2col is the same in its ``(C, KH, KW, N, OH, OW)`` order."""
     x = host_normal(0, (2, c_in, *hw))
     kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x.shape, kernel, stride, padding)
     x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    cols = im2col(x, kernel, stride, padding)
-    assert cols.shape == (c_in, kh, kw, 2, oh, ow)
+    cols = im2col(x, kernel, stride, padding, np)
+    assert cols.shape == (2, c_in, kh, kw, oh, ow)
     expected = np.empty_like(cols)
-    for i in range(kh):
-        for j in range(kw):
-            patch = x_pad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-            expected[:, i, j] = patch.transpose(1, 0, 2, 3)
+    for n in range(2):
+        for r in range(oh):
+            for s in range(ow):
+                expected[n, :, :, :, r, s] = x_pad[n, :, r * sh:r * sh + kh, s * sw:s * sw + kw]
     np.testing.assert_array_equal(cols, expected)
+    np.testing.assert_array_equal(fast.im2col(x, kernel, stride, padding, np), expected.transpose(1, 2, 3, 0, 4, 5))
 
 
 @pytest.mark.parametrize("c_in, c_out, kernel, stride, padding, hw", GEOMETRIES)
 def test_col2im_is_the_adjoint_of_im2col(c_in, c_out, kernel, stride, padding, hw):
     """``<im2col(x), y> == <x, col2im(y)>`` for random ``x`` and ``y``: col2im is im2col's
-    transpose, i.e. its backward pass."""
+    transpose, i.e. its backward pass; the fast col2im folds exactly what the reference folds."""
     x = host_normal(1, (3, c_in, *hw))
-    cols = im2col(x, kernel, stride, padding)
+    cols = im2col(x, kernel, stride, padding, np)
     y = host_normal(2, cols.shape)
-    lhs = float((cols * y).sum())
-    rhs = float((x * col2im(y, x.shape, kernel, stride, padding)).sum())
+    folded = col2im(y, x.shape, kernel, stride, padding, np)
+    lhs, rhs = float((cols * y).sum()), float((x * folded).sum())
     assert abs(lhs - rhs) <= 1e-12 * (abs(lhs) + abs(rhs))
+    fast_folded = fast.col2im(np.ascontiguousarray(y.transpose(1, 2, 3, 0, 4, 5)), x.shape, kernel, stride,
+                              padding, np)
+    np.testing.assert_allclose(fast_folded, folded, rtol=1e-13, atol=1e-13)
 
 
 def test_im2col_writes_every_entry_of_a_reused_buffer():
     x = host_normal(3, (2, 2, 5, 5))
     out = np.full((2, 3, 3, 2, 3, 3), np.nan)
-    cols = im2col(x, 3, 2, 1, out=out)
+    cols = fast.im2col(x, 3, 2, 1, np, out=out)
     assert cols is out and np.isfinite(out).all()
-    np.testing.assert_array_equal(out, im2col(x, 3, 2, 1))
+    np.testing.assert_array_equal(out, fast.im2col(x, 3, 2, 1, np))
     with pytest.raises(ValueError, match="out has shape"):
-        im2col(x, 3, 1, 1, out=out)
+        fast.im2col(x, 3, 1, 1, np, out=out)
 
 
 def test_col2im_accepts_any_output_layout():
     cols = host_normal(4, (2, 3, 3, 4, 5, 5))
-    expected = col2im(cols, (4, 2, 5, 5), 3, 1, 1)
+    expected = fast.col2im(cols, (4, 2, 5, 5), 3, 1, 1, np)
     out = np.full((4, 2, 5, 5), np.nan)
-    assert col2im(cols, (4, 2, 5, 5), 3, 1, 1, out=out) is out
+    assert fast.col2im(cols, (4, 2, 5, 5), 3, 1, 1, np, out=out) is out
     np.testing.assert_allclose(out, expected, rtol=1e-15)
 
 
 @pytest.mark.parametrize("c_in, c_out, kernel, stride, padding, hw", GEOMETRIES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("order", Conv2d.COLUMN_ORDERS)
-def test_conv_matches_naive_convolution(bk64, c_in, c_out, kernel, stride, padding, hw, bias, order):
-    conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias, column_order=order)
+def test_conv_matches_naive_convolution(bk64, c_in, c_out, kernel, stride, padding, hw, bias):
+    conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias)
     x = bk64.asarray(host_normal(5, (3, c_in, *hw)))
     expected = conv2d_naive(x, conv.params["weight"], conv.params.get("bias"), stride, padding, xp=bk64.xp)
     got = conv.forward(x)
@@ -103,20 +109,20 @@ def test_naive_convolution_by_hand():
     """A 1-channel 3x3 image, 2x2 kernel of ones, stride 1, no padding: sums of 2x2 blocks."""
     x = np.arange(9.0).reshape(1, 1, 3, 3)
     w = np.ones((1, 1, 2, 2))
-    np.testing.assert_array_equal(conv2d_naive(x, w)[0, 0], [[8, 12], [20, 24]])
-    np.testing.assert_array_equal(conv2d_naive(x, w, np.array([1.0]), padding=1)[0, 0, 0], [1, 2, 4, 3])
+    np.testing.assert_array_equal(conv2d_naive(x, w, None, 1, 0, np)[0, 0], [[8, 12], [20, 24]])
+    np.testing.assert_array_equal(conv2d_naive(x, w, np.array([1.0]), 1, 1, np)[0, 0, 0], [1, 2, 4, 3])
 
 
 # --- Conv2d gradients ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("c_in, c_out, kernel, stride, padding, hw", GEOMETRIES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("order", Conv2d.COLUMN_ORDERS)
 @pytest.mark.parametrize("direct", [False, True], ids=["transposed-gemm", "direct-gemm"])
-def test_conv_gradients(bk64, monkeypatch, c_in, c_out, kernel, stride, padding, hw, bias, order, direct):
-    """Both orientations of the weight-gradient GEMM (small weights: cols delta^T, transposed)."""
-    monkeypatch.setattr(Conv2d, "DIRECT_GRAD_SIZE", 0 if direct else 1 << 62)
-    conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias, column_order=order)
+def test_conv_gradients(bk64, monkeypatch, c_in, c_out, kernel, stride, padding, hw, bias, direct):
+    """Both orientations of the fast kernel's weight-gradient GEMM (small weights: cols delta^T,
+    transposed), and the reference."""
+    monkeypatch.setattr(Conv2dKernel, "DIRECT_GRAD_SIZE", 0 if direct else 1 << 62)
+    conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias)
     x = bk64.asarray(host_normal(6, (2, c_in, *hw)))
     errors = check_gradients(conv, x)
     assert_all_below(errors, ["weight", "input"] + (["bias"] if bias else []))
@@ -124,12 +130,11 @@ def test_conv_gradients(bk64, monkeypatch, c_in, c_out, kernel, stride, padding,
 
 @pytest.mark.parametrize("learn_mean", [True, False])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("order", Conv2d.COLUMN_ORDERS)
-def test_conv_with_noise_on_the_feature_map(bk64, learn_mean, bias, order):
+def test_conv_with_noise_on_the_feature_map(bk64, learn_mean, bias):
     """One ``sigma`` (and ``mu``) per element of the ``(C_out, OH, OW)`` map; eps held fixed."""
     shape = Conv2d(bk64, 2, 3, (3, 2), 2, 1).output_shape((2, 7, 6))
     noise = GaussianNoise(bk64, shape, mode="learned", learn_mean=learn_mean)
-    conv = Conv2d(bk64, 2, 3, (3, 2), 2, 1, bias=bias, noise=noise, column_order=order)
+    conv = Conv2d(bk64, 2, 3, (3, 2), 2, 1, bias=bias, noise=noise)
     noise.params["sigma"][...] = bk64.asarray(np.random.default_rng(7).uniform(0.2, 1.5, shape))
     if learn_mean:
         noise.params["mu"][...] = bk64.asarray(host_normal(8, shape))
@@ -174,22 +179,20 @@ def test_first_layer_skips_the_input_gradient(bk64):
     assert full.shape == x.shape
 
 
-@pytest.mark.parametrize("order", Conv2d.COLUMN_ORDERS)
-def test_batch_size_and_layout_changes(bk64, order):
-    """The column buffer is rebuilt when the input shape changes; inputs in other memory layouts
-    (those convolutions return, and a strided slice) give the same result; the output is a view
-    of the GEMM result in the chosen column order."""
-    conv = Conv2d(bk64, 2, 3, 3, 1, 1, column_order=order)
+def test_batch_size_and_layout_changes(bk64):
+    """The fast kernel's column buffer is rebuilt when the input shape changes; inputs in other
+    memory layouts (those convolutions return, and a strided slice) give the same result; the
+    fast kernel's output is a view of the GEMM result, batch innermost."""
+    conv = Conv2d(bk64, 2, 3, 3, 1, 1)
     for n in (4, 1, 4):
         x = host_normal(n, (n, 2, 6, 5))
-        expected = conv2d_naive(x, bk64.to_host(conv.params["weight"]), bk64.to_host(conv.params["bias"]), 1, 1)
+        expected = conv2d_naive(x, bk64.to_host(conv.params["weight"]), bk64.to_host(conv.params["bias"]), 1, 1, np)
         cnhw = bk64.asarray(np.ascontiguousarray(x.transpose(1, 0, 2, 3))).transpose(1, 0, 2, 3)
         chwn = bk64.asarray(np.ascontiguousarray(x.transpose(1, 2, 3, 0))).transpose(3, 0, 1, 2)
         for inp in (bk64.asarray(x), cnhw, chwn):
             y = conv.forward(inp)
             np.testing.assert_allclose(bk64.to_host(y), expected, rtol=1e-12, atol=1e-12)
-            axes = (1, 0, 2, 3) if order == "nhw" else (1, 2, 3, 0)
-            assert y.transpose(axes).flags.c_contiguous
+            assert y.transpose(1, 2, 3, 0).flags.c_contiguous == (bk64.kernels == "fast")
     errors = check_gradients(conv, bk64.asarray(host_normal(14, (3, 2, 6, 5))))
     assert max(errors.values()) < TOL
 
@@ -199,14 +202,14 @@ def test_strided_input(bk64):
     wide = host_normal(15, (2, 2, 6, 10))
     x = bk64.asarray(wide)[:, :, :, ::2]                       # not contiguous in any order
     expected = conv2d_naive(wide[:, :, :, ::2], bk64.to_host(conv.params["weight"]),
-                            bk64.to_host(conv.params["bias"]), 2, 1)
+                            bk64.to_host(conv.params["bias"]), 2, 1, np)
     np.testing.assert_allclose(bk64.to_host(conv.forward(x)), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("threads", ["2", "3"])
 def test_threaded_blocks_give_identical_results(monkeypatch, threads):
-    """Large im2col / col2im calls split channels (or the batch, when there are fewer channels
-    than threads) over threads: the result must be bit for bit the serial one."""
+    """Large fast im2col / col2im calls split channels (or the batch, when there are fewer
+    channels than threads) over threads: the result must be bit for bit the serial one."""
     module = importlib.import_module("manualbp.parallel")
     rng = np.random.default_rng(16)
     cases = [((3, 5, 9, 8), 3, 1, 1), ((3, 1, 9, 8), (2, 3), 2, (1, 0)), ((2, 4, 7, 7), 3, 2, 0)]
@@ -214,17 +217,18 @@ def test_threaded_blocks_give_identical_results(monkeypatch, threads):
     monkeypatch.setenv("MANUALBP_NUM_THREADS", "1")
     for shape, k, s, p in cases:
         x = rng.standard_normal(shape)
-        cols = im2col(x, k, s, p)
-        serial.append((x, cols, col2im(cols, shape, k, s, p)))
+        cols = fast.im2col(x, k, s, p, np)
+        serial.append((x, cols, fast.col2im(cols, shape, k, s, p, np)))
     monkeypatch.setenv("MANUALBP_NUM_THREADS", threads)
     monkeypatch.setattr(module, "PARALLEL_MIN_SIZE", 0)
     for (shape, k, s, p), (x, cols, folded) in zip(cases, serial):
-        np.testing.assert_array_equal(im2col(x, k, s, p), cols)
-        np.testing.assert_array_equal(col2im(cols, shape, k, s, p), folded)
+        np.testing.assert_array_equal(fast.im2col(x, k, s, p, np), cols)
+        np.testing.assert_array_equal(fast.col2im(cols, shape, k, s, p, np), folded)
 
 
-def test_gradients_are_written_in_place(bk64):
-    """The optimiser makes ``grads`` views of one flat array: backward must write into them."""
+def test_fast_gradients_are_written_in_place():
+    """The fast kernel writes into ``grads`` (views of the parameter store): nothing to copy."""
+    bk64 = get_backend("numpy", "float64", 0)
     conv = Conv2d(bk64, 2, 3, 3, padding=1)
     before = {k: v for k, v in conv.grads.items()}
     conv.forward(bk64.asarray(host_normal(15, (2, 2, 4, 4))))
@@ -303,10 +307,10 @@ def test_shapes_and_adjointness_for_any_geometry(g):
     x = host_normal(0, (n, c_in, h, w))
     y = conv.forward(x)
     assert y.shape == (n, c_out, oh, ow) == (n, *conv.output_shape((c_in, h, w)))
-    naive = conv2d_naive(x, conv.params["weight"], conv.params["bias"], (sh, sw), (ph, pw))
+    naive = conv2d_naive(x, conv.params["weight"], conv.params["bias"], (sh, sw), (ph, pw), np)
     np.testing.assert_allclose(y, naive, rtol=1e-12, atol=1e-12)
     assert conv.backward(np.ones_like(y)).shape == x.shape
-    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw))
+    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw), np)
     z = host_normal(1, cols.shape)
-    lhs, rhs = float((cols * z).sum()), float((x * col2im(z, x.shape, (kh, kw), (sh, sw), (ph, pw))).sum())
+    lhs, rhs = float((cols * z).sum()), float((x * col2im(z, x.shape, (kh, kw), (sh, sw), (ph, pw), np)).sum())
     assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs) + abs(rhs))

@@ -139,7 +139,7 @@ def test_worked_examples_run(torch):
 # --- the checker itself ---------------------------------------------------------------------
 def test_checker_accepts_a_true_excerpt_with_elision():
     doc = ("File: manualbp/layers/noise.py (GaussianNoise.backward)\n```python\n"
-           "if \"sigma\" in self.params:\n    grad_sigma   =  self.grads[\"sigma\"]\n...\n"
+           "if \"sigma\" in self.params:\n    if   self.draws:\n...\n"
            "return delta\n```\n")
     assert check_document(doc) == 1
 

@@ -10,7 +10,7 @@ class ReLU(Module):
 
     def forward(self, v):
         self.active = v > 0
-        return self.xp.maximum(v, 0)
+        return self.xp.maximum(v, 0)                                    # x = phi(v), Eq. (1)
 
     def backward(self, delta, input_grad=True):
         return delta * self.active                           # phi'(v) * delta, Eq. (2)
@@ -25,10 +25,10 @@ class LeakyReLU(Module):
 
     def forward(self, v):
         self.active = v > 0
-        return self.xp.where(self.active, v, self.slope * v)
+        return self.xp.where(self.active, v, self.slope * v)            # x = phi(v), Eq. (1)
 
     def backward(self, delta, input_grad=True):
-        return self.xp.where(self.active, delta, self.slope * delta)
+        return self.xp.where(self.active, delta, self.slope * delta)    # phi'(v) * delta, Eq. (2)
 
 
 class Sigmoid(Module):
@@ -36,7 +36,7 @@ class Sigmoid(Module):
     ``phi'(v) = phi(v) (1 - phi(v))``."""
 
     def forward(self, v):
-        self.y = 0.5 * (1 + self.xp.tanh(0.5 * v))
+        self.y = 0.5 * (1 + self.xp.tanh(0.5 * v))                      # x = phi(v), Eq. (1)
         return self.y
 
     def backward(self, delta, input_grad=True):

@@ -49,8 +49,7 @@ class Module:
     @property
     def kind(self):
         """The layer's type by name as built: a fast kernel's is its reference layer's."""
-        from ..kernels import reference_of
-        return reference_of(type(self)).__name__
+        return self.bk.reference(type(self)).__name__
 
     def forward(self, x):
         raise NotImplementedError
@@ -89,10 +88,10 @@ class Module:
     def parameter_store(self):
         """The :class:`~manualbp.store.ParameterStore` of this model: every parameter in one
         flat array, every gradient gathered into another (made on the first call)."""
-        if getattr(self, "_store", None) is None:
+        if getattr(self, "store", None) is None:
             from ..store import ParameterStore
-            self._store = ParameterStore(self)
-        return self._store
+            self.store = ParameterStore(self)
+        return self.store
 
     def state_dict(self):
         """Every parameter and buffer by full name (what a checkpoint stores)."""

@@ -64,7 +64,7 @@ class Conv2d(Module):
         v = self.xp.tensordot(self.cols, w, axes=((1, 2, 3), (1, 2, 3)))  # sum_j theta_ij x_j, Eq. (1)
         v = v.transpose(0, 3, 1, 2)                                        # (N, C_out, OH, OW)
         if "bias" in self.params:
-            v = v + self.params["bias"].reshape(1, -1, 1, 1)               # theta_i0 * x_0, x_0 = 1
+            v = v + self.params["bias"].reshape(1, -1, 1, 1)            # theta_i0 * x_0, x_0 = 1, Eq. (1)
         if "noise" in self.children:
             v = self.children["noise"].forward(v)                          # + z_i, Eq. (1)
         return v
@@ -74,10 +74,10 @@ class Conv2d(Module):
         if "noise" in self.children:
             delta = self.children["noise"].backward(delta)                 # fills dL/dsigma, Eq. (3)
         xp = self.xp
-        if self.param_grads:                                               # dL/dtheta_ij = delta_i x_j
+        if self.param_grads:                                            # dL/dtheta_ij = delta_i x_j, beside Eq. (2)
             self.grads["weight"] = xp.tensordot(delta, self.cols, axes=((0, 2, 3), (0, 4, 5)))
             if "bias" in self.params:
-                self.grads["bias"] = delta.sum(axis=(0, 2, 3))
+                self.grads["bias"] = delta.sum(axis=(0, 2, 3))          # dL/dtheta_i0 = delta_i (x_0 = 1), beside Eq. (2)
         if not input_grad:
             return None
         dcols = xp.tensordot(delta, self.params["weight"], axes=(1, 0))  # sum_j theta_ji delta_j, Eq. (2)

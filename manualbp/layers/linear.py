@@ -34,7 +34,7 @@ class Linear(Module):
         self.x = x
         v = x @ self.params["weight"].T                      # sum_j theta_ij x_j, Eq. (1)
         if "bias" in self.params:
-            v = v + self.params["bias"]                      # theta_i0 * x_0, x_0 = 1
+            v = v + self.params["bias"]                                 # theta_i0 * x_0, x_0 = 1, Eq. (1)
         if "noise" in self.children:
             v = self.children["noise"].forward(v)            # + z_i, Eq. (1)
         return v
@@ -44,9 +44,9 @@ class Linear(Module):
         if "noise" in self.children:
             delta = self.children["noise"].backward(delta)   # fills dL/dsigma, Eq. (3)
         if self.param_grads:
-            self.grads["weight"] = delta.T @ self.x          # dL/dtheta_ij = delta_i x_j
+            self.grads["weight"] = delta.T @ self.x                     # dL/dtheta_ij = delta_i x_j, beside Eq. (2)
             if "bias" in self.params:
-                self.grads["bias"] = delta.sum(axis=0)
+                self.grads["bias"] = delta.sum(axis=0)                  # dL/dtheta_i0 = delta_i (x_0 = 1), beside Eq. (2)
         if input_grad:
             return delta @ self.params["weight"]             # sum_j theta_ji delta_j, Eq. (2)
         return None

@@ -36,7 +36,7 @@ class SoftmaxCrossEntropy:
     def backward(self):
         """``e = dL/dlogits = (softmax(logits) - onehot(labels)) / N`` -- the seed of Eq. (2)."""
         n = self.p.shape[0]
-        e = self.p.copy()
-        e[self.xp.arange(n), self.labels] -= 1
-        e /= n
+        e = self.p.copy()                                               # e = dL/dx_tau, the seed of Eq. (2):
+        e[self.xp.arange(n), self.labels] -= 1                          # softmax - onehot
+        e /= n                                                          # of the mean over the batch
         return e
