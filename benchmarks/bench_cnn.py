@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from manualbp import get_backend
-from manualbp.experiments import make_optimizers
+from manualbp.experiments import add_kernels_argument, make_optimizers
 from manualbp.layers import SoftmaxCrossEntropy
 from manualbp.zoo import cnn
-from common import N_TRAIN, add_kernels_option, same_threads, torch_train_step, training_data
+from common import N_TRAIN, same_threads, torch_train_step, training_data
 
 kernel_conv = importlib.import_module("manualbp.kernels.conv")      # the modules, not the classes
 layer_conv = importlib.import_module("manualbp.layers.conv")
@@ -254,7 +254,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="training steps per round and engine")
-    add_kernels_option(parser)
+    add_kernels_argument(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     threads = same_threads()

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from manualbp import get_backend
-from manualbp.experiments import make_optimizers
+from manualbp.experiments import add_kernels_argument, make_optimizers
 from manualbp.train import Trainer
 from manualbp.zoo import mlp
-from common import add_kernels_option, same_threads, torch_train_step, training_data
+from common import same_threads, torch_train_step, training_data
 
 VARIANTS = ("mlp", "mlp+", "mlpn")
 BATCH = 128
@@ -124,7 +124,7 @@ def noise_draw_rates(kernels, n=1 << 22):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    add_kernels_option(parser)
+    add_kernels_argument(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     threads = same_threads()

@@ -22,8 +22,9 @@ import torch
 
 from manualbp import get_backend, zoo
 from manualbp.attacks import pgd
+from manualbp.experiments import add_kernels_argument
 from manualbp.model import evaluating
-from common import add_kernels_option, same_threads
+from common import same_threads
 
 EPS, ALPHA, STEPS = 25 / 255, 5 / 255, 10
 
@@ -97,7 +98,7 @@ def main():
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--models", default="mlp,cnn")
-    add_kernels_option(parser)
+    add_kernels_argument(parser)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     threads = same_threads()

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from manualbp import get_backend
-from manualbp.experiments import make_optimizers
+from manualbp.experiments import add_kernels_argument, make_optimizers
 from manualbp.layers import SoftmaxCrossEntropy
 from manualbp.zoo import RESNET_SETUPS, RESNET_SUFFIXES, resnet18, resnet34
-from common import add_kernels_option, same_threads, torch_train_step
+from common import same_threads, torch_train_step
 
 MODELS = {"resnet18": (resnet18, (2, 2, 2, 2), "cifar10"), "resnet34": (resnet34, (3, 4, 6, 3), "tiny-imagenet")}
 
@@ -165,7 +165,7 @@ def main():
                         help="default: resnet18 resnet18-an (numpy); also resnet34, resnet34-an (cupy)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="steps per round (default 2 / 10)")
-    add_kernels_option(parser)
+    add_kernels_argument(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     gpu = args.backend == "cupy"

@@ -1,11 +1,9 @@
 """What every benchmark shares: the PyTorch side of a training step (cross-entropy, backward, the
 weights' Adam, and for learned noise the Eq. (7) update: Adam on sigma, then the absolute value),
-the same thread count for both engines, the ``--kernels`` option and the Fashion-MNIST training
-images."""
+the same thread count for both engines, and the Fashion-MNIST training images."""
 import numpy as np
 import torch
 
-from manualbp.backend import KERNELS
 from manualbp.parallel import num_threads
 
 N_TRAIN = 50000
@@ -24,13 +22,6 @@ def torch_train_step(model, x, y, opt, sigma_opt=None, sigmas=()):
             for s in sigmas:
                 s.abs_()
     return loss
-
-
-def add_kernels_option(parser):
-    """``--kernels {fast,reference}`` (default fast): which manualbp layers every ``get_backend``
-    of the script builds -- the fast kernels of :mod:`manualbp.kernels` or the reference layers."""
-    parser.add_argument("--kernels", choices=KERNELS, default="fast",
-                        help="manualbp's fast kernels (default) or its reference layers")
 
 
 def same_threads():

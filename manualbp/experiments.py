@@ -104,13 +104,18 @@ def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=Non
             "history": history, "sigma": sigma_summary(model), "checkpoint": path}
 
 
+def add_kernels_argument(parser):
+    """``--kernels {fast,reference}`` (the ``kernels`` of :func:`manualbp.get_backend`)."""
+    parser.add_argument("--kernels", choices=list(KERNELS), default="fast",
+                        help="fast kernels (default) or the reference layers a student reads")
+    return parser
+
+
 def add_backend_arguments(parser):
     """``--backend`` and ``--kernels``: the arguments of :func:`manualbp.get_backend` that every
     script takes."""
     parser.add_argument("--backend", choices=list(BACKENDS), default="numpy")
-    parser.add_argument("--kernels", choices=list(KERNELS), default="fast",
-                        help="fast kernels (default) or the reference layers a student reads")
-    return parser
+    return add_kernels_argument(parser)
 
 
 def add_arguments(parser, variants, activations=None, preset="mnist", datasets=("mnist", "fashion-mnist")):
