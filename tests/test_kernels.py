@@ -279,17 +279,22 @@ def test_dense_models_draw_the_same_noise_on_both_paths(name):
         assert_close(fast_final[k], ref_final[k], "float32", f"{name}: {k}")
 
 
-@pytest.mark.parametrize("name", ["mlpn-relu", "cnn-an", "resnet18-an", "resnet34"])
-def test_adversarial_images_agree_in_float64(name):
-    """FGSM and PGD-5 images of the mean model (noise off) are the same on both paths."""
+def _adversarial_images(name, dtype):
+    """``[(FGSM images, PGD-5 images)]`` of the mean model (noise off), reference then fast."""
     images = []
-    for bk in pair("float64", seed=10):
+    for bk in pair(dtype, seed=10):
         model = ZOO[name](bk)
         x, y = _batch(model, n=6, seed=11)
         x, y = bk.asarray(x), bk.asarray(y, dtype="int64")
         with evaluating(model, noise=False):
             images.append((host(fgsm(model, x, y, 0.1)), host(pgd(model, x, y, 0.1, 0.03, 5))))
-    (ref_fgsm, ref_pgd), (fast_fgsm, fast_pgd) = images
+    return images
+
+
+@pytest.mark.parametrize("name", ["mlpn-relu", "cnn-an", "resnet18-an", "resnet34"])
+def test_adversarial_images_agree_in_float64(name):
+    """FGSM and PGD-5 images of the mean model (noise off) are the same on both paths."""
+    (ref_fgsm, ref_pgd), (fast_fgsm, fast_pgd) = _adversarial_images(name, "float64")
     np.testing.assert_array_equal(fast_fgsm, ref_fgsm)
     np.testing.assert_allclose(fast_pgd, ref_pgd, rtol=0, atol=1e-12)
 
@@ -298,14 +303,7 @@ def test_adversarial_images_agree_in_float64(name):
 def test_adversarial_images_rarely_differ_in_float32(name):
     """In float32 a different summation order may flip the sign of an input-gradient entry that
     is zero up to round-off: such pixels are counted, and stay rare."""
-    images = []
-    for bk in pair("float32", seed=10):
-        model = ZOO[name](bk)
-        x, y = _batch(model, n=6, seed=11)
-        x, y = bk.asarray(x), bk.asarray(y, dtype="int64")
-        with evaluating(model, noise=False):
-            images.append((host(fgsm(model, x, y, 0.1)), host(pgd(model, x, y, 0.1, 0.03, 5))))
-    for ref, fast in zip(*images):
+    for ref, fast in zip(*_adversarial_images(name, "float32")):
         differ = np.abs(fast - ref) > 1e-6
         assert differ.mean() <= 0.005, f"{name}: {differ.sum()} of {differ.size} pixels differ"
 

@@ -74,36 +74,38 @@ class MaxPool2dKernel(MaxPool2d):
         return dx
 
 
-class GlobalAvgPool2dKernel(GlobalAvgPool2d):
-    """What :class:`~manualbp.layers.pool.GlobalAvgPool2d` computes, with ``dL/dx`` in the
-    input's memory layout (a C-ordered one would force a transposed copy in the convolution)."""
+class _InputLayout:
+    """Mixed in before a layer: ``dL/dx`` in the memory layout of the forward pass's input."""
 
     def forward(self, x):
         self.x_like = x
         return super().forward(x)
+
+    def _like_input(self, value):
+        """An array in the input's layout holding ``value`` (broadcast to the input's shape)."""
+        dx = self.xp.empty_like(self.x_like)
+        dx[...] = value
+        return dx
+
+
+class GlobalAvgPool2dKernel(_InputLayout, GlobalAvgPool2d):
+    """What :class:`~manualbp.layers.pool.GlobalAvgPool2d` computes, with ``dL/dx`` in the
+    input's memory layout (a C-ordered one would force a transposed copy in the convolution)."""
 
     def backward(self, delta, input_grad=True):
         if not input_grad:
             return None
         h, w = self.x_like.shape[2:]
-        dx = self.xp.empty_like(self.x_like)
-        dx[...] = (delta * (1.0 / (h * w)))[:, :, None, None]
-        return dx
+        return self._like_input((delta * (1.0 / (h * w)))[:, :, None, None])
 
 
-class FlattenKernel(Flatten):
+class FlattenKernel(_InputLayout, Flatten):
     """What :class:`~manualbp.layers.pool.Flatten` computes, with ``dL/dx`` copied into the
     input's memory layout when that is not C order, so the layers below keep their layout."""
-
-    def forward(self, x):
-        self.x_like = x
-        return super().forward(x)
 
     def backward(self, delta, input_grad=True):
         if not input_grad:
             return None
         if self.x_like.flags.c_contiguous:
             return delta.reshape(self.x_shape)
-        dx = self.xp.empty_like(self.x_like)
-        dx[...] = delta.reshape(self.x_shape)
-        return dx
+        return self._like_input(delta.reshape(self.x_shape))
