@@ -128,9 +128,10 @@ def get_family(name, dataset):
 
 # --- training or loading ---------------------------------------------------------------------
 def load_model(model, path):
-    """Load the ``model/`` arrays of a checkpoint written by :class:`manualbp.train.Trainer`."""
+    """Load the ``model/`` arrays of a checkpoint written by :class:`manualbp.train.Trainer`;
+    the model comes back in evaluation mode (each noise layer's own ``eval_noise``)."""
     model.load_state_dict(model_state(checkpoint.load(path)[0]))
-    return model
+    return model.eval()
 
 
 def train_model(bk, build, splits, epochs, seed, options, path=None, log=print):

@@ -65,16 +65,18 @@ def named_eps(model):
 
 @contextmanager
 def evaluating(model, noise=None):
-    """Evaluation mode within the block, then training mode again. ``noise`` (``True``/``False``)
-    overrides every noise layer's ``eval_noise`` for the block; ``None`` keeps each layer's own."""
-    saved = {name: layer.eval_noise for name, layer in noise_layers(model).items()}
+    """Evaluation mode within the block; afterwards every layer is back in the mode it had
+    (training or evaluation, and its ``eval_noise``). ``noise`` (``True``/``False``) overrides
+    every noise layer's ``eval_noise`` for the block; ``None`` keeps each layer's own."""
+    saved = [(m, m.training, getattr(m, "eval_noise", None)) for _, m in model.modules()]
     model.eval(noise)
     try:
         yield model
     finally:
-        for name, layer in noise_layers(model).items():
-            layer.eval_noise = saved[name]
-        model.train()
+        for m, training, eval_noise in saved:
+            m.training = training
+            if eval_noise is not None:
+                m.eval_noise = eval_noise
 
 
 @contextmanager

@@ -5,11 +5,26 @@ The gradient always comes from ``model.backward`` -- Eq. (2) run down to the inp
 the softmax cross-entropy's ``e = (softmax - onehot) / N``. The engine's loss is the batch
 *mean*, so ``model.backward`` returns ``dL/dx_i = (dCE_i/dx_i) / N``: the sign is the
 per-sample one, and :func:`input_gradient` rescales where the size matters.
+
+Every attack runs the model in evaluation mode (:func:`in_evaluation_mode`): it never updates
+batch-norm running statistics nor draws training noise, and gives the model back as it found it.
 """
+import functools
 from contextlib import contextmanager
 
 from ..layers import SoftmaxCrossEntropy
-from ..model import held_noise, input_gradient_only, noise_layers
+from ..model import evaluating, held_noise, input_gradient_only, noise_layers
+
+
+def in_evaluation_mode(attack):
+    """Decorator: ``attack(model, ...)`` runs with ``model`` in evaluation mode -- each noise
+    layer's own ``eval_noise``, or the caller's choice from ``evaluating(model, noise)`` -- and
+    leaves every layer's mode as it was."""
+    @functools.wraps(attack)
+    def run(model, *args, **kwargs):
+        with evaluating(model):
+            return attack(model, *args, **kwargs)
+    return run
 
 
 def check_images(x, xp):
@@ -58,6 +73,7 @@ def check_inputs(model, x, y):
     return xp
 
 
+@in_evaluation_mode
 def input_gradient(model, x, y, weights=None):
     """One forward pass and one ``model.backward``: ``(per-sample losses, gradient)``.
 

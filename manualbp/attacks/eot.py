@@ -1,15 +1,16 @@
 """Expectation over transformation: PGD against a randomised model (Athalye et al. 2018)."""
-from .base import check_count, draws_noise, input_gradient
+from .base import check_count, draws_noise, in_evaluation_mode, input_gradient
 from .pgd import pgd
 
 
+@in_evaluation_mode
 def expected_gradient(model, x, y, draws=20, max_batch=2048):
     """``dL/dx`` averaged over ``draws`` independent noise draws of a randomised model.
 
     The batch is tiled ``k`` times (``k * N <= max_batch`` where possible) so each forward and
     ``model.backward`` handles ``k`` draws at once; the per-copy gradients are summed back onto
     the ``N`` images. The result is the gradient of the mean loss averaged over the draws, the
-    same scale as one plain gradient. A model that draws no noise in its current mode has one
+    same scale as one plain gradient. A model that draws no noise in evaluation mode has one
     gradient, computed once.
     """
     draws = check_count(draws, "draws")
@@ -28,6 +29,7 @@ def expected_gradient(model, x, y, draws=20, max_batch=2048):
     return total / draws
 
 
+@in_evaluation_mode
 def eot_pgd(model, x, y, eps, alpha, steps, draws=20, random_start=False, max_batch=2048):
     """PGD whose every step uses :func:`expected_gradient` over ``draws`` noise draws (K = 20 by
     default, as AutoAttack's version for randomised defences)."""

@@ -19,7 +19,7 @@ import numpy
 from scipy.optimize import Bounds, minimize
 
 from .base import (check_budget, check_count, check_inputs, eps_box, frozen_noise,
-                   input_gradient)
+                   in_evaluation_mode, input_gradient)
 
 
 def _bounds(x, eps, xp, bk):
@@ -33,6 +33,7 @@ def _minimize(objective, start, low, high, max_iter):
     return numpy.clip(result.x, low, high)
 
 
+@in_evaluation_mode
 def lbfgs(model, x, y, max_iter=10, eps=None):
     """The paper's L-BFGS: maximise ``sum_i CE(f(x_i'), y_i)`` over ``x'`` in ``[0, 1]`` (and
     ``|x' - x|_inf <= eps`` when ``eps`` is given), starting at ``x``, at most ``max_iter``
@@ -53,6 +54,7 @@ def lbfgs(model, x, y, max_iter=10, eps=None):
     return bk.asarray(best.reshape(shape))
 
 
+@in_evaluation_mode
 def lbfgs_targeted(model, x, target, c0=0.01, search_steps=10, grow=10.0, max_iter=100, eps=None):
     """Szegedy et al.'s box-constrained L-BFGS with a per-sample search over ``c``.
 

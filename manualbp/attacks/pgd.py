@@ -1,7 +1,8 @@
 """Projected gradient descent on the loss, L-inf ball (Madry et al. 2017)."""
-from .base import check_budget, check_count, check_inputs, eps_box, input_gradient
+from .base import check_budget, check_count, check_inputs, eps_box, in_evaluation_mode, input_gradient
 
 
+@in_evaluation_mode
 def pgd(model, x, y, eps, alpha, steps, random_start=False, gradient=None):
     """``steps`` iterations of ``x <- proj(x + alpha * sign(g))``; ``proj`` clips to the L-inf
     ball of radius ``eps`` around the clean ``x`` and to ``[0, 1]`` (one clip to the
