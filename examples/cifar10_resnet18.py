@@ -18,4 +18,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    experiments.cli(main)

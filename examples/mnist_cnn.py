@@ -20,10 +20,10 @@ def build(bk, variant, activation=None):
 
 
 def main(argv=None):
-    parser = experiments.parser(__doc__.split("\n")[0], CNN_VARIANTS)
+    parser = experiments.parser(__doc__.split("\n")[0], CNN_VARIANTS, out="runs/mnist-cnn")
     args = parser.parse_args(argv)
     return experiments.run(args, build, CNN_VARIANTS)
 
 
 if __name__ == "__main__":
-    main()
+    experiments.cli(main)

@@ -1,7 +1,8 @@
 """Checkpoints: named arrays in one ``.npz`` plus JSON metadata, written atomically, no pickle.
 
 The metadata (JSON, stored inside the archive as ``meta.json``) records the SHA-256 of every
-array, so a damaged or tampered file is refused instead of silently resuming from bad state.
+array, and the archive member ``meta.sha256`` that of the metadata itself, so a damaged or
+edited file is refused instead of silently resuming from bad state.
 """
 import hashlib
 import io
@@ -13,6 +14,8 @@ import zipfile
 import numpy
 
 META_KEY = "meta.json"
+META_DIGEST_KEY = "meta.sha256"
+TEMPORARY_PREFIX = ".tmp-"
 
 
 class CheckpointError(ValueError):
@@ -23,19 +26,15 @@ def _digest(array):
     return hashlib.sha256(numpy.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def save(path, arrays, meta):
-    """Write ``arrays`` (name -> host array) and ``meta`` (JSON-able dict) to ``path`` atomically:
-    a temporary file in the same directory, flushed to disk, then renamed over ``path``."""
-    arrays = {name: numpy.asarray(a) for name, a in arrays.items()}
-    meta = dict(meta, sha256={name: _digest(a) for name, a in arrays.items()})
-    payload = dict(arrays)
-    payload[META_KEY] = numpy.frombuffer(json.dumps(meta).encode(), dtype=numpy.uint8)
+def write_atomically(path, write):
+    """Call ``write(binary file)`` on a temporary file in ``path``'s directory, flush it to disk,
+    then rename it over ``path``: ``path`` holds the old content or the new, never a part."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX)
     try:
         with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,6 +42,25 @@ def save(path, arrays, meta):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_temporary_files(directory):
+    """Delete what :func:`write_atomically` left in ``directory`` when a run was killed."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.startswith(TEMPORARY_PREFIX):
+                os.remove(os.path.join(directory, name))
+
+
+def save(path, arrays, meta):
+    """Write ``arrays`` (name -> host array) and ``meta`` (JSON-able dict) to ``path`` atomically."""
+    arrays = {name: numpy.asarray(a) for name, a in arrays.items()}
+    meta = dict(meta, sha256={name: _digest(a) for name, a in arrays.items()})
+    text = json.dumps(meta).encode()
+    payload = dict(arrays)
+    payload[META_KEY] = numpy.frombuffer(text, dtype=numpy.uint8)
+    payload[META_DIGEST_KEY] = numpy.frombuffer(hashlib.sha256(text).hexdigest().encode(), dtype=numpy.uint8)
+    write_atomically(path, lambda f: numpy.savez(f, **payload))
 
 
 def load(path):
@@ -57,10 +75,14 @@ def load(path):
     # (NotImplementedError, RuntimeError from zipfile)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {err}") from None
-    if META_KEY not in arrays:
-        raise CheckpointError(f"checkpoint {path} has no {META_KEY}: not written by manualbp")
+    if META_KEY not in arrays or META_DIGEST_KEY not in arrays:
+        raise CheckpointError(f"checkpoint {path} has no {META_KEY} and {META_DIGEST_KEY}: not written "
+                              "by this version of manualbp")
+    text = arrays.pop(META_KEY).tobytes()
+    if hashlib.sha256(text).hexdigest().encode() != arrays.pop(META_DIGEST_KEY).tobytes():
+        raise CheckpointError(f"checkpoint {path}: {META_KEY} fails its SHA-256 check (edited or damaged)")
     try:
-        meta = json.load(io.BytesIO(arrays.pop(META_KEY).tobytes()))
+        meta = json.load(io.BytesIO(text))
     except ValueError as err:
         raise CheckpointError(f"checkpoint {path}: unreadable metadata ({err})") from None
     digests = meta.pop("sha256", {})

@@ -6,10 +6,13 @@ variant names) and its data; everything else is here so every experiment reports
 """
 import argparse
 import json
+import math
 import os
+import sys
 import time
 from functools import partial
 
+from . import checkpoint
 from .backend import BACKENDS, KERNELS, get_backend
 from .data import load_cifar10, load_mnist, load_tiny_imagenet, random_crop_flip, split_dataset
 from .model import noise_layers, sigma_summary
@@ -30,13 +33,14 @@ LOADERS = {"mnist": partial(load_mnist, "mnist"), "fashion-mnist": partial(load_
            "cifar10": load_cifar10, "tiny-imagenet": load_tiny_imagenet}
 
 
-def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=0.9,
+def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=None,
                     decay_every=None, decay_gamma=1.0, sigma_lr=1e-3, sigma_update="eq7", **_):
     """The weights' optimiser (Table 1) and, for learned noise, the noise-level optimiser.
 
     ``sigma_update="eq7"`` (the paper): ``sigma`` gets its own Adam followed by ``abs`` (Eq. 7).
     ``"weights"`` (the paper's released code): ``sigma`` is trained by the weights' optimiser, with
-    its weight decay, and used as ``|sigma|`` in the forward pass.
+    its weight decay, and used as ``|sigma|`` in the forward pass. ``momentum`` (SGD only)
+    defaults to 0.9.
     Returns ``(optimizers, schedule)``.
     """
     if sigma_update not in ("eq7", "weights"):
@@ -49,7 +53,8 @@ def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentu
     if optimizer == "adam":
         weights = Adam(model, lr, weight_decay=weight_decay, select=select)
     elif optimizer == "sgd":
-        weights = SGD(model, lr, momentum=momentum, weight_decay=weight_decay, select=select)
+        weights = SGD(model, lr, momentum=0.9 if momentum is None else momentum,
+                      weight_decay=weight_decay, select=select)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}: expected 'adam' or 'sgd'")
     optimizers = [weights, noise_level_optimizer(model, sigma_lr) if separate else None]
@@ -79,19 +84,29 @@ def checkpoint_name(variant, activation=None):
     return f"{variant}-{activation}.npz" if activation else f"{variant}.npz"
 
 
+#: The flags that define a training run, recorded in its checkpoints (``--resume`` with another
+#: value is refused); ``--epochs`` is not among them: a finished run may be trained further.
+RUN_SETTINGS = ("dataset", "optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma",
+                "sigma_lr", "sigma_update", "width", "augment")
+
+
 def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=None, log=print,
                 augment=None):
     """Train one model variant and evaluate it; returns its entry of ``metrics.json``."""
     bk.seed([args.seed, 0xC0DE])
     model = build(bk, variant, activation)
     optimizers, schedule = make_optimizers(model, **vars(args))
+    settings = {"variant": variant, "activation": activation,
+                **{k: getattr(args, k) for k in RUN_SETTINGS if hasattr(args, k)}}
     trainer = Trainer(model, optimizers, schedule, batch_size=args.batch_size, seed=args.seed,
                       augment=augment, limit_batches=getattr(args, "limit_batches", None),
-                      eval_batch_size=getattr(args, "eval_batch_size", 1000), progress=args.progress)
+                      eval_batch_size=getattr(args, "eval_batch_size", 1000), progress=args.progress,
+                      settings=settings)
     path = None
     if checkpoint_dir:
         path = os.path.join(checkpoint_dir, checkpoint_name(variant, activation))
     history = trainer.fit(splits, args.epochs, checkpoint_path=path, resume=args.resume, log=log)
+    bk.seed([args.seed, 0xE7A1])             # the final evaluations draw the same noise, resumed or not
     x, y = splits["test"]
     on = trainer.evaluate(x, y, noise=True)[1]
     off = trainer.evaluate(x, y, noise=False)[1]
@@ -118,8 +133,10 @@ def add_backend_arguments(parser):
     return add_kernels_argument(parser)
 
 
-def add_arguments(parser, variants, activations=None, preset="mnist", datasets=("mnist", "fashion-mnist")):
-    """The flags every example shares; defaults from the Table 1 ``preset``."""
+def add_arguments(parser, variants, activations=None, preset="mnist", datasets=("mnist", "fashion-mnist"),
+                  out=None):
+    """The flags every example shares; defaults from the Table 1 ``preset``; ``out``: the
+    script's own default output folder."""
     p = PRESETS[preset]
     add_backend_arguments(parser)
     parser.add_argument("--dataset", choices=list(datasets), default=datasets[0])
@@ -132,7 +149,7 @@ def add_arguments(parser, variants, activations=None, preset="mnist", datasets=(
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default=p["optimizer"])
     parser.add_argument("--lr", type=float, default=p["lr"])
     parser.add_argument("--weight-decay", type=float, default=p["weight_decay"])
-    parser.add_argument("--momentum", type=float, default=p.get("momentum", 0.9), help="SGD only")
+    parser.add_argument("--momentum", type=float, default=p.get("momentum"), help="SGD only (default 0.9)")
     parser.add_argument("--decay-every", type=int, default=p.get("decay_every"),
                         help="multiply the learning rate by --decay-gamma every this many epochs")
     parser.add_argument("--decay-gamma", type=float, default=p.get("decay_gamma", 1.0))
@@ -141,39 +158,131 @@ def add_arguments(parser, variants, activations=None, preset="mnist", datasets=(
                         help="eq7: the paper's separate Adam + abs; weights: the released code's way")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--out", default="runs/" + preset)
+    parser.add_argument("--out", default=out or "runs/" + preset)
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints in OUT")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train again a variant whose finished results are already in OUT")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
+class SettingError(ValueError):
+    """A flag has a value the run cannot use: refused before any work."""
+
+
+def check_arguments(args):
+    """Refuse bad flags before any work, with one line naming the flag, its value and what is
+    expected; check that ``--out`` can be written."""
+    def expect(ok, flag, expected):
+        if not ok:
+            raise SettingError(f"--{flag.replace('_', '-')} {getattr(args, flag)!r}: expected {expected}")
+
+    def finite(value):
+        return isinstance(value, (int, float)) and math.isfinite(value)
+
+    expect(args.epochs >= 1, "epochs", "at least 1")
+    expect(args.batch_size >= 1, "batch_size", "at least 1")
+    expect(args.seed >= 0, "seed", "a non-negative integer")
+    for flag in ("lr", "sigma_lr"):
+        expect(finite(getattr(args, flag)) and getattr(args, flag) > 0, flag, "a positive finite number")
+    expect(finite(args.weight_decay) and args.weight_decay >= 0, "weight_decay", "a non-negative finite number")
+    expect(args.decay_every is None or args.decay_every >= 1, "decay_every", "at least 1")
+    expect(finite(args.decay_gamma) and 0 < args.decay_gamma <= 1, "decay_gamma", "a number in (0, 1]")
+    expect(args.momentum is None or args.optimizer == "sgd", "momentum", "no value with --optimizer adam")
+    expect(args.momentum is None or (finite(args.momentum) and 0 <= args.momentum < 1), "momentum",
+           "a number in [0, 1)")
+    for flag in ("limit_batches", "limit_eval", "width", "eval_batch_size"):
+        if getattr(args, flag, None) is not None:
+            expect(getattr(args, flag) >= 1, flag, "at least 1")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        checkpoint.write_atomically(os.path.join(args.out, ".write-test"), lambda f: f.write(b""))
+        os.remove(os.path.join(args.out, ".write-test"))
+    except OSError as err:
+        raise SettingError(f"--out {args.out!r}: cannot write there ({err.strerror or err})") from None
+
+
+def cli(main):
+    """Run a script's ``main()``: a user's mistake (a bad flag, missing or damaged data or
+    checkpoint) prints one line and exits with status 2; ``--debug`` shows the traceback."""
+    from .data import DataError
+    try:
+        main()
+    except (SettingError, DataError, checkpoint.CheckpointError) as err:
+        if "--debug" in sys.argv:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run(args, build, variants, activations=(None,), augment=None):
-    """Train and evaluate every requested variant (x activation); write ``OUT/metrics.json``.
+    """Train and evaluate every requested variant (x activation). After each, its results are
+    merged into ``OUT/metrics.json`` (written atomically; other variants' results are kept) and
+    the figures are redrawn with all of them. A variant whose finished results are already there
+    is refused unless ``--resume`` (continue from its checkpoint) or ``--overwrite``.
     ``augment``: optional ``f(x_batch, backend)`` applied to training batches."""
+    check_arguments(args)
+    chosen = list(variants) if args.variant == "all" else [args.variant]
+    if activations != (None,):
+        activations = list(activations) if args.activation == "both" else [args.activation]
+    metrics_path = os.path.join(args.out, "metrics.json")
+    done = {(r["variant"], r["activation"]) for r in read_metrics(metrics_path, args.overwrite)["results"]}
+    for key in ((v, a) for v in chosen for a in activations):
+        if key in done and not (args.resume or args.overwrite):
+            raise SettingError(f"{metrics_path} already holds the finished results of "
+                               f"{' '.join(k for k in key if k)}: pass --resume to keep them (and "
+                               "continue from the checkpoint) or --overwrite to train again")
+    checkpoint_dir = os.path.join(args.out, "checkpoints")
+    checkpoint.remove_temporary_files(checkpoint_dir)
+    checkpoint.remove_temporary_files(args.out)
     bk = get_backend(args.backend, args.dtype, args.seed, args.kernels)
     splits = load_splits(bk, args.dataset, args.data_dir, args.seed)
     limit = getattr(args, "limit_eval", None)
     if limit:                                   # quick runs: a random subset of val and test
         splits = {k: (v if k == "train" else (v[0][:limit], v[1][:limit])) for k, v in splits.items()}
-    chosen = list(variants) if args.variant == "all" else [args.variant]
-    if activations != (None,):
-        activations = list(activations) if args.activation == "both" else [args.activation]
-    os.makedirs(args.out, exist_ok=True)
     results = []
     for variant in chosen:
         for activation in activations:
             print(f"== {variant}" + (f" ({activation})" if activation else ""))
-            results.append(run_variant(bk, build, variant, activation, splits, args,
-                                       os.path.join(args.out, "checkpoints"), augment=augment))
-    metrics = {"dataset": args.dataset, "backend": args.backend, "dtype": args.dtype,
-               "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
-               "split_sizes": {k: int(len(v[1])) for k, v in splits.items()},
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    from .plots import training_figures        # matplotlib is loaded only when figures are drawn
-    training_figures(results, args.out)         # OUT/training_curves.png, OUT/sigma_evolution.png
+            results.append(run_variant(bk, build, variant, activation, splits, args, checkpoint_dir,
+                                       augment=augment))
+            metrics = write_metrics(metrics_path, args, splits, results[-1])
+            from .plots import training_figures     # matplotlib is loaded only when figures are drawn
+            training_figures(metrics["results"], args.out)   # OUT/training_curves.png, sigma_evolution.png
     print(format_table(results))
+    return metrics
+
+
+def read_metrics(path, ignore_damaged=False):
+    """The ``metrics.json`` at ``path`` (``{"results": []}`` when there is none); a damaged one is
+    refused unless ``ignore_damaged``."""
+    if not os.path.exists(path):
+        return {"results": []}
+    try:
+        with open(path) as f:
+            metrics = json.load(f)
+        if not isinstance(metrics.get("results"), list):
+            raise ValueError("no list of results")
+        return metrics
+    except ValueError as err:
+        if ignore_damaged:
+            return {"results": []}
+        raise SettingError(f"{path} is not a metrics file of manualbp ({err}): move it away or pass "
+                           "--overwrite") from None
+
+
+def write_metrics(path, args, splits, result):
+    """Merge ``result`` into the ``metrics.json`` at ``path`` (replacing that variant's earlier
+    entry) and write it atomically; returns the merged metrics."""
+    kept = [r for r in read_metrics(path, args.overwrite)["results"]
+            if (r["variant"], r["activation"]) != (result["variant"], result["activation"])]
+    metrics = {"dataset": args.dataset, "backend": args.backend, "kernels": args.kernels,
+               "dtype": args.dtype, "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
+               "split_sizes": {k: int(len(v[1])) for k, v in splits.items()},
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": kept + [result]}
+    text = json.dumps(metrics, indent=2).encode()
+    checkpoint.write_atomically(path, lambda f: f.write(text))
     return metrics
 
 
@@ -191,9 +300,10 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def parser(description, variants, activations=None, preset="mnist"):
+def parser(description, variants, activations=None, preset="mnist", out=None):
     """An ``argparse`` parser with :func:`add_arguments` applied."""
-    return add_arguments(argparse.ArgumentParser(description=description), variants, activations, preset)
+    return add_arguments(argparse.ArgumentParser(description=description), variants, activations, preset,
+                         out=out)
 
 
 def run_resnet(argv, description, builder, variants, dataset):
@@ -201,7 +311,7 @@ def run_resnet(argv, description, builder, variants, dataset):
     ``--limit-eval``, ``--eval-batch-size``, ``--width``, ``--no-augment``), then :func:`run` of
     ``builder(bk, variant, dataset, width=...)`` over ``variants`` with random crops and flips."""
     parser = add_arguments(argparse.ArgumentParser(description=description), variants,
-                           preset=dataset, datasets=(dataset,))
+                           preset=dataset, datasets=(dataset,), out=f"runs/{dataset}-{variants[0]}")
     parser.add_argument("--limit-batches", type=int, default=None,
                         help="train on only this many batches per epoch (quick CPU runs)")
     parser.add_argument("--limit-eval", type=int, default=None,

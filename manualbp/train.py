@@ -32,10 +32,13 @@ class Trainer:
     eval_batch_size : batch size of :meth:`evaluate` (convolutional networks keep per-layer
         buffers of this size).
     progress : show a progress bar per epoch.
+    settings : what else defines the run (dataset, variant, optimiser settings, ...: JSON-able
+        values by name). Checkpoints record them with the seed, batch size, dtype and kernels,
+        and resuming from a checkpoint written with other values is refused.
     """
 
     def __init__(self, model, optimizers, schedule=None, batch_size=128, seed=0, augment=None,
-                 limit_batches=None, eval_batch_size=1000, progress=True):
+                 limit_batches=None, eval_batch_size=1000, progress=True, settings=None):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model, self.bk = model, model.bk
@@ -43,6 +46,8 @@ class Trainer:
         self.schedule, self.batch_size, self.seed = schedule, int(batch_size), seed
         self.augment, self.limit_batches, self.progress = augment, limit_batches, progress
         self.eval_batch_size = int(eval_batch_size)
+        self.settings = {"seed": seed, "batch_size": self.batch_size, "dtype": self.bk.dtype.name,
+                         "kernels": self.bk.kernels, "limit_batches": limit_batches, **(settings or {})}
         self.loss = SoftmaxCrossEntropy(self.bk)
         self.history = []
 
@@ -135,9 +140,9 @@ class Trainer:
             state = opt.state_dict()
             optimizers.append({"t": state.pop("t"), "lr": state.pop("lr"), "names": opt.names})
             arrays.update({f"optimizer{i}/{k}": to_host(v) for k, v in state.items()})
-        meta = {"epochs_done": len(self.history), "history": self.history, "seed": self.seed,
-                "batch_size": self.batch_size, "dtype": self.bk.dtype.name, "kernels": self.bk.kernels,
-                "optimizers": optimizers}
+        from . import __version__
+        meta = {"epochs_done": len(self.history), "history": self.history, "settings": self.settings,
+                "version": __version__, "optimizers": optimizers}
         checkpoint.save(path, arrays, meta)
 
     def load(self, path, missing_ok=False):
@@ -145,11 +150,19 @@ class Trainer:
         if missing_ok and not os.path.exists(path):
             return 0
         arrays, meta = checkpoint.load(path)
-        for key in ("seed", "batch_size"):
-            if meta[key] != getattr(self, key):
+        for key in ("settings", "epochs_done", "history", "optimizers"):
+            if key not in meta:
+                raise checkpoint.CheckpointError(f"checkpoint {path} has no {key!r} in its metadata: "
+                                                 "not written by this version of manualbp")
+        for key, value in self.settings.items():
+            if key not in meta["settings"]:
                 raise checkpoint.CheckpointError(
-                    f"checkpoint {path} was written with {key}={meta[key]}, this run has "
-                    f"{key}={getattr(self, key)}: resuming would not continue the same run")
+                    f"checkpoint {path} does not record the setting {key!r}: cannot check that "
+                    "resuming continues the same run")
+            if meta["settings"][key] != value:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {path} was written with {key}={meta['settings'][key]!r}, this run has "
+                    f"{key}={value!r}: resuming would not continue the same run")
         if len(meta["optimizers"]) != len(self.optimizers):
             raise checkpoint.CheckpointError(f"checkpoint {path} holds {len(meta['optimizers'])} "
                                              f"optimisers, this run has {len(self.optimizers)}")

@@ -1,5 +1,6 @@
 """The training loop: same seed same run, exact resumption from checkpoints, refusal of damaged
 or mismatched checkpoints, and (slow) one epoch on the real Fashion-MNIST."""
+import hashlib
 import json
 import zipfile
 
@@ -222,10 +223,25 @@ def test_tampered_array_fails_checksum(tmp_path, checkpoint_bytes):
     path = tmp_path / "tampered.npz"
     arrays["model/fc1.bias"] = arrays["model/fc1.bias"] + np.float32(1e-3)
     payload = dict(arrays)
-    payload["meta.json"] = np.frombuffer(json.dumps(dict(meta, sha256=digests)).encode(), dtype=np.uint8)
+    text = json.dumps(dict(meta, sha256=digests)).encode()
+    payload["meta.json"] = np.frombuffer(text, dtype=np.uint8)
+    payload["meta.sha256"] = np.frombuffer(hashlib.sha256(text).hexdigest().encode(), dtype=np.uint8)
     np.savez(path, **payload)
     with pytest.raises(CheckpointError, match="fc1.bias"):
         load_checkpoint(str(path))
+
+
+def test_edited_metadata_fails_its_checksum(tmp_path, checkpoint_bytes):
+    """An edited ``meta.json`` (a setting changed by hand) is refused: the archive records its
+    SHA-256 too."""
+    archive = np.load(write(tmp_path, checkpoint_bytes, "good.npz"))
+    payload = {k: archive[k] for k in archive.files}
+    meta = json.loads(bytes(payload["meta.json"]))
+    meta["settings"]["batch_size"] = 64
+    payload["meta.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "edited.npz", **payload)
+    with pytest.raises(CheckpointError, match="meta.json fails its SHA-256 check"):
+        load_checkpoint(str(tmp_path / "edited.npz"))
 
 
 def test_object_array_refused_without_unpickling(tmp_path, monkeypatch):

@@ -1,0 +1,140 @@
+"""Runs that cannot lie: a finished variant resumed reports the same numbers, a resumed run with
+another setting is refused, bad flags are refused before any work in one line, and results are
+merged into metrics.json atomically, never silently replaced."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from manualbp import checkpoint, experiments, zoo
+from manualbp.checkpoint import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_data(monkeypatch):
+    """Random 784-pixel rows in place of MNIST; counts the loads (work done)."""
+    loads = []
+
+    def tiny_splits(bk, dataset, data_dir=None, seed=0):
+        loads.append(dataset)
+        gen = np.random.default_rng(seed)
+        return {k: (bk.asarray(gen.random((n, 784))), bk.asarray(gen.integers(0, 10, n), dtype="int64"))
+                for k, n in (("train", 64), ("val", 32), ("test", 96))}
+
+    monkeypatch.setattr(experiments, "load_splits", tiny_splits)
+    return loads
+
+
+def run(out, *flags, variant="mlpn"):
+    args = experiments.parser("t", zoo.MLP_VARIANTS, ("relu", "sigmoid")).parse_args(
+        ["--variant", variant, "--activation", "relu", "--epochs", "1", "--batch-size", "32",
+         "--out", str(out), "--no-progress", *flags])
+    return experiments.run(args, lambda bk, v, a: zoo.mlp(bk, v, a), zoo.MLP_VARIANTS, ("relu", "sigmoid"))
+
+
+def accuracies(metrics, variant="mlpn"):
+    (entry,) = [r for r in metrics["results"] if r["variant"] == variant]
+    return [entry[k] for k in ("test_accuracy", "test_accuracy_noise_on", "test_accuracy_noise_off")]
+
+
+def test_a_finished_variant_resumed_reports_the_same_accuracies(tmp_path, tiny_data):
+    first = accuracies(run(tmp_path))
+    assert accuracies(run(tmp_path, "--resume")) == first
+
+
+def test_checkpoints_record_the_run_and_refuse_another_setting(tmp_path, tiny_data):
+    run(tmp_path, "--epochs", "1")
+    _, meta = checkpoint.load(str(tmp_path / "checkpoints" / "mlpn-relu.npz"))
+    assert {"dataset": "mnist", "variant": "mlpn", "activation": "relu", "optimizer": "adam", "lr": 0.001,
+            "sigma_update": "eq7", "dtype": "float32", "kernels": "fast", "batch_size": 32,
+            "seed": 0}.items() <= meta["settings"].items()
+    assert meta["version"]
+    for flags, words in ((["--lr", "0.01"], "lr=0.001, this run has lr=0.01"),
+                         (["--dtype", "float64"], "dtype='float32', this run has dtype='float64'"),
+                         (["--optimizer", "sgd"], "optimizer='adam', this run has optimizer='sgd'"),
+                         (["--kernels", "reference"], "kernels='fast', this run has kernels='reference'")):
+        with pytest.raises(CheckpointError, match=words):
+            run(tmp_path, "--resume", "--epochs", "2", *flags)
+
+
+def test_results_are_merged_and_never_silently_replaced(tmp_path, tiny_data):
+    run(tmp_path, variant="mlp")
+    merged = run(tmp_path, variant="mlpn")
+    assert {r["variant"] for r in merged["results"]} == {"mlp", "mlpn"}
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert {r["variant"] for r in on_disk["results"]} == {"mlp", "mlpn"}
+    loads = len(tiny_data)
+    with pytest.raises(experiments.SettingError, match="already holds the finished results of mlp relu"):
+        run(tmp_path, variant="mlp")
+    assert len(tiny_data) == loads                             # refused before any work
+    again = run(tmp_path, "--overwrite", variant="mlp")
+    assert {r["variant"] for r in again["results"]} == {"mlp", "mlpn"}
+
+
+def test_a_failing_write_keeps_the_old_metrics(tmp_path, tiny_data, monkeypatch):
+    run(tmp_path, variant="mlp")
+    before = (tmp_path / "metrics.json").read_bytes()
+
+    replace = os.replace
+
+    def fail(src, dst):
+        if str(dst).endswith("metrics.json"):
+            raise OSError("disk full")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        run(tmp_path, variant="mlpn")
+    assert (tmp_path / "metrics.json").read_bytes() == before
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+def test_orphaned_temporary_files_are_removed(tmp_path, tiny_data):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / ".tmp-killed").write_bytes(b"half a checkpoint")
+    run(tmp_path)
+    assert not (tmp_path / "checkpoints" / ".tmp-killed").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--epochs", "0"], "--epochs 0: expected at least 1"),
+    (["--batch-size", "0"], "--batch-size 0: expected at least 1"),
+    (["--lr", "0"], "--lr 0.0: expected a positive finite number"),
+    (["--lr", "nan"], "--lr nan: expected a positive finite number"),
+    (["--sigma-lr", "-1"], "--sigma-lr -1.0: expected a positive finite number"),
+    (["--weight-decay", "inf"], "--weight-decay inf: expected a non-negative finite number"),
+    (["--decay-every", "0"], "--decay-every 0: expected at least 1"),
+    (["--decay-gamma", "1.5"], r"--decay-gamma 1.5: expected a number in \(0, 1\]"),
+    (["--decay-gamma", "0"], r"--decay-gamma 0.0: expected a number in \(0, 1\]"),
+    (["--momentum", "0.5"], "--momentum 0.5: expected no value with --optimizer adam"),
+    (["--optimizer", "sgd", "--momentum", "1.5"], r"--momentum 1.5: expected a number in \[0, 1\)"),
+    (["--seed", "-1"], "--seed -1: expected a non-negative integer"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, tiny_data, flags, words):
+    with pytest.raises(experiments.SettingError, match=words):
+        run(tmp_path, *flags)
+    assert tiny_data == []
+
+
+def test_an_unwritable_out_is_refused(tmp_path, tiny_data):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(experiments.SettingError, match="--out .*cannot write there"):
+        run(tmp_path / "file" / "runs")
+    assert tiny_data == []
+
+
+def test_a_script_prints_one_line_and_no_traceback(tmp_path):
+    script = str(ROOT / "examples" / "mnist_mlp.py")
+    done = subprocess.run([sys.executable, script, "--epochs", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --epochs 0: expected at least 1"
+    debug = subprocess.run([sys.executable, script, "--epochs", "0", "--out", str(tmp_path), "--debug"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
