@@ -102,7 +102,7 @@ def corrupt(x, name, severity, seed=0):
     if x.size and not (x.min() >= 0 and x.max() <= 1):
         raise ValueError(f"images must lie in pixel space [0, 1], got values in "
                          f"[{x.min():.4g}, {x.max():.4g}]")
-    if isinstance(severity, bool) or severity not in SEVERITIES:
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
     constant = constants_for(name, x.shape[2], x.shape[3])[severity - 1]
     rng = np.random.default_rng([seed, CORRUPTIONS.index(name), severity])

@@ -209,7 +209,7 @@ def cli(main):
     from .data import DataError
     try:
         main()
-    except (SettingError, DataError, checkpoint.CheckpointError) as err:
+    except (SettingError, DataError, checkpoint.CheckpointError, FloatingPointError) as err:
         if "--debug" in sys.argv:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -19,7 +19,11 @@ class Sequential(Module):
         self.input_shape = None if input_shape is None else tuple(input_shape)
 
     def check_input(self, x):
-        """Raise a clear error for input of the wrong shape, dtype, or with NaN/inf values."""
+        """Raise a clear error for input that is not an array of the backend, or of the wrong
+        shape or dtype, or with NaN/inf values."""
+        if not isinstance(x, self.xp.ndarray):
+            raise TypeError(f"model input must be an array of the backend ({self.bk.name}), got "
+                            f"{type(x).__name__}; convert with backend.asarray(x)")
         expected = "(N, " + ", ".join(map(str, self.input_shape)) + ")"
         if tuple(x.shape[1:]) != self.input_shape or x.ndim != len(self.input_shape) + 1:
             raise ValueError(f"model input must have shape {expected}, got {tuple(x.shape)}")
@@ -29,18 +33,26 @@ class Sequential(Module):
         if not bool(self.xp.isfinite(x).all()):
             raise ValueError("model input contains NaN or infinite values")
 
+    def chain(self):
+        """The layers in the order ``forward`` runs them (``backward`` runs them in reverse)."""
+        return list(self.children.values())
+
     def forward(self, x):
         if self.input_shape is not None:
             self.check_input(x)
-        for layer in self.children.values():
+        for layer in self.chain():
             x = layer.forward(x)
+        self.forwarded = True
         return x
 
     def backward(self, delta, input_grad=True):
         """Propagate the residual error from the output down to the input: Eq. (2).
 
         Returns ``dL/dx``; with ``input_grad=False`` the first layer skips it (training)."""
-        return backward_chain(list(self.children.values()), delta, input_grad)
+        if not getattr(self, "forwarded", False):
+            raise RuntimeError("backward before forward: run model.forward(x) first, it keeps what "
+                               "backward needs")
+        return backward_chain(self.chain(), delta, input_grad)
 
 
 def noise_layers(model):

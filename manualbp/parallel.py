@@ -39,7 +39,10 @@ def num_threads():
     """``MANUALBP_NUM_THREADS`` if set, else the CPUs this process may run on."""
     value = os.environ.get("MANUALBP_NUM_THREADS")
     if value:
-        return max(1, int(value))
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"MANUALBP_NUM_THREADS={value!r}: expected a positive integer "
+                             "(1 turns manualbp's threads off)")
+        return int(value)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:                                      # not on Linux

@@ -5,7 +5,9 @@ Reproducibility: the backend's generator is re-seeded from ``(seed, epoch)`` at 
 every epoch, and it alone shuffles the data and draws the noise. A run resumed from the
 checkpoint of epoch ``k`` therefore continues exactly as the uninterrupted run would have.
 """
+import math
 import os
+import sys
 import time
 
 from . import checkpoint
@@ -31,7 +33,7 @@ class Trainer:
     limit_batches : stop each training epoch after this many batches (quick runs).
     eval_batch_size : batch size of :meth:`evaluate` (convolutional networks keep per-layer
         buffers of this size).
-    progress : show a progress bar per epoch.
+    progress : show a progress bar per epoch (when standard error is a terminal).
     settings : what else defines the run (dataset, variant, optimiser settings, ...: JSON-able
         values by name). Checkpoints record them with the seed, batch size, dtype and kernels,
         and resuming from a checkpoint written with other values is refused.
@@ -75,13 +77,18 @@ class Trainer:
             self.schedule.set_epoch(epoch)
         self.model.train()
         batches = self.batches(len(x))
-        total = 0.0
+        losses = []                                            # device scalars: no sync per step
         for idx in self._progress(batches, f"epoch {epoch + 1}"):
             xb = x[idx]
             if self.augment is not None:
                 xb = self.augment(xb, self.bk)
-            total = total + self.step(xb, y[idx])
-        return self.bk.scalar(total) / len(batches)
+            losses.append(self.step(xb, y[idx]))
+        mean = self.bk.scalar(sum(losses)) / len(batches)
+        if not math.isfinite(mean):
+            step = next(i for i, loss in enumerate(losses) if not math.isfinite(self.bk.scalar(loss)))
+            raise FloatingPointError(f"epoch {epoch + 1}, step {step + 1} of {len(batches)}: the training "
+                                     f"loss is {self.bk.scalar(losses[step])}; lower --lr or check the data")
+        return mean
 
     def evaluate(self, x, y, noise=None, batch_size=None):
         """``(mean loss, accuracy)`` on ``(x, y)`` in evaluation mode; ``noise`` as in
@@ -97,7 +104,7 @@ class Trainer:
         return self.bk.scalar(total_loss) / len(x), self.bk.scalar(correct) / len(x)
 
     def _progress(self, items, label):
-        if not self.progress:
+        if not self.progress or not sys.stderr.isatty():     # no bars in logs and pipes
             return items
         from tqdm import tqdm
         return tqdm(items, desc=label, leave=False, unit="batch")

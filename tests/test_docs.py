@@ -157,3 +157,13 @@ def test_checker_accepts_a_true_excerpt_with_elision():
 def test_checker_rejects_made_up_excerpts(doc, message):
     with pytest.raises(DocError, match=message):
         check_document(doc)
+
+
+def test_readme_library_at_a_glance_runs_as_written():
+    """The README's first code example runs in a fresh namespace, as a reader would paste it."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Library at a glance", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["grad_x"].shape == (32, 784)
+    assert namespace["model"].named_gradients()["fc1.noise.sigma"].shape == (100,)

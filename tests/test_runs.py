@@ -138,3 +138,55 @@ def test_a_script_prints_one_line_and_no_traceback(tmp_path):
     debug = subprocess.run([sys.executable, script, "--epochs", "0", "--out", str(tmp_path), "--debug"],
                            capture_output=True, text=True, cwd=ROOT)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+# --- bad input elsewhere: one clear error each ------------------------------------------------------
+
+def test_bad_input_gets_one_clear_error(tmp_path, monkeypatch):
+    from manualbp import get_backend
+    from manualbp.corruptions import corrupt
+    from manualbp.data import DataError
+    from manualbp.data.mnist import _pair
+    from manualbp.layers import SoftmaxCrossEntropy
+    from manualbp.parallel import num_threads
+    from manualbp.verify.cli import main as verify
+
+    monkeypatch.setenv("MANUALBP_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="MANUALBP_NUM_THREADS='two': expected a positive integer"):
+        num_threads()
+    monkeypatch.delenv("MANUALBP_NUM_THREADS")
+    images = np.zeros((2, 1, 28, 28))
+    for severity in (2.5, 2.0):
+        with pytest.raises(ValueError, match="severity must be an integer in 1..5"):
+            corrupt(images, "gaussian_noise", severity)
+    (tmp_path / "img").write_bytes(bytes([0, 0, 8, 3]) + (0).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+    (tmp_path / "lbl").write_bytes(bytes([0, 0, 8, 1]) + (0).to_bytes(4, "big"))
+    with pytest.raises(DataError, match="holds 0 images, expected at least one"):
+        _pair(tmp_path, "img", "lbl")
+    bk = get_backend("numpy", "float32", 0)
+    model = zoo.mlp(bk, "mlp", "relu")
+    with pytest.raises(RuntimeError, match="backward before forward"):
+        model.backward(bk.zeros((2, 10)))
+    with pytest.raises(TypeError, match="must be an array of the backend .* got list"):
+        model.forward([[0.0] * 784])
+    with pytest.raises(ValueError, match="at least one sample"):
+        SoftmaxCrossEntropy(bk).forward(bk.zeros((0, 10)), bk.asarray([], dtype="int64"))
+    for flags, words in ((["--batch", "0"], "--batch 0: expected at least 1"),
+                         (["--rtol", "-1"], "--rtol -1.0: expected a tolerance >= 0")):
+        with pytest.raises(SystemExit, match=words):
+            verify(["--model", "mlp-relu", *flags])
+
+
+def test_a_nan_loss_stops_training_with_epoch_and_step(tiny_data):
+    from manualbp import get_backend
+    from manualbp.optim import Adam
+    from manualbp.train import Trainer
+    bk = get_backend("numpy", "float32", 0)
+    model = zoo.mlp(bk, "mlp", "relu")
+    model.children["fc1"].params["weight"][0, 0] = np.nan
+    x = bk.uniform(0, 1, (64, 784))
+    y = bk.asarray(np.arange(64) % 10, dtype="int64")
+    trainer = Trainer(model, [Adam(model)], batch_size=32, progress=True)
+    assert trainer._progress([1, 2], "x") == [1, 2]               # no bar: stderr is not a terminal
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 1 of 2: the training loss is nan"):
+        trainer.train_epoch(x, y)

@@ -155,6 +155,8 @@ def _pair(directory, img_file, lbl_file):
     if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
         raise DataError(f"{img_file}: expected uint8 images of shape (N, 28, 28), "
                         f"got {images.dtype} {images.shape}")
+    if len(images) == 0:
+        raise DataError(f"{img_file}: holds 0 images, expected at least one")
     if labels.dtype != np.uint8:
         raise DataError(f"{lbl_file}: expected uint8 labels, got {labels.dtype}")
     if len(labels) != len(images):

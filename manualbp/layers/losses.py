@@ -19,6 +19,8 @@ class SoftmaxCrossEntropy:
         if logits.ndim != 2:
             raise ValueError(f"logits must be (N, classes), got shape {tuple(logits.shape)}")
         n, k = logits.shape
+        if n == 0:
+            raise ValueError("the loss needs at least one sample, got an empty batch (0, classes)")
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},) to match the logits, got {tuple(labels.shape)}")
         if labels.dtype.kind not in "iu":

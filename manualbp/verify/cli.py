@@ -41,7 +41,14 @@ def parse_args(argv, models):
     parser.add_argument("--resnet-width", type=int, default=64,
                         help="channels of the ResNets' first stage (64 in the paper)")
     parser.add_argument("--json", default=None, help="also write the reports to this file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag, value, ok, expected in (("--batch", args.batch, args.batch >= 1, "at least 1"),
+                                      ("--resnet-width", args.resnet_width, args.resnet_width >= 1, "at least 1"),
+                                      ("--rtol", args.rtol, args.rtol is None or args.rtol >= 0, "a tolerance >= 0"),
+                                      ("--atol", args.atol, args.atol is None or args.atol >= 0, "a tolerance >= 0")):
+        if not ok:
+            raise SystemExit(f"error: {flag} {value}: expected {expected}")
+    return args
 
 
 def main(argv=None):
