@@ -14,7 +14,7 @@ from manualbp.zoo import RESNET18_VARIANTS, resnet18
 
 
 def main(argv=None):
-    return experiments.run_resnet(argv, __doc__.split("\n")[0], resnet18, RESNET18_VARIANTS, "cifar10")
+    return experiments.run_resnet(argv, __doc__.split("\n\n")[0], resnet18, RESNET18_VARIANTS, "cifar10")
 
 
 if __name__ == "__main__":

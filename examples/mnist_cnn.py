@@ -20,7 +20,7 @@ def build(bk, variant, activation=None):
 
 
 def main(argv=None):
-    parser = experiments.parser(__doc__.split("\n")[0], CNN_VARIANTS, out="runs/mnist-cnn")
+    parser = experiments.parser(__doc__.split("\n\n")[0], CNN_VARIANTS, out="runs/mnist-cnn")
     args = parser.parse_args(argv)
     return experiments.run(args, build, CNN_VARIANTS)
 

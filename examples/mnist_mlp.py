@@ -15,7 +15,7 @@ def build(bk, variant, activation):
 
 
 def main(argv=None):
-    parser = experiments.parser(__doc__.split("\n")[0], MLP_VARIANTS, ("relu", "sigmoid"), out="runs/mnist-mlp")
+    parser = experiments.parser(__doc__.split("\n\n")[0], MLP_VARIANTS, ("relu", "sigmoid"), out="runs/mnist-mlp")
     args = parser.parse_args(argv)
     return experiments.run(args, build, MLP_VARIANTS, ("relu", "sigmoid"))
 

@@ -14,7 +14,7 @@ from manualbp.zoo import RESNET34_VARIANTS, resnet34
 
 
 def main(argv=None):
-    return experiments.run_resnet(argv, __doc__.split("\n")[0], resnet34, RESNET34_VARIANTS, "tiny-imagenet")
+    return experiments.run_resnet(argv, __doc__.split("\n\n")[0], resnet34, RESNET34_VARIANTS, "tiny-imagenet")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ def checkpoint_name(variant, activation=None):
     return f"{variant}-{activation}.npz" if activation else f"{variant}.npz"
 
 
+#: ``--help`` shows every flag's default.
+HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
 #: The flags that define a training run, recorded in its checkpoints (``--resume`` with another
 #: value is refused); ``--epochs`` is not among them: a finished run may be trained further.
 RUN_SETTINGS = ("dataset", "optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma",
@@ -122,14 +125,15 @@ def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=Non
 def add_kernels_argument(parser):
     """``--kernels {fast,reference}`` (the ``kernels`` of :func:`manualbp.get_backend`)."""
     parser.add_argument("--kernels", choices=list(KERNELS), default="fast",
-                        help="fast kernels (default) or the reference layers a student reads")
+                        help="the fast kernels, or the reference layers a student reads")
     return parser
 
 
 def add_backend_arguments(parser):
     """``--backend`` and ``--kernels``: the arguments of :func:`manualbp.get_backend` that every
     script takes."""
-    parser.add_argument("--backend", choices=list(BACKENDS), default="numpy")
+    parser.add_argument("--backend", choices=list(BACKENDS), default="numpy",
+                        help="array module: NumPy on the CPU, CuPy on an NVIDIA GPU")
     return add_kernels_argument(parser)
 
 
@@ -139,30 +143,37 @@ def add_arguments(parser, variants, activations=None, preset="mnist", datasets=(
     script's own default output folder."""
     p = PRESETS[preset]
     add_backend_arguments(parser)
-    parser.add_argument("--dataset", choices=list(datasets), default=datasets[0])
+    parser.add_argument("--dataset", choices=list(datasets), default=datasets[0],
+                        help="downloaded with checksums into the cache, or read from --data-dir")
     parser.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
-    parser.add_argument("--variant", choices=list(variants) + ["all"], default="all")
+    parser.add_argument("--variant", choices=list(variants) + ["all"], default="all",
+                        help="the model variant to train, or all of them")
     if activations:
-        parser.add_argument("--activation", choices=list(activations) + ["both"], default="both")
-    parser.add_argument("--epochs", type=int, default=p["epochs"])
-    parser.add_argument("--batch-size", type=int, default=p["batch_size"])
-    parser.add_argument("--optimizer", choices=["adam", "sgd"], default=p["optimizer"])
-    parser.add_argument("--lr", type=float, default=p["lr"])
-    parser.add_argument("--weight-decay", type=float, default=p["weight_decay"])
-    parser.add_argument("--momentum", type=float, default=p.get("momentum"), help="SGD only (default 0.9)")
+        parser.add_argument("--activation", choices=list(activations) + ["both"], default="both",
+                            help="the hidden layers' activation, or both")
+    parser.add_argument("--epochs", type=int, default=p["epochs"], help="training epochs (Table 1)")
+    parser.add_argument("--batch-size", type=int, default=p["batch_size"], help="mini-batch size")
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default=p["optimizer"],
+                        help="the weights' optimiser (Table 1)")
+    parser.add_argument("--lr", type=float, default=p["lr"], help="the weights' learning rate")
+    parser.add_argument("--weight-decay", type=float, default=p["weight_decay"], help="L2 weight decay of the weights")
+    parser.add_argument("--momentum", type=float, default=p.get("momentum"), help="SGD's momentum (none given: 0.9); refused with Adam")
     parser.add_argument("--decay-every", type=int, default=p.get("decay_every"),
                         help="multiply the learning rate by --decay-gamma every this many epochs")
     parser.add_argument("--decay-gamma", type=float, default=p.get("decay_gamma", 1.0))
     parser.add_argument("--sigma-lr", type=float, default=1e-3, help="learning rate of Eq. (7)")
     parser.add_argument("--sigma-update", choices=["eq7", "weights"], default="eq7",
                         help="eq7: the paper's separate Adam + abs; weights: the released code's way")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--out", default=out or "runs/" + preset)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights, shuffling and noise")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="working precision")
+    parser.add_argument("--out", default=out or "runs/" + preset,
+                        help="folder of metrics.json, the figures and checkpoints/")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints in OUT")
     parser.add_argument("--overwrite", action="store_true",
                         help="train again a variant whose finished results are already in OUT")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (they are off when output is not a terminal)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
@@ -223,6 +234,7 @@ def run(args, build, variants, activations=(None,), augment=None):
     is refused unless ``--resume`` (continue from its checkpoint) or ``--overwrite``.
     ``augment``: optional ``f(x_batch, backend)`` applied to training batches."""
     check_arguments(args)
+    start = time.perf_counter()
     chosen = list(variants) if args.variant == "all" else [args.variant]
     if activations != (None,):
         activations = list(activations) if args.activation == "both" else [args.activation]
@@ -251,6 +263,7 @@ def run(args, build, variants, activations=(None,), augment=None):
             from .plots import training_figures     # matplotlib is loaded only when figures are drawn
             training_figures(metrics["results"], args.out)   # OUT/training_curves.png, sigma_evolution.png
     print(format_table(results))
+    print(f"total run time {time.perf_counter() - start:.1f} s; results in {metrics_path}")
     return metrics
 
 
@@ -302,21 +315,21 @@ def format_table(results):
 
 def parser(description, variants, activations=None, preset="mnist", out=None):
     """An ``argparse`` parser with :func:`add_arguments` applied."""
-    return add_arguments(argparse.ArgumentParser(description=description), variants, activations, preset,
-                         out=out)
+    return add_arguments(argparse.ArgumentParser(description=description, formatter_class=HELP_FORMAT),
+                         variants, activations, preset, out=out)
 
 
 def run_resnet(argv, description, builder, variants, dataset):
     """The whole ResNet example script: the shared flags plus quick-run ones (``--limit-batches``,
     ``--limit-eval``, ``--eval-batch-size``, ``--width``, ``--no-augment``), then :func:`run` of
     ``builder(bk, variant, dataset, width=...)`` over ``variants`` with random crops and flips."""
-    parser = add_arguments(argparse.ArgumentParser(description=description), variants,
-                           preset=dataset, datasets=(dataset,), out=f"runs/{dataset}-{variants[0]}")
+    parser = add_arguments(argparse.ArgumentParser(description=description, formatter_class=HELP_FORMAT),
+                           variants, preset=dataset, datasets=(dataset,), out=f"runs/{dataset}-{variants[0]}")
     parser.add_argument("--limit-batches", type=int, default=None,
                         help="train on only this many batches per epoch (quick CPU runs)")
     parser.add_argument("--limit-eval", type=int, default=None,
                         help="evaluate on only this many validation and test images (quick CPU runs)")
-    parser.add_argument("--eval-batch-size", type=int, default=250)
+    parser.add_argument("--eval-batch-size", type=int, default=250, help="images per evaluation pass")
     parser.add_argument("--width", type=int, default=64, help="channels of the first stage")
     parser.add_argument("--no-augment", dest="augment", action="store_false")
     args = parser.parse_args(argv)
