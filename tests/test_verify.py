@@ -156,3 +156,19 @@ def test_report_rows_hold_errors(torch):
     assert data["passed"] and data["failures"] == []
     row = next(r for r in data["rows"] if r["name"] == "fc1.weight")
     assert row["shape"] == [100, 784] and 0 <= row["max_rel"] < 1e-12 and np.isfinite(row["max_abs"])
+
+
+def test_a_reference_that_is_zero_up_to_round_off_is_judged_by_its_absolute_error():
+    """A conv bias in front of batch norm has a gradient of ~1e-17: its relative error means
+    nothing, so the row says it is judged by the absolute error, and a real error still fails."""
+    from manualbp.verify.compare import Report, compare
+    tiny = compare("conv.bias", np.array([1e-17, -3e-18]), np.array([-2e-17, 4e-18]), 1e-9, 1e-13)
+    assert tiny.near_zero and tiny.passed and tiny.max_rel > 0.5
+    wrong = compare("conv.bias", np.array([1e-12, 0.0]), np.array([-2e-17, 4e-18]), 1e-9, 1e-13)
+    assert wrong.near_zero and not wrong.passed
+    normal = compare("fc.weight", np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-14]), 1e-9, 1e-13)
+    assert not normal.near_zero and normal.passed
+    report = Report("torch", "float64", 1e-9, 1e-13, rows=[tiny, wrong, normal])
+    text = report.format()
+    assert "(~0 ref)" in text and "pass by abs err" in text and "FAIL by abs err" in text
+    assert report.failures == ["conv.bias"]
