@@ -90,7 +90,7 @@ HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 #: The flags that define a training run, recorded in its checkpoints (``--resume`` with another
 #: value is refused); ``--epochs`` is not among them: a finished run may be trained further.
 RUN_SETTINGS = ("dataset", "optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma",
-                "sigma_lr", "sigma_update", "width", "augment")
+                "sigma_lr", "sigma_update", "width", "augment", "limit_train")
 
 
 def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=None, log=print,
@@ -169,6 +169,12 @@ def add_arguments(parser, variants, activations=None, preset="mnist", datasets=(
                         help="working precision")
     parser.add_argument("--out", default=out or "runs/" + preset,
                         help="folder of metrics.json, the figures and checkpoints/")
+    parser.add_argument("--limit-batches", type=int, default=None,
+                        help="train on only this many batches per epoch (quick runs)")
+    parser.add_argument("--limit-train", type=int, default=None,
+                        help="train on only the first this many training images (quick runs)")
+    parser.add_argument("--limit-eval", type=int, default=None,
+                        help="evaluate on only this many validation and test images (quick runs)")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints in OUT")
     parser.add_argument("--overwrite", action="store_true",
                         help="train again a variant whose finished results are already in OUT")
@@ -203,7 +209,7 @@ def check_arguments(args):
     expect(args.momentum is None or args.optimizer == "sgd", "momentum", "no value with --optimizer adam")
     expect(args.momentum is None or (finite(args.momentum) and 0 <= args.momentum < 1), "momentum",
            "a number in [0, 1)")
-    for flag in ("limit_batches", "limit_eval", "width", "eval_batch_size"):
+    for flag in ("limit_batches", "limit_train", "limit_eval", "width", "eval_batch_size"):
         if getattr(args, flag, None) is not None:
             expect(getattr(args, flag) >= 1, flag, "at least 1")
     try:
@@ -250,9 +256,11 @@ def run(args, build, variants, activations=(None,), augment=None):
     checkpoint.remove_temporary_files(args.out)
     bk = get_backend(args.backend, args.dtype, args.seed, args.kernels)
     splits = load_splits(bk, args.dataset, args.data_dir, args.seed)
-    limit = getattr(args, "limit_eval", None)
-    if limit:                                   # quick runs: a random subset of val and test
-        splits = {k: (v if k == "train" else (v[0][:limit], v[1][:limit])) for k, v in splits.items()}
+    if args.limit_train:                        # quick runs: the first images of the training split
+        splits["train"] = tuple(a[:args.limit_train] for a in splits["train"])
+    if args.limit_eval:                         # and of the (shuffled) validation and test splits
+        splits = {k: (v if k == "train" else (v[0][:args.limit_eval], v[1][:args.limit_eval]))
+                  for k, v in splits.items()}
     results = []
     for variant in chosen:
         for activation in activations:
@@ -320,15 +328,11 @@ def parser(description, variants, activations=None, preset="mnist", out=None):
 
 
 def run_resnet(argv, description, builder, variants, dataset):
-    """The whole ResNet example script: the shared flags plus quick-run ones (``--limit-batches``,
-    ``--limit-eval``, ``--eval-batch-size``, ``--width``, ``--no-augment``), then :func:`run` of
+    """The whole ResNet example script: the shared flags plus ``--eval-batch-size``, ``--width``
+    and ``--no-augment``, then :func:`run` of
     ``builder(bk, variant, dataset, width=...)`` over ``variants`` with random crops and flips."""
     parser = add_arguments(argparse.ArgumentParser(description=description, formatter_class=HELP_FORMAT),
                            variants, preset=dataset, datasets=(dataset,), out=f"runs/{dataset}-{variants[0]}")
-    parser.add_argument("--limit-batches", type=int, default=None,
-                        help="train on only this many batches per epoch (quick CPU runs)")
-    parser.add_argument("--limit-eval", type=int, default=None,
-                        help="evaluate on only this many validation and test images (quick CPU runs)")
     parser.add_argument("--eval-batch-size", type=int, default=250, help="images per evaluation pass")
     parser.add_argument("--width", type=int, default=64, help="channels of the first stage")
     parser.add_argument("--no-augment", dest="augment", action="store_false")

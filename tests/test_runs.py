@@ -190,3 +190,11 @@ def test_a_nan_loss_stops_training_with_epoch_and_step(tiny_data):
     assert trainer._progress([1, 2], "x") == [1, 2]               # no bar: stderr is not a terminal
     with pytest.raises(FloatingPointError, match=r"epoch 1, step 1 of 2: the training loss is nan"):
         trainer.train_epoch(x, y)
+
+
+def test_every_training_script_takes_the_quick_run_flags(tmp_path, tiny_data):
+    metrics = run(tmp_path, "--limit-train", "40", "--limit-eval", "16", "--limit-batches", "1")
+    assert metrics["split_sizes"] == {"train": 40, "val": 16, "test": 16}
+    for flag in ("--limit-train", "--limit-eval", "--limit-batches"):
+        with pytest.raises(experiments.SettingError, match=f"{flag} 0: expected at least 1"):
+            run(tmp_path / "other", flag, "0")
