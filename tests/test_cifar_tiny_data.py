@@ -131,6 +131,36 @@ def test_cifar10_truncated_archive(tmp_path):
         read_cifar10_archive(path)
 
 
+def test_cifar10_gzip_crc_is_checked_without_the_checksum(tmp_path):
+    """A damaged gzip trailer (its CRC-32) is refused even with ``verify=False``."""
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    write_cifar_archive(path)
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 0xFF                                          # first byte of the CRC-32 trailer
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="truncated or corrupt archive"):
+        load_cifar10(data_dir=tmp_path, verify=False)
+
+
+def test_cifar10_extracted_folder_is_accepted(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    xs, ys = [], []
+    for i, name in enumerate(CIFAR_FILES):
+        labels, images, raw = cifar_records(2, i)
+        (folder / name).write_bytes(raw)
+        xs.append(images)
+        ys.append(labels)
+    for data_dir in (tmp_path, folder):
+        data = load_cifar10(data_dir=data_dir)
+        np.testing.assert_array_equal(data["x"], np.concatenate(xs))
+        np.testing.assert_array_equal(data["y"], np.concatenate(ys))
+        assert data["source"] == str(folder)
+    (folder / "data_batch_3.bin").unlink()
+    with pytest.raises(DataError, match="data_batch_3.bin not found in the folder"):
+        load_cifar10(data_dir=tmp_path)
+
+
 def test_cifar10_bad_contents(tmp_path):
     path = tmp_path / "a.tar.gz"
     raw = cifar_records(3, 0)[2]

@@ -12,13 +12,15 @@ Checksum: the SHA-256 published by TensorFlow Datasets (``url_checksums/cifar10.
 
 import tarfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 
 from .archive import locate_archive
 from .idx import DataError
 
-__all__ = ["ARCHIVE", "CHECKSUMS", "CLASSES", "MEAN", "STD", "load_cifar10", "read_cifar10_archive"]
+__all__ = ["ARCHIVE", "CHECKSUMS", "CLASSES", "MEAN", "STD", "load_cifar10", "read_cifar10_archive",
+           "read_cifar10_folder"]
 
 ARCHIVE = "cifar-10-binary.tar.gz"
 MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
@@ -64,18 +66,44 @@ def read_cifar10_archive(path):
                 if not member.isfile():
                     raise DataError(f"{path}: {member.name} is not a regular file")
                 found[name] = parse_records(tar.extractfile(member).read(), f"{path}: {member.name}")
+            while tar.fileobj.read(1 << 20):        # to the end of the gzip stream: its CRC is
+                pass                                 # checked even when the SHA-256 is not
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: truncated or corrupt archive ({type(exc).__name__}: {exc}); "
                         f"expected the complete {ARCHIVE}") from exc
-    missing = [f for f in wanted.values() if f not in found]
+    return _checked(found, path, "the archive")
+
+
+def read_cifar10_folder(folder):
+    """Read the six batch files from an extracted ``cifar-10-batches-bin/`` folder; returns
+    what :func:`read_cifar10_archive` returns."""
+    found = {f: parse_records((folder / f).read_bytes(), str(folder / f))
+             for f in TRAIN_FILES + (TEST_FILE,) if (folder / f).is_file()}
+    return _checked(found, folder, "the folder")
+
+
+def _checked(found, source, where):
+    """``found`` when it holds all six batch files with equal numbers of records."""
+    wanted = TRAIN_FILES + (TEST_FILE,)
+    missing = [f for f in wanted if f not in found]
     if missing:
-        raise DataError(f"{path}: {', '.join(missing)} not found in the archive; expected "
-                        f"{FOLDER}/ with {', '.join(wanted.values())}")
-    counts = {f: len(found[f][1]) for f in wanted.values()}
+        raise DataError(f"{source}: {', '.join(missing)} not found in {where}; expected "
+                        f"{FOLDER}/ with {', '.join(wanted)}")
+    counts = {f: len(found[f][1]) for f in wanted}
     if len(set(counts.values())) != 1:
-        raise DataError(f"{path}: batch files hold different numbers of records {counts}; "
+        raise DataError(f"{source}: batch files hold different numbers of records {counts}; "
                         "expected the same number in each (10,000 in the official archive)")
     return found
+
+
+def _extracted_folder(data_dir):
+    """The extracted batch folder in (or at) ``data_dir`` when there is no archive there."""
+    if data_dir is None or (Path(data_dir) / ARCHIVE).is_file():
+        return None
+    for folder in (Path(data_dir) / FOLDER, Path(data_dir)):
+        if (folder / TEST_FILE).is_file():
+            return folder
+    return None
 
 
 def load_cifar10(data_dir=None, cache_dir=None, download=True, verify=True):
@@ -84,10 +112,15 @@ def load_cifar10(data_dir=None, cache_dir=None, download=True, verify=True):
     Returns host arrays: ``x`` uint8 ``(N, 3, 32, 32)``, ``y`` int64 ``(N,)``, ``official_test``
     bool ``(N,)`` (the last 10,000 rows), plus ``name``, ``source`` and ``classes``. The archive
     is found as :func:`manualbp.data.archive.locate_archive` describes; ``verify=False`` skips the
-    checksum of a local archive (downloads are always verified).
+    checksum of a local archive (downloads are always verified). A ``data_dir`` that holds the
+    extracted ``cifar-10-batches-bin/`` folder (or is that folder) is read as it is.
     """
-    path = locate_archive("cifar10", ARCHIVE, MIRRORS, CHECKSUMS, data_dir, cache_dir, download, verify)
-    parts = read_cifar10_archive(path)
+    folder = _extracted_folder(data_dir)
+    if folder is not None:
+        path, parts = folder, read_cifar10_folder(folder)
+    else:
+        path = locate_archive("cifar10", ARCHIVE, MIRRORS, CHECKSUMS, data_dir, cache_dir, download, verify)
+        parts = read_cifar10_archive(path)
     order = TRAIN_FILES + (TEST_FILE,)
     x = np.concatenate([parts[f][0] for f in order])
     y = np.concatenate([parts[f][1] for f in order])
