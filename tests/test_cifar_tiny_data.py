@@ -245,6 +245,29 @@ def test_tiny_imagenet_cache(tmp_path, monkeypatch):
     assert load_tiny_imagenet(data_dir=tmp_path, verify=False)["x"].shape == (6, 3, 64, 64)
 
 
+def test_tiny_imagenet_damaged_or_rewritten_cache_is_decoded_again(tmp_path, monkeypatch):
+    path = tmp_path / "tiny-imagenet-200.zip"
+    write_tiny_archive(path)
+    first = load_tiny_imagenet(data_dir=tmp_path, verify=False)
+    cache = tmp_path / "tiny-imagenet-200.npz"
+    decoded = []
+    monkeypatch.setattr(tiny_mod, "read_tiny_imagenet_archive",
+                        lambda p, read=tiny_mod.read_tiny_imagenet_archive: decoded.append(p) or read(p))
+    data = bytearray(cache.read_bytes())
+    data[len(data) // 2] ^= 0xFF                              # a flipped byte
+    cache.write_bytes(bytes(data))
+    np.testing.assert_array_equal(load_tiny_imagenet(data_dir=tmp_path, verify=False)["x"], first["x"])
+    with np.load(cache) as z:                                 # rewritten, with the right key
+        arrays = {k: z[k] for k in z.files}
+    arrays["x"] = arrays["x"].copy()
+    arrays["x"][0, 0, 0, 0] ^= 1
+    np.savez(cache, **arrays)
+    np.testing.assert_array_equal(load_tiny_imagenet(data_dir=tmp_path, verify=False)["x"], first["x"])
+    assert len(decoded) == 2
+    load_tiny_imagenet(data_dir=tmp_path, verify=False)       # a sound cache is used as it is
+    assert len(decoded) == 2
+
+
 def test_tiny_imagenet_checksum_and_corruption(tmp_path):
     path = tmp_path / "tiny-imagenet-200.zip"
     write_tiny_archive(path)

@@ -5,12 +5,14 @@
 ``val/val_annotations.txt`` (file name, tab, wnid, then a bounding box). The unlabelled ``test``
 images are not used. JPEGs are decoded with Pillow (grayscale ones converted to RGB) once, and
 cached as ``tiny-imagenet-200.npz`` of uint8 arrays next to the archive, keyed by the archive's
-digest so a different archive is decoded afresh.
+digest so a different archive is decoded afresh, with the SHA-256 of its content so a damaged or
+rewritten cache is decoded afresh too.
 
 Checksum: the MD5 ``90528d7ca1a48142e341f4ef8d21d0de`` published with the dataset (no SHA-256 of
 the file is published).
 """
 
+import hashlib
 import io
 import os
 import tempfile
@@ -31,7 +33,7 @@ MIRRORS = ("http://cs231n.stanford.edu/",)
 CHECKSUMS = ("90528d7ca1a48142e341f4ef8d21d0de",)
 ROOT = "tiny-imagenet-200"
 SIZE = 64
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: per-channel mean and standard deviation of the 100,000 official training images, in [0, 1]
 MEAN = (0.4802, 0.4481, 0.3975)
 STD = (0.2770, 0.2691, 0.2821)
@@ -117,23 +119,39 @@ def _archive_key(path):
     return f"v{CACHE_VERSION}:{_digests_of(path, ('md5',))['md5']}"
 
 
+CACHED = ("x", "y", "official_val", "wnids")
+
+
+def _content_digest(arrays):
+    """SHA-256 of the cached arrays' bytes, in a fixed order."""
+    digest = hashlib.sha256()
+    for name in CACHED:
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
+
+
 def _read_cache(cache, key):
+    """The cached arrays, or ``None`` when the cache is missing, partial, damaged, rewritten
+    (its content no longer matches its digest) or from another archive: decode again."""
     try:
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) != key:
                 return None
-            return {k: z[k] for k in ("x", "y", "official_val", "wnids")}
-    except (OSError, KeyError, ValueError):
-        return None       # missing, partial or from another archive: decode again
+            arrays = {k: z[k] for k in CACHED}
+            digest = str(z["digest"])
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    return arrays if _content_digest(arrays) == digest else None
 
 
 def _write_cache(cache, arrays, key):
-    """Write the decoded arrays atomically (temporary file, then rename); warn if impossible."""
+    """Write the decoded arrays and their digest atomically (temporary file, then rename); warn
+    if impossible."""
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".part", dir=cache.parent)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), **arrays)
+            np.savez(f, key=np.array(key), digest=np.array(_content_digest(arrays)), **arrays)
         os.replace(tmp, cache)
     except OSError as exc:
         warnings.warn(f"cannot cache decoded Tiny-ImageNet at {cache} ({exc}); it will be decoded "
