@@ -22,6 +22,7 @@ from manualbp import evaluate, experiments, get_backend, plots
 from manualbp.attacks import build_surrogate, preset
 from manualbp.attacks.transfer import SURROGATE_TRAINING
 from manualbp.attacks.published import COLUMNS, check_claims, paper_rows
+from manualbp.checkpoint import write_json
 from manualbp.model import sigma_summary
 
 HEADERS = {"ori": "Ori", "fgsm": "WB FGSM", "lbfgs": "WB L-BFGS", "pgd": "WB PGD",
@@ -195,10 +196,10 @@ def main(argv=None):
     with open(os.path.join(args.out, "robustness.md"), "w") as f:
         f.write(text)
     write_csv(os.path.join(args.out, "robustness.csv"), family, values, paper)
-    with open(os.path.join(args.out, "robustness.json"), "w") as f:
-        json.dump({"meta": meta, "cells": rows, "values": values, "surrogate": own,
-                   "paper": {"caption": caption, "rows": paper}, "claims": claims,
-                   "sanity_checks": checks, "sweep": sweep}, f, indent=1)
+    write_json(os.path.join(args.out, "robustness.json"),
+               {"meta": meta, "cells": rows, "values": values, "surrogate": own,
+                "paper": {"caption": caption, "rows": paper}, "claims": claims,
+                "sanity_checks": checks, "sweep": sweep}, indent=1)
     print(text)
     return {"values": values, "claims": claims, "checks": checks}
 

@@ -12,10 +12,10 @@ gradient of the true class score over 25 noisy copies, noise 0.15 of the image's
 OUT/saliency.json.
 """
 import argparse
-import json
 import os
 
 from manualbp import evaluate, experiments, get_backend
+from manualbp.checkpoint import write_json
 from manualbp.model import evaluating
 from manualbp.plots import saliency_grid
 from manualbp.saliency import smoothgrad
@@ -95,11 +95,10 @@ def main(argv=None):
             for label, model in models.items()}
     os.makedirs(args.out, exist_ok=True)
     path = saliency_grid(x, maps, os.path.join(args.out, "saliency.png"))
-    with open(os.path.join(args.out, "saliency.json"), "w") as f:
-        json.dump({"dataset": args.dataset, "family": args.family, "activation": args.activation,
-                   "test_indices": index, "labels": [int(c) for c in bk.to_host(y)],
-                   "models_correct": correct,
-                   "samples": args.samples, "noise": args.noise, "models": list(maps)}, f, indent=2)
+    write_json(os.path.join(args.out, "saliency.json"),
+               {"dataset": args.dataset, "family": args.family, "activation": args.activation,
+                "test_indices": index, "labels": [int(c) for c in bk.to_host(y)], "models_correct": correct,
+                "samples": args.samples, "noise": args.noise, "models": list(maps)})
     print(f"wrote {path}")
     return path
 

@@ -9,10 +9,10 @@ estimator L (eps^2 - 1) / sigma. Writes OUT/unbiasedness.md (table), OUT/unbiase
 OUT/unbiasedness.png (means with confidence intervals; variance per draw).
 """
 import argparse
-import json
 import os
 
 from manualbp import get_backend
+from manualbp.checkpoint import write_json
 from manualbp.experiments import add_backend_arguments
 from manualbp.estimators import compare_estimators, small_problem
 from manualbp.plots import estimator_comparison
@@ -66,10 +66,9 @@ def main(argv=None):
     table = markdown(result, args)
     with open(os.path.join(args.out, "unbiasedness.md"), "w") as f:
         f.write(table)
-    with open(os.path.join(args.out, "unbiasedness.json"), "w") as f:
-        json.dump({"settings": vars(args), "level": result["level"], "rows": result["rows"],
-                   "estimates": {m: e.to_dict(args.level) for m, e in result["estimates"].items()}},
-                  f, indent=2)
+    write_json(os.path.join(args.out, "unbiasedness.json"),
+               {"settings": vars(args), "level": result["level"], "rows": result["rows"],
+                "estimates": {m: e.to_dict(args.level) for m, e in result["estimates"].items()}})
     estimator_comparison(list(result["estimates"].values()), os.path.join(args.out, "unbiasedness.png"),
                          args.level)
     print(table)

@@ -7,6 +7,7 @@ edited file is refused instead of silently resuming from bad state.
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -42,6 +43,23 @@ def write_atomically(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def json_safe(value):
+    """``value`` with every non-finite float (NaN, inf) as ``None``: what strict JSON can hold."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path, value, indent=2):
+    """Write ``value`` as valid JSON (non-finite floats as ``null``) to ``path`` atomically."""
+    text = json.dumps(json_safe(value), indent=indent, allow_nan=False).encode()
+    write_atomically(path, lambda f: f.write(text))
 
 
 def remove_temporary_files(directory):

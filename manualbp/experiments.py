@@ -302,8 +302,7 @@ def write_metrics(path, args, splits, result):
                "dtype": args.dtype, "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
                "split_sizes": {k: int(len(v[1])) for k, v in splits.items()},
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": kept + [result]}
-    text = json.dumps(metrics, indent=2).encode()
-    checkpoint.write_atomically(path, lambda f: f.write(text))
+    checkpoint.write_json(path, metrics)
     return metrics
 
 

@@ -198,3 +198,12 @@ def test_every_training_script_takes_the_quick_run_flags(tmp_path, tiny_data):
     for flag in ("--limit-train", "--limit-eval", "--limit-batches"):
         with pytest.raises(experiments.SettingError, match=f"{flag} 0: expected at least 1"):
             run(tmp_path / "other", flag, "0")
+
+
+def test_json_outputs_stay_valid_json(tmp_path):
+    """Non-finite numbers are written as null (strict JSON has no NaN), atomically."""
+    path = tmp_path / "out.json"
+    checkpoint.write_json(path, {"loss": float("nan"), "rows": [1.5, float("inf"), {"x": -float("inf")}]})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"loss": None, "rows": [1.5, None, {"x": None}]}

@@ -6,10 +6,10 @@ Exit status: 0 when every array of every model agrees, 1 when one does not, 2 wh
 cannot run (reference framework missing, a layer without a conversion rule).
 """
 import argparse
-import json
 import sys
 
 from ..backend import get_backend
+from ..checkpoint import write_json
 from ..model import evaluating
 from .compare import FRAMEWORKS, FrameworkMissing, verify_model
 from .models import zoo_models
@@ -71,8 +71,7 @@ def main(argv=None):
         print(report.format(), end="\n\n")
         reports.append(report)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([r.to_dict() for r in reports], f, indent=2)
+        write_json(args.json, [r.to_dict() for r in reports])
     failed = [name for name, r in zip(names, reports) if not r.passed]
     print(f"{len(reports) - len(failed)} of {len(reports)} models agree"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
