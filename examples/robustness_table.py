@@ -132,7 +132,8 @@ def markdown(args, family, values, rows, own, claims, checks, caption, paper, me
             f"white-box FGSM {own['fgsm']['mean']:.3f}, white-box L-BFGS {own['lbfgs']['mean']:.3f} "
             f"(L-BFGS mean L2 {own['lbfgs']['l2']:.2f}).", "", "## The paper's claims", ""]
     for c in claims:
-        verdict = {True: "confirmed", False: "not confirmed", None: "not measured"}[c["run"]]
+        verdict = {True: "confirmed", False: "not confirmed", None: "not measured",
+                   "undecided": f"not decided at this size ({meta['test_images']} test images)"}[c["run"]]
         paper_says = {True: "yes", False: "no", None: "-"}[c["paper"]]
         why = f" ({'; '.join(c['run_failures'][:3])})" if c["run_failures"] else ""
         out.append(f"- {c['claim']}: paper's own table supports it: {paper_says}; this run: {verdict}{why}")
@@ -186,7 +187,7 @@ def main(argv=None):
                            os.path.join(args.out, "adversarial_examples.png"), predictions)
     checks = evaluate.sanity_checks(values, sweep)
     caption, paper = paper_rows(args.family)
-    claims = check_claims(args.family, values)
+    claims = check_claims(args.family, values, int(len(y)))
     meta = {"dataset": args.dataset, "family": args.family, "seed": args.seed, "test_images": int(len(y)),
             "models": how, "draws": args.draws, "eot_draws": args.eot_draws, "preset": attack_preset,
             "lbfgs_batch": args.lbfgs_batch, "surrogate": SURROGATE_NAMES[args.dataset],

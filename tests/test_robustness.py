@@ -140,6 +140,19 @@ def test_claims_on_the_papers_own_numbers():
     assert all(c["run"] is None for c in check_claims("cnn", {}))
 
 
+def test_a_claim_is_decided_only_beyond_its_uncertainty():
+    """MLPN 0.60 against MLP+ 0.55: within the binomial uncertainty of 200 test images (+-0.097)
+    the claim is not decided; on 10,000 images (+-0.014) it holds; the other way round it fails."""
+    from manualbp.attacks.published import Claim
+    claim = Claim("MLPN beats MLP+", (("mlpn", "mlp+"),), ("pgd",))
+    rows = {"mlpn": {"pgd": 0.60}, "mlp+": {"pgd": 0.55}}
+    verdict, notes = claim.check(rows, images=200)
+    assert verdict == "undecided" and "+-0.097" in notes[0]
+    assert claim.check(rows, images=10000) == (True, [])
+    assert claim.check(rows) == (True, [])                      # no size given: plain comparison
+    assert claim.check({"mlpn": {"pgd": 0.40}, "mlp+": {"pgd": 0.55}}, images=10000)[0] is False
+
+
 def test_sanity_checks_flag_what_they_should():
     sweep = {"good": {"eps": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.2, 0.0]},
              "bad": {"eps": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.5, 0.6]}}

@@ -4,6 +4,7 @@ a check of each claim against any table of the same layout.
 Columns: clean accuracy, white box (FGSM, L-BFGS, PGD), black box (the four corruptions, mean
 over 5 severities; transfer FGSM and L-BFGS). Rows by ``"variant"`` or ``"variant/activation"``.
 """
+import math
 from dataclasses import dataclass
 
 COLUMNS = ("ori", "fgsm", "lbfgs", "pgd", "gaussian_noise", "impulse_noise", "glass_blur",
@@ -40,6 +41,10 @@ TABLES = {
 }
 
 
+#: Standard errors a difference of accuracies must exceed to decide a claim (95 %, two-sided).
+Z = 1.96
+
+
 @dataclass(frozen=True)
 class Claim:
     """``text`` holds iff ``row[better] > row[worse]`` (``>=`` when not ``strict``) on every
@@ -49,18 +54,28 @@ class Claim:
     columns: tuple
     strict: bool = True
 
-    def check(self, rows):
-        """``(holds, failures)`` on ``rows`` (row -> column -> value); ``holds`` is ``None``
-        when a needed value is missing. ``failures`` lists ``"better < worse on column"``."""
-        failures = []
+    def check(self, rows, images=None):
+        """``(verdict, notes)`` on ``rows`` (row -> column -> accuracy): ``True`` when every
+        comparison holds, ``False`` when one fails, ``None`` when a value is missing. With
+        ``images`` (the test images behind each accuracy) a comparison is decided only when the
+        difference exceeds ``Z`` standard errors of a difference of two binomial proportions,
+        ``sqrt((a (1 - a) + b (1 - b)) / images)``; a claim with an undecided comparison and no
+        failed one is ``"undecided"``. ``notes`` lists the failed (or undecided) comparisons."""
+        failures, undecided = [], []
         for better, worse in self.pairs:
             for col in self.columns:
                 a, b = rows.get(better, {}).get(col), rows.get(worse, {}).get(col)
                 if a is None or b is None:
                     return None, [f"{better if a is None else worse}: {col} not measured"]
-                if not (a > b if self.strict else a >= b):
-                    failures.append(f"{better} {a:.3f} vs {worse} {b:.3f} on {col}")
-        return not failures, failures
+                margin = 0.0 if images is None else Z * math.sqrt(max(a * (1 - a) + b * (1 - b), 0) / images)
+                note = f"{better} {a:.3f} vs {worse} {b:.3f} on {col}"
+                if b - a > margin or (margin == 0 and (a <= b if self.strict else a < b)):
+                    failures.append(note)
+                elif not (a - b > margin or (margin == 0 and not self.strict)):
+                    undecided.append(note + f" (+-{margin:.3f})")
+        if failures:
+            return False, failures
+        return ("undecided", undecided) if undecided else (True, [])
 
 
 def _per_activation(text, pairs, columns, strict=True):
@@ -114,14 +129,15 @@ def paper_rows(family):
     return caption, {row: dict(zip(COLUMNS, values)) for row, values in rows.items()}
 
 
-def check_claims(family, rows):
-    """Each claim of ``family`` checked on the paper's own table and on ``rows`` (this run):
-    a list of ``{"claim", "paper", "run", "paper_failures", "run_failures"}``."""
+def check_claims(family, rows, images=None):
+    """Each claim of ``family`` checked on the paper's own table and on ``rows`` (this run, on
+    ``images`` test images: see :meth:`Claim.check`): a list of ``{"claim", "paper", "run",
+    "paper_failures", "run_failures"}``."""
     _, published = paper_rows(family)
     out = []
     for claim in CLAIMS[family]:
         paper, paper_fail = claim.check(published)
-        run, run_fail = claim.check(rows)
+        run, run_fail = claim.check(rows, images)
         out.append({"claim": claim.text, "paper": paper, "run": run,
                     "paper_failures": paper_fail, "run_failures": run_fail})
     return out
