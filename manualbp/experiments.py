@@ -115,9 +115,10 @@ def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=Non
     off = trainer.evaluate(x, y, noise=False)[1]
     default = trainer.evaluate(x, y)[1]
     eval_noise = {name: layer.eval_noise for name, layer in noise_layers(model).items()}
+    noise_modes = {name: layer.mode for name, layer in noise_layers(model).items()}
     return {"variant": variant, "activation": activation,
             "test_accuracy": default, "test_accuracy_noise_on": on, "test_accuracy_noise_off": off,
-            "eval_noise_default": any(eval_noise.values()),
+            "eval_noise_default": any(eval_noise.values()), "noise_modes": noise_modes,
             "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, len(history)),
             "history": history, "sigma": sigma_summary(model), "checkpoint": path}
 
@@ -269,7 +270,7 @@ def run(args, build, variants, activations=(None,), augment=None):
                                        augment=augment))
             metrics = write_metrics(metrics_path, args, splits, results[-1])
             from .plots import training_figures     # matplotlib is loaded only when figures are drawn
-            training_figures(metrics["results"], args.out)   # OUT/training_curves.png, sigma_evolution.png
+            training_figures(metrics["results"], args.out, args.dataset)   # training_curves.png, sigma_evolution.png
     print(format_table(results))
     print(f"total run time {time.perf_counter() - start:.1f} s; results in {metrics_path}")
     return metrics

@@ -57,40 +57,49 @@ def _styles(results):
 
 
 # --- training ------------------------------------------------------------------------------
-def _epoch_axis(ax):
+def _epoch_axis(ax, epochs):
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs and min(epochs) == max(epochs):              # one epoch: one tick, not fractions
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     ax.grid(alpha=0.3)
 
 
-def training_curves(results, path):
+def training_curves(results, path, dataset=""):
     """The paper's Fig. 3: training loss, validation loss and test accuracy per epoch, one line per
     model. ``results``: the ``"results"`` list of ``metrics.json`` (each with ``history``)."""
     fig, axes = _figure(3, 1, PANEL)
-    panels = [("train_loss", "training loss"), ("val_loss", "validation loss"),
-              ("test_accuracy", "test accuracy")]
-    for ax, (key, title) in zip(axes[0], panels):
+    panels = [("train_loss", "training loss", "mean cross-entropy"),
+              ("val_loss", "validation loss", "mean cross-entropy"),
+              ("test_accuracy", "test accuracy", "fraction of test images correct")]
+    for ax, (key, title, unit) in zip(axes[0], panels):
         for result, style in zip(results, _styles(results)):
             history = result["history"]
             ax.plot([h["epoch"] for h in history], [h[key] for h in history], label=_label(result),
                     marker=".", **style)
         ax.set_title(title)
-        _epoch_axis(ax)
-    axes[0][2].legend(fontsize="small")
+        ax.set_ylabel(unit)
+        _epoch_axis(ax, [h["epoch"] for r in results for h in r["history"]])
+    fig.legend(*axes[0][2].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    if dataset:
+        fig.suptitle(dataset)
     return _save(fig, path)
 
 
 def _learned(result):
-    """Whether any layer's noise level changed during training (fixed noise stays constant)."""
+    """Whether the model learns its noise levels: its ``noise_modes`` say so (every result the
+    runner writes has them), or else a layer's ``sigma`` changed between epochs."""
+    if "noise_modes" in result:
+        return "learned" in result["noise_modes"].values()
     history = result["history"]
     return any(h["sigma"][layer] != history[0]["sigma"][layer]
                for h in history for layer in h["sigma"])
 
 
-def sigma_evolution(results, path, columns=3):
+def sigma_evolution(results, path, columns=3, dataset=""):
     """Per model with learned noise: each layer's mean ``sigma`` over epochs, with its min--max
-    range shaded (``history[i]["sigma"]``). Models whose noise never changed are left out; with
-    none left the figure says so."""
+    range over the layer's neurons shaded (``history[i]["sigma"]``). Models with fixed or no
+    noise are left out; with none left the figure says so."""
     chosen = [r for r in results if r["history"] and _learned(r)]
     ncols = max(1, min(columns, len(chosen)))
     fig, axes = _figure(ncols, max(1, math.ceil(len(chosen) / ncols)), PANEL)
@@ -105,16 +114,23 @@ def sigma_evolution(results, path, columns=3):
             stats = {k: [h["sigma"][layer][k] for h in result["history"]] for k in ("mean", "min", "max")}
             ax.plot(epochs, stats["mean"], color=f"C{i % 10}", marker=".", label=layer)
             ax.fill_between(epochs, stats["min"], stats["max"], color=f"C{i % 10}", alpha=0.2)
+            if len(epochs) == 1:                               # a band needs two epochs: a bar
+                mean = stats["mean"][0]
+                ax.errorbar(epochs, [mean], yerr=[[mean - stats["min"][0]], [stats["max"][0] - mean]],
+                            color=f"C{i % 10}", capsize=4, alpha=0.6)
         ax.set_title(f"{_label(result)}: sigma per layer")
-        _epoch_axis(ax)
+        ax.set_ylabel("sigma (line: mean; band: min to max)")
+        _epoch_axis(ax, epochs)
         ax.legend(fontsize="small")
+    if dataset:
+        fig.suptitle(f"{dataset}: learned sigma")
     return _save(fig, path)
 
 
-def training_figures(results, out):
+def training_figures(results, out, dataset=""):
     """Write ``training_curves.png`` and ``sigma_evolution.png`` into ``out``; returns the paths."""
-    return [training_curves(results, os.path.join(out, "training_curves.png")),
-            sigma_evolution(results, os.path.join(out, "sigma_evolution.png"))]
+    return [training_curves(results, os.path.join(out, "training_curves.png"), dataset),
+            sigma_evolution(results, os.path.join(out, "sigma_evolution.png"), dataset=dataset)]
 
 
 # --- images -------------------------------------------------------------------------------

@@ -207,3 +207,15 @@ def test_json_outputs_stay_valid_json(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"loss": None, "rows": [1.5, None, {"x": None}]}
+
+
+def test_a_one_epoch_run_shows_its_learned_sigma(tmp_path, tiny_data):
+    """One epoch leaves a single history point: the sigma figure still shows the learned noise,
+    known from the result's noise modes rather than from a change between epochs."""
+    from manualbp import plots
+    metrics = run(tmp_path, "--epochs", "1")
+    (entry,) = metrics["results"]
+    assert entry["noise_modes"] == {"fc1.noise": "learned", "fc2.noise": "learned"}
+    assert plots._learned(entry)
+    fixed = run(tmp_path / "fixed", variant="mlp+")["results"][0]
+    assert not plots._learned(fixed)
