@@ -183,8 +183,12 @@ def main(argv=None):
         evaluate.plot_sweep(sweep, os.path.join(args.out, "eps_sweep.png"), f"({args.dataset})")
     shown = {r: models[r] for r in dict.fromkeys([next(iter(models)), next(reversed(models))])}
     adversarial, predictions = evaluate.adversarial_examples(shown, images, y, settings)
-    plots.adversarial_grid(bk.to_host(images[:len(predictions["clean"])]), adversarial,
-                           os.path.join(args.out, "adversarial_examples.png"), predictions)
+    shown_count = len(predictions["clean"])
+    plots.adversarial_grid(bk.to_host(images[:shown_count]), adversarial,
+                           os.path.join(args.out, "adversarial_examples.png"), predictions,
+                           labels=bk.to_host(y[:shown_count]),
+                           title=f"{args.dataset}: FGSM eps {attack_preset['fgsm']['eps']:.3f}, PGD eps "
+                                 f"{attack_preset['pgd']['eps']:.3f} (pixel units); pred by the row's model")
     checks = evaluate.sanity_checks(values, sweep)
     caption, paper = paper_rows(args.family)
     claims = check_claims(args.family, values, int(len(y)))

@@ -16,6 +16,7 @@ import os
 
 from manualbp import evaluate, experiments, get_backend
 from manualbp.checkpoint import write_json
+from manualbp.data import cifar10, mnist
 from manualbp.model import evaluating
 from manualbp.plots import saliency_grid
 from manualbp.saliency import smoothgrad
@@ -94,7 +95,9 @@ def main(argv=None):
     maps = {label: smoothgrad(model, x, y, args.samples, args.noise, seed=args.seed)[0]
             for label, model in models.items()}
     os.makedirs(args.out, exist_ok=True)
-    path = saliency_grid(x, maps, os.path.join(args.out, "saliency.png"))
+    classes = {**mnist.CLASSES, "cifar10": cifar10.CLASSES}.get(args.dataset)
+    names = [classes[c] if classes else f"class {c}" for c in map(int, bk.to_host(y))]
+    path = saliency_grid(x, maps, os.path.join(args.out, "saliency.png"), names=names)
     write_json(os.path.join(args.out, "saliency.json"),
                {"dataset": args.dataset, "family": args.family, "activation": args.activation,
                 "test_indices": index, "labels": [int(c) for c in bk.to_host(y)], "models_correct": correct,

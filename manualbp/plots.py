@@ -161,26 +161,35 @@ def _show(ax, image, title=None, cmap="gray", **limits):
         ax.set_title(title, fontsize="small")
 
 
-def saliency_grid(images, maps, path, image_shape=None):
+def saliency_grid(images, maps, path, image_shape=None, names=None):
     """The paper's Fig. 4: one row per image, the image and then its saliency map under each model.
 
     ``images`` ``(N, ...)``; ``maps``: ``{model label: maps (N, H, W) or (N, D)}`` (from
-    :func:`manualbp.saliency.smoothgrad`). Each map is scaled to its own maximum."""
+    :func:`manualbp.saliency.smoothgrad`). Each map is scaled to its own maximum (the colour
+    bar); ``names`` (optional): each image's class name, beside its row."""
     images = _as_images(images, image_shape)
     maps = {label: _as_images(m, image_shape) for label, m in maps.items()}
     fig, axes = _figure(1 + len(maps), len(images), (TILE, TILE))
+    shown = None
     for n, row in enumerate(axes):
         _show(row[0], images[n], "image" if n == 0 else None)
+        if names is not None:
+            row[0].set_ylabel(str(names[n]))
         for ax, (label, m) in zip(row[1:], maps.items()):
-            _show(ax, m[n], label if n == 0 else None, cmap="inferno", vmin=0, vmax=float(m[n].max()) or 1)
+            _show(ax, m[n] / (float(m[n].max()) or 1), label if n == 0 else None, cmap="inferno", vmin=0, vmax=1)
+            shown = ax.images[-1]
+    if shown is not None:
+        fig.colorbar(shown, ax=axes[:, 1:], shrink=0.8, label="saliency / its maximum")
     return _save(fig, path)
 
 
-def adversarial_grid(clean, adversarial, path, predictions=None, image_shape=None):
+def adversarial_grid(clean, adversarial, path, predictions=None, image_shape=None, labels=None, title=None):
     """Clean images in the first row, each attack's images in the rows below.
 
     ``adversarial``: ``{attack name: images (N, ...)}`` or one array; ``predictions`` (optional):
-    ``{row name ("clean" or an attack): predicted classes (N,)}``, shown above each image."""
+    ``{row name ("clean" or an attack): predicted classes (N,)}``, shown above each image (the
+    row name says which model predicted); ``labels`` (optional): the true classes, shown above
+    the clean images; ``title``: e.g. the attacks' budgets."""
     if not isinstance(adversarial, dict):
         adversarial = {"adversarial": adversarial}
     rows = {"clean": _as_images(clean, image_shape)}
@@ -190,12 +199,17 @@ def adversarial_grid(clean, adversarial, path, predictions=None, image_shape=Non
         if len(a) != count:
             raise ValueError(f"{name!r} holds {len(a)} images, the clean row {count}")
     predictions = {k: _host(v) for k, v in (predictions or {}).items()}
+    labels = None if labels is None else _host(labels)
     fig, axes = _figure(count, len(rows), (TILE, TILE))
     for ax_row, (name, images) in zip(axes, rows.items()):
         for n, ax in enumerate(ax_row):
             pred = predictions.get(name)
-            _show(ax, images[n], f"pred {int(pred[n])}" if pred is not None else None, vmin=0, vmax=1)
+            words = [f"true {int(labels[n])}"] if labels is not None and name == "clean" else []
+            words += [f"pred {int(pred[n])}"] if pred is not None else []
+            _show(ax, images[n], ", ".join(words) or None, vmin=0, vmax=1)
         ax_row[0].set_ylabel(name)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

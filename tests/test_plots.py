@@ -175,3 +175,31 @@ def test_saliency_example_loads_checkpoints_of_cnn_variants(tmp_path, saliency_e
     path = saliency_example.main(["--family", "cnn", "--checkpoints", str(tmp_path / "checkpoints"),
                                   "--out", str(tmp_path), "--images", "1", "--samples", "2"])
     pixels(path, 6, 1, (plots.TILE, plots.TILE))        # image + five CNN variants
+
+
+def test_adversarial_grid_shows_true_labels_and_a_title(tmp_path, monkeypatch):
+    """The clean row names the true class and the prediction, the attacked rows the prediction
+    of the row's model."""
+    x = np.random.default_rng(3).random((2, 1, 8, 8))
+    titles = []
+    show = plots._show
+    monkeypatch.setattr(plots, "_show", lambda ax, image, title=None, **kw: titles.append(title) or
+                        show(ax, image, title, **kw))
+    path = plots.adversarial_grid(x, {"MLP FGSM": x}, str(tmp_path / "adv.png"),
+                                  predictions={"clean": np.array([1, 2]), "MLP FGSM": np.array([3, 4])},
+                                  labels=np.array([1, 5]), title="FGSM eps 0.100")
+    assert titles == ["true 1, pred 1", "true 5, pred 2", "pred 3", "pred 4"]
+    assert Path(path).is_file()
+
+
+def test_saliency_grid_names_each_image_and_has_a_colour_bar(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    labels, bars = [], []
+    colorbar, ylabel = Figure.colorbar, Axes.set_ylabel
+    monkeypatch.setattr(Figure, "colorbar", lambda self, *a, **k: bars.append(k.get("label")) or colorbar(self, *a, **k))
+    monkeypatch.setattr(Axes, "set_ylabel", lambda self, text, *a, **k: labels.append(text) or ylabel(self, text, *a, **k))
+    x = np.random.default_rng(0).random((2, 1, 8, 8))
+    maps = {"MLP": np.random.default_rng(1).random((2, 8, 8))}
+    plots.saliency_grid(x, maps, str(tmp_path / "sal.png"), names=["Trouser", "Bag"])
+    assert labels[:2] == ["Trouser", "Bag"] and bars == ["saliency / its maximum"]
