@@ -251,7 +251,7 @@ def print_breakdown(name, timed, total, parts, flops, gflops, peak):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="training steps per round and engine")
     add_kernels_argument(parser)

@@ -122,7 +122,7 @@ def noise_draw_rates(kernels, n=1 << 22):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     add_kernels_argument(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")

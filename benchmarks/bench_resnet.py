@@ -158,7 +158,7 @@ def bench(name, suffix, batch, backend, kernels, rounds, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--batch", type=int, default=None, help="default: 32 (numpy), 128 (cupy)")
     parser.add_argument("--models", nargs="+", default=None,

@@ -36,7 +36,7 @@ TRAINING = {"mnist": "mnist", "fashion-mnist": "mnist", "cifar10": "cifar10", "t
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=list(evaluate.IMAGE_SHAPES), default="fashion-mnist")
     p.add_argument("--family", choices=list(evaluate.FAMILIES), default="mlp")
     p.add_argument("--checkpoints", default=None, help="load trained variants from this directory")

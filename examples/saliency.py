@@ -28,7 +28,7 @@ DATASETS = {"mlp": "fashion-mnist", "cnn": "fashion-mnist", "resnet18": "cifar10
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--family", choices=list(DATASETS), default="mlp")
     p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="MLP only")
     p.add_argument("--checkpoints", default=None, help="directory of the training example's checkpoints")

@@ -19,7 +19,7 @@ from manualbp.plots import estimator_comparison
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/unbiasedness")
     p.add_argument("--draws", type=int, default=100000, help="noise draws per estimator")
     p.add_argument("--group-size", type=int, default=1000, help="draws per forward pass")

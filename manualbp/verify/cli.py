@@ -27,7 +27,7 @@ def random_batch(model, batch, seed):
 
 
 def parse_args(argv, models):
-    parser = argparse.ArgumentParser(prog="python -m manualbp.verify", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m manualbp.verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", choices=list(FRAMEWORKS), default="torch")
     parser.add_argument("--model", choices=list(models) + ["all"], default="all")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
