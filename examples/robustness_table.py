@@ -3,26 +3,32 @@ attacks (FGSM, L-BFGS, PGD), natural corruptions and transfer attacks, beside th
 numbers, with a check of each of the paper's claims, an epsilon sweep and sanity checks.
 
     python examples/robustness_table.py --dataset fashion-mnist --family mlp --epochs 5 \
-        --limit 1000 --seed 0 --out runs/robustness
+        --limit-eval 1000 --seed 0 1 2 --out runs/robustness
 
 Trains every variant (or loads checkpoints written by the example scripts with
 ``--checkpoints DIR``: ``DIR/checkpoints/<variant>-<activation>.npz``) and the black-box
 surrogate, then writes OUT/robustness.md, .csv, .json, OUT/eps_sweep.png and OUT/adversarial_examples.png
-(clean test images above their FGSM and PGD versions for the first and the last variant). ``--limit N``
-evaluates the first N test images. Attack settings: Table 2 in pixel units
-(manualbp.attacks.presets, docs/robustness.md).
+(clean test images above their FGSM and PGD versions for the first and the last variant).
+``--limit-eval N`` evaluates the first N test images. Several seeds train and evaluate every
+model once per seed (checkpoints under OUT/seed-<s>/, loaded from DIR/seed-<s>/); the table
+shows the mean and the spread over seeds, and a claim is decided only beyond both its binomial
+and its seed uncertainty. Attack settings: Table 2 in pixel units (manualbp.attacks.presets,
+docs/robustness.md).
 """
 import argparse
 import csv
+import io
 import json
 import os
 import time
 
+import numpy as np
+
 from manualbp import evaluate, experiments, get_backend, plots
 from manualbp.attacks import build_surrogate, preset
 from manualbp.attacks.transfer import SURROGATE_TRAINING
-from manualbp.attacks.published import COLUMNS, check_claims, paper_rows
-from manualbp.checkpoint import write_json
+from manualbp.attacks.published import COLUMNS, Z, check_claims, paper_rows
+from manualbp.checkpoint import write_json, write_text
 from manualbp.model import sigma_summary
 
 HEADERS = {"ori": "Ori", "fgsm": "WB FGSM", "lbfgs": "WB L-BFGS", "pgd": "WB PGD",
@@ -32,182 +38,244 @@ HEADERS = {"ori": "Ori", "fgsm": "WB FGSM", "lbfgs": "WB L-BFGS", "pgd": "WB PGD
            "pgd_noise_on": "PGD noise on", "pgd_noise_off": "PGD noise off"}
 SURROGATE_NAMES = {"mnist": "MLP 784-300-150-10 ReLU", "fashion-mnist": "MLP 784-300-150-10 ReLU",
                    "cifar10": "plain ResNet18, one FC layer", "tiny-imagenet": "plain ResNet34, one FC layer"}
-TRAINING = {"mnist": "mnist", "fashion-mnist": "mnist", "cifar10": "cifar10", "tiny-imagenet": "tiny-imagenet"}
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=experiments.HELP_FORMAT)
     p.add_argument("--dataset", choices=list(evaluate.IMAGE_SHAPES), default="fashion-mnist")
     p.add_argument("--family", choices=list(evaluate.FAMILIES), default="mlp")
     p.add_argument("--checkpoints", default=None, help="load trained variants from this directory")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: Table 1)")
-    p.add_argument("--train-limit", type=int, default=None, help="train on the first N training images")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images")
     p.add_argument("--draws", type=int, default=5, help="noise draws per accuracy of a randomised model")
     p.add_argument("--eot-draws", type=int, default=20, help="noise draws per EOT-PGD step")
     p.add_argument("--attack-batch", type=int, default=500, help="images per attack call")
     p.add_argument("--lbfgs-batch", type=int, default=128,
                    help="images per L-BFGS objective (the paper's code: test batches of 128)")
-    p.add_argument("--no-sweep", dest="sweep", action="store_false")
+    p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the epsilon sweep")
     p.add_argument("--sweep-steps", type=int, default=10, help="PGD steps in the epsilon sweep")
     experiments.add_backend_arguments(p)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/robustness")
-    return p.parse_args(argv)
+    p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
+    p.add_argument("--seed", type=int, nargs="+", default=[0],
+                   help="one or more seeds of the split, training and attacks (several: mean and spread)")
+    p.add_argument("--out", default="runs/robustness", help="folder of the tables, figures and checkpoints/")
+    experiments.add_quick_run_arguments(p, evaluation="test images")
+    args = p.parse_args(argv)
+    check(args)
+    return args
 
 
-def models_for(args, bk, family, splits):
-    """Every variant of ``family`` and the surrogate, loaded from ``--checkpoints`` or trained
-    (their checkpoints then go to OUT/checkpoints). Returns ``(models, surrogate, how)``."""
-    source = evaluate.model_paths(args.checkpoints) if args.checkpoints else None
+def check(args):
+    """Refuse bad flags before any work (one line each, see :func:`manualbp.experiments.cli`)."""
+    experiments.check_at_least_one(args, "epochs", "draws", "eot_draws", "attack_batch", "lbfgs_batch",
+                                   "sweep_steps", "limit_batches", "limit_train", "limit_eval")
+    experiments.require(args, min(args.seed) >= 0, "seed", "non-negative integers")
+    experiments.require(args, len(set(args.seed)) == len(args.seed), "seed", "distinct seeds")
+    try:
+        evaluate.get_family(args.family, args.dataset)
+    except ValueError as err:
+        raise experiments.SettingError(f"--family {args.family!r}: {err}") from None
+    experiments.check_out(args)
+
+
+def seed_folder(folder, args, seed):
+    """``folder`` itself for a single seed, else ``folder/seed-<seed>``."""
+    return folder if len(args.seed) == 1 else os.path.join(folder, f"seed-{seed}")
+
+
+def models_for(args, bk, family, splits, seed):
+    """Every variant of ``family`` and the surrogate for ``seed``, loaded from ``--checkpoints``
+    or trained (their checkpoints then go to OUT[/seed-<s>]/checkpoints). Returns
+    ``(models, surrogate, how)``."""
+    source = evaluate.model_paths(seed_folder(args.checkpoints, args, seed)) if args.checkpoints else None
+    out = os.path.join(seed_folder(args.out, args, seed), "checkpoints")
 
     def obtain(label, build, name, options, seed, required):
         if source and os.path.exists(os.path.join(source, name)):
             print(f"== {label}: loading {os.path.join(source, name)}")
             return evaluate.load_model(build(bk), os.path.join(source, name)), "checkpoint"
         if source and required:
-            raise SystemExit(f"--checkpoints: {os.path.join(source, name)} not found (expected one "
-                             "checkpoint per variant, named as the example scripts write them)")
+            raise experiments.SettingError(f"--checkpoints: {os.path.join(source, name)} not found (expected "
+                                           "one checkpoint per variant, named as the example scripts write them)")
         epochs = options["epochs"] if args.epochs is None else args.epochs
-        print(f"== {label}: training {epochs} epochs")
-        model = evaluate.train_model(bk, build, splits, epochs, seed, options,
-                                     os.path.join(args.out, "checkpoints", name))
+        print(f"== {label}: training {epochs} epochs (seed {seed})")
+        model = evaluate.train_model(bk, build, splits, epochs, seed, options, os.path.join(out, name),
+                                     limit_batches=args.limit_batches)
         return model, f"{epochs} epochs"
 
-    options = dict(experiments.PRESETS[TRAINING[args.dataset]])
+    options = experiments.table1(args.dataset)
     models, how = {}, {}
     for row, variant, activation in family.rows():
         build = lambda b, v=variant, a=activation: family.build(b, v, a)  # noqa: E731
         models[row], how[row] = obtain(row, build, experiments.checkpoint_name(variant, activation),
-                                       options, args.seed, required=True)
+                                       options, seed, required=True)
     options.update(SURROGATE_TRAINING.get(args.dataset, {}))
     surrogate, how["surrogate"] = obtain("black-box surrogate", lambda b: build_surrogate(b, args.dataset),
-                                         "surrogate.npz", options, args.seed + 1, required=False)
+                                         "surrogate.npz", options, seed + 1, required=False)
     return models, surrogate, how
 
 
-def fmt(v):
-    return "-" if v is None else f"{v:.3f}"
+def over_seeds(runs):
+    """The mean and the sample standard deviation over ``runs`` of each ``values`` entry
+    (``{row: {column: value}}`` each; the spread is empty for a single run)."""
+    first = runs[0]["values"]
+    mean = {row: {c: float(np.mean([r["values"][row][c] for r in runs])) for c in cols}
+            for row, cols in first.items()}
+    spread = {} if len(runs) < 2 else {
+        row: {c: float(np.std([r["values"][row][c] for r in runs], ddof=1)) for c in cols}
+        for row, cols in first.items()}
+    return mean, spread
 
 
-def markdown(args, family, values, rows, own, claims, checks, caption, paper, meta):
+def fmt(v, sd=None):
+    return "-" if v is None else f"{v:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+
+
+def markdown(args, family, values, spread, runs, claims, checks, caption, paper, meta):
     columns = COLUMNS + evaluate.EXTRA_COLUMNS
     act = family.activations != (None,)
     head = ["Model"] + (["Act."] if act else [])
 
-    def table(vals, cols):
+    def table(vals, cols, sds=None):
         lines = ["| " + " | ".join(head + [HEADERS[c] for c in cols]) + " |",
                  "|" + "---|" * (len(head) + len(cols))]
         for row in (r for r, _, _ in family.rows()):
             name = row.split("/")
-            lines.append("| " + " | ".join(name + [fmt(vals.get(row, {}).get(c)) for c in cols]) + " |")
+            lines.append("| " + " | ".join(name + [fmt(vals.get(row, {}).get(c), (sds or {}).get(row, {}).get(c))
+                                                   for c in cols]) + " |")
         return lines
 
+    first = runs[0]
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    several = len(runs) > 1
     out = [f"# Robustness table: {args.family} on {args.dataset}", "",
-           f"{meta['test_images']} test images, seed {args.seed}, models: {meta['models'][family.rows()[0][0]]} "
-           f"(surrogate: {meta['models']['surrogate']}), "
+           f"{meta['test_images']} test images, seed{'s' if several else ''} {seeds}, models: "
+           f"{first['models'][family.rows()[0][0]]} (surrogate: {first['models']['surrogate']}), "
            f"{args.draws} noise draws per accuracy of a randomised model, EOT over {args.eot_draws} draws. "
            f"Attack settings (Table 2, pixel units): {json.dumps(meta['preset'])}.", "",
            "Evaluated as the paper does (learned noise on, fixed noise off at test time); the last "
            "columns switch noise on / off for every model. Black-box corruption columns: mean over "
-           "5 severities. Randomised models: mean accuracy over the draws.", "",
-           "## This run", ""] + table(values, columns)
+           "5 severities. Randomised models: mean accuracy over the draws."
+           + (f" Each cell: mean ± standard deviation over the {len(runs)} seeds." if several else ""), "",
+           "## This run", ""] + table(values, columns, spread)
     out += ["", f"## Paper: {caption}" + (" (MNIST numbers)" if args.dataset == "fashion-mnist" else ""), ""]
     out += table(paper, COLUMNS)
+    rows, own, of_seed = first["cells"], first["surrogate"], f" (seed {first['seed']})" if several else ""
     randomised = [r for r, cells in rows.items() if cells["ori"]["draws"] > 1]
     if randomised:
-        out += ["", "## Randomised models over noise draws (mean / min over draws / worst-of-K)", "",
+        out += ["", f"## Randomised models over noise draws (mean / min over draws / worst-of-K){of_seed}", "",
                 "| Model | Ori | WB PGD | EOT-PGD |", "|---|---|---|---|"]
         for r in randomised:
             cells = [rows[r][c] for c in ("ori", "pgd", "eot_pgd")]
             out.append(f"| {r} | " + " | ".join(f"{c['mean']:.3f} / {c['min']:.3f} / {c['all']:.3f}"
                                                 for c in cells) + " |")
-    out += ["", "## Perturbation sizes (mean per image, pixel units)", "",
+    out += ["", f"## Perturbation sizes (mean per image, pixel units){of_seed}", "",
             "| Model | FGSM L-inf | PGD L-inf | L-BFGS L2 | L-BFGS L-inf |", "|---|---|---|---|---|"]
     for r, cells in rows.items():
         out.append(f"| {r} | {cells['fgsm']['linf']:.3f} | {cells['pgd']['linf']:.3f} | "
                    f"{cells['lbfgs']['l2']:.2f} | {cells['lbfgs']['linf']:.3f} |")
-    out += ["", f"Black-box surrogate ({meta['surrogate']}): clean {own['ori']['mean']:.3f}, "
+    out += ["", f"Black-box surrogate ({meta['surrogate']}){of_seed}: clean {own['ori']['mean']:.3f}, "
             f"white-box FGSM {own['fgsm']['mean']:.3f}, white-box L-BFGS {own['lbfgs']['mean']:.3f} "
-            f"(L-BFGS mean L2 {own['lbfgs']['l2']:.2f}).", "", "## The paper's claims", ""]
+            f"(L-BFGS mean L2 {own['lbfgs']['l2']:.2f}).", "", "## The paper's claims", "",
+            f"A claim is confirmed only when every difference exceeds {Z} standard errors (a binomial "
+            f"interval over the {meta['test_images']} test images"
+            + (f" and the spread over the {len(runs)} seeds" if several else "") + ").", ""]
+    size = f"{meta['test_images']} test images" + (f", {len(runs)} seeds" if several else "")
     for c in claims:
         verdict = {True: "confirmed", False: "not confirmed", None: "not measured",
-                   "undecided": f"not decided at this size ({meta['test_images']} test images)"}[c["run"]]
+                   "undecided": f"not decided at this size ({size})"}[c["run"]]
         paper_says = {True: "yes", False: "no", None: "-"}[c["paper"]]
         why = f" ({'; '.join(c['run_failures'][:3])})" if c["run_failures"] else ""
         out.append(f"- {c['claim']}: paper's own table supports it: {paper_says}; this run: {verdict}{why}")
-    out += ["", "## Sanity checks (Carlini et al. 2019)", ""]
+    out += ["", "## Sanity checks (Carlini et al. 2019)" + (" on the mean over seeds" if several else ""), ""]
     for c in checks:
         out.append(f"- [{'pass' if c['passed'] else 'FAIL'}] {c['check']} -- {c['row']}: {c['detail']}")
     if args.sweep:
-        out += ["", "![epsilon sweep](eps_sweep.png)"]
-    out += ["", "![clean and adversarial test images](adversarial_examples.png)"]
+        out += ["", f"![epsilon sweep{of_seed}](eps_sweep.png)"]
+    out += ["", f"![clean and adversarial test images{of_seed}](adversarial_examples.png)"]
     return "\n".join(out) + "\n"
 
 
-def write_csv(path, family, values, paper):
+def write_csv(path, family, values, spread, paper):
+    """One line per row: this run's values, their spread over seeds (``sd_*``, several seeds
+    only) and the paper's values (``paper_*``)."""
     columns = COLUMNS + evaluate.EXTRA_COLUMNS
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["row"] + list(columns) + [f"paper_{c}" for c in COLUMNS])
-        for row, _, _ in family.rows():
-            w.writerow([row] + [values[row].get(c, "") for c in columns]
-                       + [paper.get(row, {}).get(c, "") for c in COLUMNS])
+    sd_columns = columns if spread else ()
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["row"] + list(columns) + [f"sd_{c}" for c in sd_columns] + [f"paper_{c}" for c in COLUMNS])
+    for row, _, _ in family.rows():
+        w.writerow([row] + [values[row].get(c, "") for c in columns]
+                   + [spread[row].get(c, "") for c in sd_columns]
+                   + [paper.get(row, {}).get(c, "") for c in COLUMNS])
+    write_text(path, f.getvalue())
+
+
+def evaluate_seed(args, bk, family, seed, attack_preset, figures):
+    """Train (or load) and evaluate every model for ``seed``; with ``figures``, also the epsilon
+    sweep and the adversarial grid. Returns the run's record and the sweep."""
+    splits = experiments.load_splits(bk, args.dataset, args.data_dir, seed)
+    if args.limit_train:
+        splits["train"] = tuple(a[:args.limit_train] for a in splits["train"])
+    x, y = splits["test"]
+    if args.limit_eval:
+        x, y = x[:args.limit_eval], y[:args.limit_eval]
+    images = x.reshape((len(x),) + evaluate.IMAGE_SHAPES[args.dataset])
+    models, surrogate, how = models_for(args, bk, family, splits, seed)
+    settings = evaluate.Settings(attack_preset, draws=args.draws, eot_draws=args.eot_draws,
+                                 batch_size=args.attack_batch, lbfgs_batch=args.lbfgs_batch, seed=seed)
+    rows, own = evaluate.robustness_table(models, surrogate, images, y, settings)
+    run = {"seed": seed, "test_images": int(len(y)), "models": how, "cells": rows,
+           "values": evaluate.table_values(rows), "surrogate": own,
+           "sigma": {row: sigma_summary(model) for row, model in models.items()}}
+    sweep = {}
+    if figures and args.sweep:
+        print("epsilon sweep")
+        sweep = evaluate.epsilon_sweep(models, images, y, attack_preset["sweep"], steps=args.sweep_steps,
+                                       draws=args.draws, batch_size=args.attack_batch)
+        evaluate.plot_sweep(sweep, os.path.join(args.out, "eps_sweep.png"), f"({args.dataset})")
+    if figures:
+        shown = {r: models[r] for r in dict.fromkeys([next(iter(models)), next(reversed(models))])}
+        adversarial, predictions = evaluate.adversarial_examples(shown, images, y, settings)
+        count = len(predictions["clean"])
+        plots.adversarial_grid(bk.to_host(images[:count]), adversarial,
+                               os.path.join(args.out, "adversarial_examples.png"), predictions,
+                               labels=bk.to_host(y[:count]),
+                               title=f"{args.dataset}: FGSM eps {attack_preset['fgsm']['eps']:.3f}, PGD eps "
+                                     f"{attack_preset['pgd']['eps']:.3f} (pixel units); pred by the row's model")
+    return run, sweep
 
 
 def main(argv=None):
     args = parse(argv)
     family = evaluate.get_family(args.family, args.dataset)
     attack_preset = preset(args.dataset)
-    bk = get_backend(args.backend, "float32", args.seed, args.kernels)
-    splits = experiments.load_splits(bk, args.dataset, args.data_dir, args.seed)
-    if args.train_limit:
-        splits["train"] = tuple(a[:args.train_limit] for a in splits["train"])
-    x, y = splits["test"]
-    if args.limit:
-        x, y = x[:args.limit], y[:args.limit]
-    images = x.reshape((len(x),) + evaluate.IMAGE_SHAPES[args.dataset])
-    os.makedirs(args.out, exist_ok=True)
+    bk = get_backend(args.backend, "float32", args.seed[0], args.kernels)
     t0 = time.perf_counter()
-    models, surrogate, how = models_for(args, bk, family, splits)
-    settings = evaluate.Settings(attack_preset, draws=args.draws, eot_draws=args.eot_draws,
-                                 batch_size=args.attack_batch, lbfgs_batch=args.lbfgs_batch, seed=args.seed)
-    rows, own = evaluate.robustness_table(models, surrogate, images, y, settings)
-    values = evaluate.table_values(rows)
-    sweep = {}
-    if args.sweep:
-        print("epsilon sweep")
-        sweep = evaluate.epsilon_sweep(models, images, y, attack_preset["sweep"], steps=args.sweep_steps,
-                                       draws=args.draws, batch_size=args.attack_batch)
-        evaluate.plot_sweep(sweep, os.path.join(args.out, "eps_sweep.png"), f"({args.dataset})")
-    shown = {r: models[r] for r in dict.fromkeys([next(iter(models)), next(reversed(models))])}
-    adversarial, predictions = evaluate.adversarial_examples(shown, images, y, settings)
-    shown_count = len(predictions["clean"])
-    plots.adversarial_grid(bk.to_host(images[:shown_count]), adversarial,
-                           os.path.join(args.out, "adversarial_examples.png"), predictions,
-                           labels=bk.to_host(y[:shown_count]),
-                           title=f"{args.dataset}: FGSM eps {attack_preset['fgsm']['eps']:.3f}, PGD eps "
-                                 f"{attack_preset['pgd']['eps']:.3f} (pixel units); pred by the row's model")
+    runs, sweep = [], {}
+    for i, seed in enumerate(args.seed):
+        run, seed_sweep = evaluate_seed(args, bk, family, seed, attack_preset, figures=i == 0)
+        runs.append(run)
+        sweep = sweep or seed_sweep
+    values, spread = over_seeds(runs)
     checks = evaluate.sanity_checks(values, sweep)
     caption, paper = paper_rows(args.family)
-    claims = check_claims(args.family, values, int(len(y)))
-    meta = {"dataset": args.dataset, "family": args.family, "seed": args.seed, "test_images": int(len(y)),
-            "models": how, "draws": args.draws, "eot_draws": args.eot_draws, "preset": attack_preset,
-            "lbfgs_batch": args.lbfgs_batch, "surrogate": SURROGATE_NAMES[args.dataset],
-            "sigma": {row: sigma_summary(model) for row, model in models.items()},
+    claims = check_claims(args.family, values, runs[0]["test_images"],
+                          seeds=[r["values"] for r in runs] if len(runs) > 1 else ())
+    meta = {"dataset": args.dataset, "family": args.family, "seeds": list(args.seed),
+            "test_images": runs[0]["test_images"], "draws": args.draws, "eot_draws": args.eot_draws,
+            "preset": attack_preset, "lbfgs_batch": args.lbfgs_batch, "surrogate": SURROGATE_NAMES[args.dataset],
             "seconds": time.perf_counter() - t0}
-    text = markdown(args, family, values, rows, own, claims, checks, caption, paper, meta)
-    with open(os.path.join(args.out, "robustness.md"), "w") as f:
-        f.write(text)
-    write_csv(os.path.join(args.out, "robustness.csv"), family, values, paper)
+    text = markdown(args, family, values, spread, runs, claims, checks, caption, paper, meta)
+    write_text(os.path.join(args.out, "robustness.md"), text)
+    write_csv(os.path.join(args.out, "robustness.csv"), family, values, spread, paper)
     write_json(os.path.join(args.out, "robustness.json"),
-               {"meta": meta, "cells": rows, "values": values, "surrogate": own,
+               {"meta": meta, "values": values, "spread": spread, "runs": runs,
                 "paper": {"caption": caption, "rows": paper}, "claims": claims,
                 "sanity_checks": checks, "sweep": sweep}, indent=1)
     print(text)
-    return {"values": values, "claims": claims, "checks": checks}
+    print(f"total time {time.perf_counter() - t0:.0f} s")
+    return {"values": values, "spread": spread, "claims": claims, "checks": checks}
 
 
 if __name__ == "__main__":
-    main()
+    experiments.cli(main)

@@ -20,51 +20,66 @@ from manualbp.data import cifar10, mnist
 from manualbp.model import evaluating
 from manualbp.plots import saliency_grid
 from manualbp.saliency import smoothgrad
-from manualbp.train import Trainer
 
 #: family (of manualbp.evaluate.FAMILIES) -> default dataset
 DATASETS = {"mlp": "fashion-mnist", "cnn": "fashion-mnist", "resnet18": "cifar10",
             "resnet34": "tiny-imagenet"}
 
 
+#: Test images searched for ones every model classifies correctly (at most; see --limit-eval).
+CANDIDATES = 1000
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=experiments.HELP_FORMAT)
     p.add_argument("--family", choices=list(DATASETS), default="mlp")
     p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="MLP only")
     p.add_argument("--checkpoints", default=None, help="directory of the training example's checkpoints")
     p.add_argument("--dataset", choices=list(experiments.SPLITS), default=None,
                    help="default: fashion-mnist (mlp, cnn), cifar10 (resnet18), tiny-imagenet (resnet34)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
+    p.add_argument("--images", type=int, default=4, help="test images shown")
     p.add_argument("--samples", type=int, default=25, help="noisy copies per image (n of Eq. 8)")
     p.add_argument("--noise", type=float, default=0.15, help="noise level relative to the image range")
     p.add_argument("--epochs", type=int, default=2, help="training epochs where no checkpoint exists")
-    p.add_argument("--limit-batches", type=int, default=None, help="batches per training epoch")
     experiments.add_backend_arguments(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/saliency")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, training and the noisy copies")
+    p.add_argument("--out", default="runs/saliency", help="folder of saliency.png and saliency.json")
+    experiments.add_quick_run_arguments(p, evaluation=f"test images searched (at most {CANDIDATES})")
     args = p.parse_args(argv)
     args.dataset = args.dataset or DATASETS[args.family]
+    check(args)
     return args
 
 
+def check(args):
+    """Refuse bad flags before any work (one line each, see :func:`manualbp.experiments.cli`)."""
+    require = experiments.require
+    experiments.check_at_least_one(args, "images", "samples", "epochs", "limit_batches", "limit_train",
+                                   "limit_eval")
+    require(args, args.seed >= 0, "seed", "a non-negative integer")
+    require(args, experiments.finite(args.noise) and args.noise >= 0, "noise", "a non-negative finite number")
+    try:
+        evaluate.get_family(args.family, args.dataset)
+    except ValueError as err:
+        raise experiments.SettingError(f"--dataset {args.dataset!r}: {err}") from None
+    experiments.check_out(args)
+
+
 def load_or_train(bk, args, variant, splits):
-    """The trained model of ``variant``: from its checkpoint if there is one, else trained now."""
-    bk.seed([args.seed, 0xC0DE])
-    model = evaluate.FAMILIES[args.family].build(bk, variant, args.activation)
+    """The trained model of ``variant``: from its checkpoint if there is one, else trained now
+    with the dataset's Table 1 set-up."""
+    family = evaluate.FAMILIES[args.family]
+    build = lambda b: family.build(b, variant, args.activation)  # noqa: E731
     file = experiments.checkpoint_name(variant, args.activation if args.family == "mlp" else None)
     name = file[:-len(".npz")]
     path = os.path.join(args.checkpoints, file) if args.checkpoints else None
     if path and os.path.exists(path):
-        evaluate.load_model(model, path)
         print(f"{name}: loaded {path}")
-        return model
+        return evaluate.load_model(build(bk), path)
     print(f"{name}: no checkpoint, training {args.epochs} epoch(s)")
-    optimizers, schedule = experiments.make_optimizers(model)
-    trainer = Trainer(model, optimizers, schedule, seed=args.seed, limit_batches=args.limit_batches,
-                      progress=False)
-    trainer.fit(splits, args.epochs, log=None)
-    return model
+    return evaluate.train_model(bk, build, splits, args.epochs, args.seed, experiments.table1(args.dataset),
+                                log=None, limit_batches=args.limit_batches)
 
 
 def pick_images(models, x, y, count):
@@ -84,17 +99,17 @@ def main(argv=None):
     args = parse_args(argv)
     bk = get_backend(args.backend, "float32", args.seed, args.kernels)
     splits = experiments.load_splits(bk, args.dataset, args.data_dir, args.seed)
-    family = evaluate.FAMILIES[args.family]
-    variants = family.variants
-    shape = family.build(bk, variants[0], args.activation).input_shape
-    splits = {k: (x.reshape((-1,) + shape), y) for k, (x, y) in splits.items()}   # flat MNIST rows
-    models = {v.upper(): load_or_train(bk, args, v, splits) for v in variants}
+    if args.limit_train:
+        splits["train"] = tuple(a[:args.limit_train] for a in splits["train"])
+    models = {v.upper(): load_or_train(bk, args, v, splits) for v in evaluate.FAMILIES[args.family].variants}
+    shape = next(iter(models.values())).input_shape
+    count = min(CANDIDATES, args.limit_eval or CANDIDATES)
     x_test, y_test = splits["test"]
-    index, correct = pick_images(models, x_test[:1000], y_test[:1000], args.images)
+    x_test, y_test = x_test[:count].reshape((-1,) + tuple(shape)), y_test[:count]
+    index, correct = pick_images(models, x_test, y_test, args.images)
     x, y = x_test[index], y_test[index]
     maps = {label: smoothgrad(model, x, y, args.samples, args.noise, seed=args.seed)[0]
             for label, model in models.items()}
-    os.makedirs(args.out, exist_ok=True)
     classes = {**mnist.CLASSES, "cifar10": cifar10.CLASSES}.get(args.dataset)
     names = [classes[c] if classes else f"class {c}" for c in map(int, bk.to_host(y))]
     path = saliency_grid(x, maps, os.path.join(args.out, "saliency.png"), names=names)
@@ -107,4 +122,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    experiments.cli(main)

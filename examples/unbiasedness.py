@@ -11,16 +11,15 @@ OUT/unbiasedness.png (means with confidence intervals; variance per draw).
 import argparse
 import os
 
-from manualbp import get_backend
-from manualbp.checkpoint import write_json
-from manualbp.experiments import add_backend_arguments
+from manualbp import experiments, get_backend
+from manualbp.checkpoint import write_json, write_text
 from manualbp.estimators import compare_estimators, small_problem
 from manualbp.plots import estimator_comparison
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/unbiasedness")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=experiments.HELP_FORMAT)
+    p.add_argument("--out", default="runs/unbiasedness", help="folder of the table, JSON and figure")
     p.add_argument("--draws", type=int, default=100000, help="noise draws per estimator")
     p.add_argument("--group-size", type=int, default=1000, help="draws per forward pass")
     p.add_argument("--family", choices=["mlp", "cnn"], default="mlp",
@@ -30,9 +29,25 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=4, help="inputs in the batch")
     p.add_argument("--h", type=float, default=1e-3, help="finite-difference step")
     p.add_argument("--level", type=float, default=0.99, help="confidence level")
-    p.add_argument("--seed", type=int, default=0)
-    add_backend_arguments(p)
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise levels and the draws")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    experiments.add_backend_arguments(p)
+    args = p.parse_args(argv)
+    check(args)
+    return args
+
+
+def check(args):
+    """Refuse bad flags before any work (one line each, see :func:`manualbp.experiments.cli`)."""
+    require = experiments.require
+    experiments.check_at_least_one(args, "draws", "group_size", "samples")
+    require(args, args.seed >= 0, "seed", "a non-negative integer")
+    require(args, experiments.finite(args.h) and args.h > 0, "h", "a positive finite number")
+    require(args, experiments.finite(args.level) and 0 < args.level < 1, "level", "a number in (0, 1)")
+    sizes = args.sizes.split(",")
+    require(args, len(sizes) >= 2 and all(s.strip().isdigit() and int(s) >= 1 for s in sizes), "sizes",
+            "two or more positive integers separated by commas, e.g. 8,6,4,3")
+    experiments.check_out(args)
 
 
 def markdown(result, args):
@@ -62,10 +77,8 @@ def main(argv=None):
     sizes = tuple(int(s) for s in args.sizes.split(","))
     model, x, y = small_problem(bk, args.family, sizes, args.activation, args.samples)
     result = compare_estimators(model, x, y, args.draws, args.group_size, args.h, args.seed, args.level)
-    os.makedirs(args.out, exist_ok=True)
     table = markdown(result, args)
-    with open(os.path.join(args.out, "unbiasedness.md"), "w") as f:
-        f.write(table)
+    write_text(os.path.join(args.out, "unbiasedness.md"), table)
     write_json(os.path.join(args.out, "unbiasedness.json"),
                {"settings": vars(args), "level": result["level"], "rows": result["rows"],
                 "estimates": {m: e.to_dict(args.level) for m, e in result["estimates"].items()}})
@@ -76,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    experiments.cli(main)

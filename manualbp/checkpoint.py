@@ -58,8 +58,13 @@ def json_safe(value):
 
 def write_json(path, value, indent=2):
     """Write ``value`` as valid JSON (non-finite floats as ``null``) to ``path`` atomically."""
-    text = json.dumps(json_safe(value), indent=indent, allow_nan=False).encode()
-    write_atomically(path, lambda f: f.write(text))
+    write_text(path, json.dumps(json_safe(value), indent=indent, allow_nan=False))
+
+
+def write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    data = text.encode()
+    write_atomically(path, lambda f: f.write(data))
 
 
 def remove_temporary_files(directory):

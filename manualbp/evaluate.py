@@ -134,16 +134,16 @@ def load_model(model, path):
     return model.eval()
 
 
-def train_model(bk, build, splits, epochs, seed, options, path=None, log=print):
+def train_model(bk, build, splits, epochs, seed, options, path=None, log=print, limit_batches=None):
     """Build (initialised as the example scripts do) and train for ``epochs`` with the Table 1
-    ``options`` on ``splits`` (reshaped to the model's input); writes a checkpoint to ``path``
-    when given."""
+    ``options`` on ``splits`` (reshaped to the model's input), on at most ``limit_batches``
+    batches per epoch; writes a checkpoint to ``path`` when given."""
     bk.seed([seed, 0xC0DE])
     model = build(bk)
     splits = {name: (as_input(model, x), y) for name, (x, y) in splits.items()}
     optimizers, schedule = make_optimizers(model, **options)
     trainer = Trainer(model, optimizers, schedule, batch_size=options.get("batch_size", 128),
-                      seed=seed, progress=False)
+                      seed=seed, limit_batches=limit_batches, progress=False)
     trainer.fit(splits, epochs, checkpoint_path=path, log=log)
     return model
 

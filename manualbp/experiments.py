@@ -33,6 +33,11 @@ LOADERS = {"mnist": partial(load_mnist, "mnist"), "fashion-mnist": partial(load_
            "cifar10": load_cifar10, "tiny-imagenet": load_tiny_imagenet}
 
 
+def table1(dataset):
+    """The Table 1 training set-up of ``dataset`` (Fashion-MNIST takes MNIST's)."""
+    return dict(PRESETS["mnist" if dataset == "fashion-mnist" else dataset])
+
+
 def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=None,
                     decay_every=None, decay_gamma=1.0, sigma_lr=1e-3, sigma_update="eq7", **_):
     """The weights' optimiser (Table 1) and, for learned noise, the noise-level optimiser.
@@ -170,15 +175,22 @@ def add_arguments(parser, variants, activations=None, preset="mnist", datasets=(
                         help="working precision")
     parser.add_argument("--out", default=out or "runs/" + preset,
                         help="folder of metrics.json, the figures and checkpoints/")
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoints in OUT")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train again a variant whose finished results are already in OUT")
+    return add_quick_run_arguments(parser)
+
+
+def add_quick_run_arguments(parser, evaluation="validation and test images"):
+    """The quick-run flags every script shares (``--limit-batches``, ``--limit-train``,
+    ``--limit-eval``), ``--no-progress`` and ``--debug``; ``evaluation`` names what
+    ``--limit-eval`` limits."""
     parser.add_argument("--limit-batches", type=int, default=None,
                         help="train on only this many batches per epoch (quick runs)")
     parser.add_argument("--limit-train", type=int, default=None,
                         help="train on only the first this many training images (quick runs)")
     parser.add_argument("--limit-eval", type=int, default=None,
-                        help="evaluate on only this many validation and test images (quick runs)")
-    parser.add_argument("--resume", action="store_true", help="continue from checkpoints in OUT")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="train again a variant whose finished results are already in OUT")
+                        help=f"evaluate on only this many {evaluation} (quick runs)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars (they are off when output is not a terminal)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -189,36 +201,50 @@ class SettingError(ValueError):
     """A flag has a value the run cannot use: refused before any work."""
 
 
-def check_arguments(args):
-    """Refuse bad flags before any work, with one line naming the flag, its value and what is
-    expected; check that ``--out`` can be written."""
-    def expect(ok, flag, expected):
-        if not ok:
-            raise SettingError(f"--{flag.replace('_', '-')} {getattr(args, flag)!r}: expected {expected}")
+def require(args, ok, flag, expected):
+    """Refuse ``--flag`` unless ``ok``: a :class:`SettingError` naming the flag, its value and
+    what is ``expected``."""
+    if not ok:
+        raise SettingError(f"--{flag.replace('_', '-')} {getattr(args, flag)!r}: expected {expected}")
 
-    def finite(value):
-        return isinstance(value, (int, float)) and math.isfinite(value)
 
-    expect(args.epochs >= 1, "epochs", "at least 1")
-    expect(args.batch_size >= 1, "batch_size", "at least 1")
-    expect(args.seed >= 0, "seed", "a non-negative integer")
-    for flag in ("lr", "sigma_lr"):
-        expect(finite(getattr(args, flag)) and getattr(args, flag) > 0, flag, "a positive finite number")
-    expect(finite(args.weight_decay) and args.weight_decay >= 0, "weight_decay", "a non-negative finite number")
-    expect(args.decay_every is None or args.decay_every >= 1, "decay_every", "at least 1")
-    expect(finite(args.decay_gamma) and 0 < args.decay_gamma <= 1, "decay_gamma", "a number in (0, 1]")
-    expect(args.momentum is None or args.optimizer == "sgd", "momentum", "no value with --optimizer adam")
-    expect(args.momentum is None or (finite(args.momentum) and 0 <= args.momentum < 1), "momentum",
-           "a number in [0, 1)")
-    for flag in ("limit_batches", "limit_train", "limit_eval", "width", "eval_batch_size"):
+def finite(value):
+    """Whether ``value`` is a finite int or float."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_at_least_one(args, *flags):
+    """Each of ``flags`` that is set (not ``None``) is at least 1."""
+    for flag in flags:
         if getattr(args, flag, None) is not None:
-            expect(getattr(args, flag) >= 1, flag, "at least 1")
+            require(args, getattr(args, flag) >= 1, flag, "at least 1")
+
+
+def check_out(args):
+    """``--out`` exists or can be made, and a file can be written there."""
     try:
         os.makedirs(args.out, exist_ok=True)
         checkpoint.write_atomically(os.path.join(args.out, ".write-test"), lambda f: f.write(b""))
         os.remove(os.path.join(args.out, ".write-test"))
     except OSError as err:
         raise SettingError(f"--out {args.out!r}: cannot write there ({err.strerror or err})") from None
+
+
+def check_arguments(args):
+    """Refuse bad training flags before any work, with one line naming the flag, its value and
+    what is expected; check that ``--out`` can be written."""
+    require(args, args.seed >= 0, "seed", "a non-negative integer")
+    for flag in ("lr", "sigma_lr"):
+        require(args, finite(getattr(args, flag)) and getattr(args, flag) > 0, flag, "a positive finite number")
+    require(args, finite(args.weight_decay) and args.weight_decay >= 0, "weight_decay",
+            "a non-negative finite number")
+    require(args, finite(args.decay_gamma) and 0 < args.decay_gamma <= 1, "decay_gamma", "a number in (0, 1]")
+    require(args, args.momentum is None or args.optimizer == "sgd", "momentum", "no value with --optimizer adam")
+    require(args, args.momentum is None or (finite(args.momentum) and 0 <= args.momentum < 1), "momentum",
+            "a number in [0, 1)")
+    check_at_least_one(args, "epochs", "batch_size", "decay_every", "limit_batches", "limit_train", "limit_eval",
+                       "width", "eval_batch_size")
+    check_out(args)
 
 
 def cli(main):

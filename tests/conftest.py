@@ -132,3 +132,39 @@ def requirements():
     """The helpers behind the optional-dependency fixtures, for testing them directly."""
     return SimpleNamespace(torch=require_torch, jax=require_jax, fashion_mnist=require_fashion_mnist,
                            fashion_mnist_dir=FASHION_MNIST_DIR)
+
+
+def _import_example(name):
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def load_example():
+    """``load_example(name)``: the script ``examples/<name>.py`` imported as a module (its
+    ``main(argv)`` callable)."""
+    return _import_example
+
+
+@pytest.fixture
+def tiny_mnist(monkeypatch):
+    """A tiny MNIST-like data set in place of the real one for every script: 784-pixel rows
+    labelled by a learnable rule, 64 training, 32 validation and 96 test images. Returns the list
+    of datasets loaded (empty when a script refused its flags before any work)."""
+    import numpy as np
+
+    from manualbp import experiments
+    loads = []
+
+    def tiny_splits(bk, dataset, data_dir=None, seed=0):
+        loads.append(dataset)
+        x = np.random.default_rng(seed).random((192, 784))
+        y = (x[:, :392].sum(1) > x[:, 392:].sum(1)).astype("int64")
+        return {k: (bk.asarray(x[s]), bk.asarray(y[s], dtype="int64"))
+                for k, s in (("train", slice(0, 64)), ("val", slice(64, 96)), ("test", slice(96, 192)))}
+
+    monkeypatch.setattr(experiments, "load_splits", tiny_splits)
+    return loads

@@ -347,19 +347,9 @@ def test_random_crop_flip_rejects_non_images(bk32):
 
 # --- the example scripts, end to end on small archives ------------------------------------------
 
-def load_example(name):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("example, dataset, variant", [
     ("cifar10_resnet18", "cifar10", "all"), ("tinyimagenet_resnet34", "tiny-imagenet", "resnet34-an")])
-def test_example_smoke(tmp_path, monkeypatch, example, dataset, variant):
+def test_example_smoke(tmp_path, monkeypatch, load_example, example, dataset, variant):
     """Each example, one epoch of at most 2 batches of a base-width-4 ResNet on random-looking images."""
     import json
     data = tmp_path / "data"
@@ -387,7 +377,7 @@ def test_example_smoke(tmp_path, monkeypatch, example, dataset, variant):
     assert metrics["results"][-1]["eval_noise_default"] is False
 
 
-def test_example_presets_follow_table_1():
+def test_example_presets_follow_table_1(load_example):
     cifar = load_example("cifar10_resnet18")
     tiny = load_example("tinyimagenet_resnet34")
     import argparse

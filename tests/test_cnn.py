@@ -9,7 +9,7 @@ import pytest
 
 from manualbp import get_backend, held_noise, named_eps
 from manualbp.gradcheck import check_gradients, directional_check
-from manualbp.layers import Conv2d, GaussianNoise, MaxPool2d, SoftmaxCrossEntropy
+from manualbp.layers import GaussianNoise, SoftmaxCrossEntropy
 from manualbp.optim import Adam, is_noise_level, noise_level_optimizer
 from manualbp.kernels.containers import SequentialKernel
 from manualbp.layers.base import backward_chain

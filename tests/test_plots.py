@@ -1,6 +1,5 @@
 """Figures are written, non-empty and of the expected pixel size; SmoothGrad (Eq. 8) computes what
 it says; the experiment runner writes its figures."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -140,21 +139,9 @@ def test_adversarial_grid_with_inline_fgsm(tmp_path):
 
 
 @pytest.fixture
-def saliency_example(monkeypatch):
+def saliency_example(tiny_mnist, load_example):
     """examples/saliency.py with a tiny flat (MNIST-like) data set in place of the real one."""
-    def tiny_splits(bk, dataset, data_dir=None, seed=0):
-        gen = np.random.default_rng(seed)
-        x = gen.random((96, 784))
-        y = (x[:, :392].sum(1) > x[:, 392:].sum(1)).astype("int64")  # a learnable rule
-        return {k: (bk.asarray(x[s]), bk.asarray(y[s], dtype="int64"))
-                for k, s in (("train", slice(0, 64)), ("val", slice(64, 80)), ("test", slice(64, 96)))}
-
-    monkeypatch.setattr(experiments, "load_splits", tiny_splits)
-    spec = importlib.util.spec_from_file_location(
-        "saliency_example", Path(__file__).resolve().parents[1] / "examples" / "saliency.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    return example
+    return load_example("saliency")
 
 
 def test_saliency_example_trains_when_there_is_no_checkpoint(tmp_path, saliency_example):

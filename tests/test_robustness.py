@@ -153,6 +153,24 @@ def test_a_claim_is_decided_only_beyond_its_uncertainty():
     assert claim.check({"mlpn": {"pgd": 0.40}, "mlp+": {"pgd": 0.55}}, images=10000)[0] is False
 
 
+def test_a_claim_over_seeds_counts_their_spread():
+    """The same mean difference of 0.05 on 10,000 images: decided when three seeds agree, not
+    when they scatter (differences 0.15, -0.05, 0.05: standard error 0.058 of the mean); one
+    seed adds nothing."""
+    from manualbp.attacks.published import Claim
+    claim = Claim("MLPN beats MLP+", (("mlpn", "mlp+"),), ("pgd",))
+    rows = {"mlpn": {"pgd": 0.60}, "mlp+": {"pgd": 0.55}}
+
+    def seeds(*diffs):
+        return [{"mlpn": {"pgd": 0.55 + d}, "mlp+": {"pgd": 0.55}} for d in diffs]
+
+    assert claim.check(rows, 10000, seeds(0.049, 0.05, 0.051)) == (True, [])
+    verdict, notes = claim.check(rows, 10000, seeds(0.15, -0.05, 0.05))
+    assert verdict == "undecided" and "+-0.114" in notes[0]
+    assert claim.check(rows, 10000, seeds(0.05)) == claim.check(rows, 10000)
+    assert check_claims("mlp", {}, 100, seeds(0.0, 0.1))[0]["run"] is None
+
+
 def test_sanity_checks_flag_what_they_should():
     sweep = {"good": {"eps": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.2, 0.0]},
              "bad": {"eps": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.5, 0.6]}}
@@ -180,7 +198,7 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
     """The whole script on real Fashion-MNIST, tiny: 1 epoch on 2,000 images, 200 test images."""
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "examples" / "robustness_table.py"), "--family", "mlp",
-           "--dataset", "fashion-mnist", "--epochs", "1", "--train-limit", "2000", "--limit", "200",
+           "--dataset", "fashion-mnist", "--epochs", "1", "--limit-train", "2000", "--limit-eval", "200",
            "--draws", "2", "--eot-draws", "2", "--sweep-steps", "3", "--seed", "0", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -203,6 +221,52 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
 
 def test_robustness_table_loads_checkpoints_and_refuses_missing_ones(tmp_path, fashion_mnist):
     cmd = [sys.executable, str(ROOT / "examples" / "robustness_table.py"), "--family", "mlp",
-           "--checkpoints", str(tmp_path), "--limit", "10", "--out", str(tmp_path / "out")]
+           "--checkpoints", str(tmp_path), "--limit-eval", "10", "--out", str(tmp_path / "out")]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
     assert done.returncode != 0 and "mlp-relu.npz not found" in done.stderr
+
+
+def test_robustness_table_over_seeds_reports_mean_and_spread(tmp_path, tiny_mnist, load_example):
+    """Two seeds, each training every MLP variant and the surrogate: the table holds the mean
+    over seeds, the spread, each seed's run, and a claim decided with both uncertainties."""
+    table = load_example("robustness_table")
+    out = tmp_path / "run"
+    result = table.main(["--epochs", "1", "--limit-train", "32", "--limit-eval", "24", "--draws", "1",
+                         "--eot-draws", "1", "--no-sweep", "--attack-batch", "24", "--lbfgs-batch", "24",
+                         "--seed", "3", "4", "--out", str(out), "--no-progress"])
+    assert tiny_mnist == ["fashion-mnist", "fashion-mnist"]                 # one split per seed
+    saved = json.loads((out / "robustness.json").read_text())
+    assert [r["seed"] for r in saved["runs"]] == [3, 4] and saved["meta"]["seeds"] == [3, 4]
+    for row, values in saved["values"].items():
+        per_seed = [r["values"][row]["ori"] for r in saved["runs"]]
+        assert values["ori"] == pytest.approx(np.mean(per_seed))
+        assert saved["spread"][row]["ori"] == pytest.approx(np.std(per_seed, ddof=1))
+    for seed in (3, 4):
+        assert (out / f"seed-{seed}" / "checkpoints" / "mlpn-relu.npz").is_file()
+    text = (out / "robustness.md").read_text()
+    assert "seeds 3, 4" in text and " ± " in text and "and the spread over the 2 seeds" in text
+    header = next(csv.reader((out / "robustness.csv").open()))
+    assert "sd_ori" in header and "paper_ori" in header
+    assert {c["claim"] for c in result["claims"]} == {c["claim"] for c in saved["claims"]}
+    assert not list(out.glob("**/.tmp*"))
+
+
+@pytest.mark.parametrize("script, flags, words", [
+    ("robustness_table", ["--draws", "0"], "--draws 0: expected at least 1"),
+    ("robustness_table", ["--limit-eval", "0"], "--limit-eval 0: expected at least 1"),
+    ("robustness_table", ["--seed", "1", "1"], r"--seed \[1, 1\]: expected distinct seeds"),
+    ("robustness_table", ["--seed", "-2"], r"--seed \[-2\]: expected non-negative integers"),
+    ("robustness_table", ["--family", "resnet18"], "--family 'resnet18': family 'resnet18' is evaluated on "
+                                                   "cifar10, not 'fashion-mnist'"),
+    ("saliency", ["--samples", "0"], "--samples 0: expected at least 1"),
+    ("saliency", ["--noise", "nan"], "--noise nan: expected a non-negative finite number"),
+    ("unbiasedness", ["--level", "1"], r"--level 1.0: expected a number in \(0, 1\)"),
+    ("unbiasedness", ["--sizes", "8,x"], "--sizes '8,x': expected two or more positive integers"),
+    ("unbiasedness", ["--draws", "0"], "--draws 0: expected at least 1"),
+])
+def test_every_script_refuses_bad_flags_before_any_work(tmp_path, tiny_mnist, load_example, script, flags,
+                                                        words):
+    from manualbp.experiments import SettingError
+    with pytest.raises(SettingError, match=words):
+        load_example(script).main(["--out", str(tmp_path / "out"), *flags])
+    assert tiny_mnist == []

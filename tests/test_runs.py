@@ -16,21 +16,6 @@ from manualbp.checkpoint import CheckpointError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def tiny_data(monkeypatch):
-    """Random 784-pixel rows in place of MNIST; counts the loads (work done)."""
-    loads = []
-
-    def tiny_splits(bk, dataset, data_dir=None, seed=0):
-        loads.append(dataset)
-        gen = np.random.default_rng(seed)
-        return {k: (bk.asarray(gen.random((n, 784))), bk.asarray(gen.integers(0, 10, n), dtype="int64"))
-                for k, n in (("train", 64), ("val", 32), ("test", 96))}
-
-    monkeypatch.setattr(experiments, "load_splits", tiny_splits)
-    return loads
-
-
 def run(out, *flags, variant="mlpn"):
     args = experiments.parser("t", zoo.MLP_VARIANTS, ("relu", "sigmoid")).parse_args(
         ["--variant", variant, "--activation", "relu", "--epochs", "1", "--batch-size", "32",
@@ -43,12 +28,12 @@ def accuracies(metrics, variant="mlpn"):
     return [entry[k] for k in ("test_accuracy", "test_accuracy_noise_on", "test_accuracy_noise_off")]
 
 
-def test_a_finished_variant_resumed_reports_the_same_accuracies(tmp_path, tiny_data):
+def test_a_finished_variant_resumed_reports_the_same_accuracies(tmp_path, tiny_mnist):
     first = accuracies(run(tmp_path))
     assert accuracies(run(tmp_path, "--resume")) == first
 
 
-def test_checkpoints_record_the_run_and_refuse_another_setting(tmp_path, tiny_data):
+def test_checkpoints_record_the_run_and_refuse_another_setting(tmp_path, tiny_mnist):
     run(tmp_path, "--epochs", "1")
     _, meta = checkpoint.load(str(tmp_path / "checkpoints" / "mlpn-relu.npz"))
     assert {"dataset": "mnist", "variant": "mlpn", "activation": "relu", "optimizer": "adam", "lr": 0.001,
@@ -63,21 +48,21 @@ def test_checkpoints_record_the_run_and_refuse_another_setting(tmp_path, tiny_da
             run(tmp_path, "--resume", "--epochs", "2", *flags)
 
 
-def test_results_are_merged_and_never_silently_replaced(tmp_path, tiny_data):
+def test_results_are_merged_and_never_silently_replaced(tmp_path, tiny_mnist):
     run(tmp_path, variant="mlp")
     merged = run(tmp_path, variant="mlpn")
     assert {r["variant"] for r in merged["results"]} == {"mlp", "mlpn"}
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert {r["variant"] for r in on_disk["results"]} == {"mlp", "mlpn"}
-    loads = len(tiny_data)
+    loads = len(tiny_mnist)
     with pytest.raises(experiments.SettingError, match="already holds the finished results of mlp relu"):
         run(tmp_path, variant="mlp")
-    assert len(tiny_data) == loads                             # refused before any work
+    assert len(tiny_mnist) == loads                             # refused before any work
     again = run(tmp_path, "--overwrite", variant="mlp")
     assert {r["variant"] for r in again["results"]} == {"mlp", "mlpn"}
 
 
-def test_a_failing_write_keeps_the_old_metrics(tmp_path, tiny_data, monkeypatch):
+def test_a_failing_write_keeps_the_old_metrics(tmp_path, tiny_mnist, monkeypatch):
     run(tmp_path, variant="mlp")
     before = (tmp_path / "metrics.json").read_bytes()
 
@@ -95,7 +80,7 @@ def test_a_failing_write_keeps_the_old_metrics(tmp_path, tiny_data, monkeypatch)
     assert not [p for p in tmp_path.rglob(".tmp-*")]
 
 
-def test_orphaned_temporary_files_are_removed(tmp_path, tiny_data):
+def test_orphaned_temporary_files_are_removed(tmp_path, tiny_mnist):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / ".tmp-killed").write_bytes(b"half a checkpoint")
     run(tmp_path)
@@ -116,17 +101,17 @@ def test_orphaned_temporary_files_are_removed(tmp_path, tiny_data):
     (["--optimizer", "sgd", "--momentum", "1.5"], r"--momentum 1.5: expected a number in \[0, 1\)"),
     (["--seed", "-1"], "--seed -1: expected a non-negative integer"),
 ])
-def test_bad_settings_are_refused_before_any_work(tmp_path, tiny_data, flags, words):
+def test_bad_settings_are_refused_before_any_work(tmp_path, tiny_mnist, flags, words):
     with pytest.raises(experiments.SettingError, match=words):
         run(tmp_path, *flags)
-    assert tiny_data == []
+    assert tiny_mnist == []
 
 
-def test_an_unwritable_out_is_refused(tmp_path, tiny_data):
+def test_an_unwritable_out_is_refused(tmp_path, tiny_mnist):
     (tmp_path / "file").write_text("")
     with pytest.raises(experiments.SettingError, match="--out .*cannot write there"):
         run(tmp_path / "file" / "runs")
-    assert tiny_data == []
+    assert tiny_mnist == []
 
 
 def test_a_script_prints_one_line_and_no_traceback(tmp_path):
@@ -177,7 +162,7 @@ def test_bad_input_gets_one_clear_error(tmp_path, monkeypatch):
             verify(["--model", "mlp-relu", *flags])
 
 
-def test_a_nan_loss_stops_training_with_epoch_and_step(tiny_data):
+def test_a_nan_loss_stops_training_with_epoch_and_step(tiny_mnist):
     from manualbp import get_backend
     from manualbp.optim import Adam
     from manualbp.train import Trainer
@@ -192,7 +177,7 @@ def test_a_nan_loss_stops_training_with_epoch_and_step(tiny_data):
         trainer.train_epoch(x, y)
 
 
-def test_every_training_script_takes_the_quick_run_flags(tmp_path, tiny_data):
+def test_every_training_script_takes_the_quick_run_flags(tmp_path, tiny_mnist):
     metrics = run(tmp_path, "--limit-train", "40", "--limit-eval", "16", "--limit-batches", "1")
     assert metrics["split_sizes"] == {"train": 40, "val": 16, "test": 16}
     for flag in ("--limit-train", "--limit-eval", "--limit-batches"):
@@ -209,7 +194,7 @@ def test_json_outputs_stay_valid_json(tmp_path):
     assert json.loads(text) == {"loss": None, "rows": [1.5, None, {"x": None}]}
 
 
-def test_a_one_epoch_run_shows_its_learned_sigma(tmp_path, tiny_data):
+def test_a_one_epoch_run_shows_its_learned_sigma(tmp_path, tiny_mnist):
     """One epoch leaves a single history point: the sigma figure still shows the learned noise,
     known from the result's noise modes rather than from a change between epochs."""
     from manualbp import plots

@@ -1,9 +1,7 @@
 """Theorem 2, numerically: the mean of the pathwise estimates delta * eps (Eq. 3) matches central
 finite differences of E[L] (common random numbers) within its confidence interval, and the
 likelihood-ratio estimator of the same derivative has a much larger variance."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -74,11 +72,8 @@ def test_bad_arguments_are_named():
         estimate_sigma_gradient(zoo.mlp(bk, "mlp+", sizes=(3, 2)), x[:, :3], y % 2)
 
 
-def test_example_writes_table_json_and_figure(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "examples" / "unbiasedness.py"
-    spec = importlib.util.spec_from_file_location("unbiasedness_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+def test_example_writes_table_json_and_figure(tmp_path, load_example):
+    example = load_example("unbiasedness")
     example.main(["--out", str(tmp_path), "--draws", "400", "--group-size", "100"])
     table = (tmp_path / "unbiasedness.md").read_text()
     assert "| fc2.noise.sigma[3] |" in table and "pathwise, Eq. (3)" in table

@@ -54,20 +54,24 @@ class Claim:
     columns: tuple
     strict: bool = True
 
-    def check(self, rows, images=None):
+    def check(self, rows, images=None, seeds=()):
         """``(verdict, notes)`` on ``rows`` (row -> column -> accuracy): ``True`` when every
-        comparison holds, ``False`` when one fails, ``None`` when a value is missing. With
-        ``images`` (the test images behind each accuracy) a comparison is decided only when the
-        difference exceeds ``Z`` standard errors of a difference of two binomial proportions,
-        ``sqrt((a (1 - a) + b (1 - b)) / images)``; a claim with an undecided comparison and no
-        failed one is ``"undecided"``. ``notes`` lists the failed (or undecided) comparisons."""
+        comparison holds, ``False`` when one fails, ``None`` when a value is missing.
+
+        A comparison is decided only when the difference exceeds ``Z`` standard errors. With
+        ``images`` (the test images behind each accuracy) the variance of a difference of two
+        binomial proportions, ``(a (1 - a) + b (1 - b)) / images``, counts; with ``seeds`` (the
+        per-seed ``rows`` whose mean is ``rows``, two or more) so does the variance of the mean
+        difference over training seeds, ``var_s(a_s - b_s) / S``. A claim with an undecided
+        comparison and no failed one is ``"undecided"``. ``notes`` lists the failed (or
+        undecided) comparisons."""
         failures, undecided = [], []
         for better, worse in self.pairs:
             for col in self.columns:
                 a, b = rows.get(better, {}).get(col), rows.get(worse, {}).get(col)
                 if a is None or b is None:
                     return None, [f"{better if a is None else worse}: {col} not measured"]
-                margin = 0.0 if images is None else Z * math.sqrt(max(a * (1 - a) + b * (1 - b), 0) / images)
+                margin = Z * math.sqrt(_binomial_variance(a, b, images) + _seed_variance(seeds, better, worse, col))
                 note = f"{better} {a:.3f} vs {worse} {b:.3f} on {col}"
                 if b - a > margin or (margin == 0 and (a <= b if self.strict else a < b)):
                     failures.append(note)
@@ -76,6 +80,20 @@ class Claim:
         if failures:
             return False, failures
         return ("undecided", undecided) if undecided else (True, [])
+
+
+def _binomial_variance(a, b, images):
+    """Variance of the difference of two accuracies, each over ``images`` test images (0 without)."""
+    return 0.0 if images is None else max(a * (1 - a) + b * (1 - b), 0.0) / images
+
+
+def _seed_variance(seeds, better, worse, col):
+    """Variance of the mean over ``seeds`` of ``better - worse`` on ``col`` (0 for fewer than 2)."""
+    diffs = [s[better][col] - s[worse][col] for s in seeds]
+    if len(diffs) < 2:
+        return 0.0
+    mean = sum(diffs) / len(diffs)
+    return sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)
 
 
 def _per_activation(text, pairs, columns, strict=True):
@@ -129,15 +147,15 @@ def paper_rows(family):
     return caption, {row: dict(zip(COLUMNS, values)) for row, values in rows.items()}
 
 
-def check_claims(family, rows, images=None):
+def check_claims(family, rows, images=None, seeds=()):
     """Each claim of ``family`` checked on the paper's own table and on ``rows`` (this run, on
-    ``images`` test images: see :meth:`Claim.check`): a list of ``{"claim", "paper", "run",
-    "paper_failures", "run_failures"}``."""
+    ``images`` test images, the mean over ``seeds`` when several: see :meth:`Claim.check`): a
+    list of ``{"claim", "paper", "run", "paper_failures", "run_failures"}``."""
     _, published = paper_rows(family)
     out = []
     for claim in CLAIMS[family]:
         paper, paper_fail = claim.check(published)
-        run, run_fail = claim.check(rows, images)
+        run, run_fail = claim.check(rows, images, seeds)
         out.append({"claim": claim.text, "paper": paper, "run": run,
                     "paper_failures": paper_fail, "run_failures": run_fail})
     return out
