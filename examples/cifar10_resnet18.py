@@ -10,11 +10,10 @@ Writes OUT/metrics.json (per variant: test accuracy with noise at evaluation on 
 per-epoch history, seconds per epoch, learned sigma per layer) and prints a table.
 """
 from manualbp import experiments
-from manualbp.zoo import RESNET18_VARIANTS, resnet18
 
 
 def main(argv=None):
-    return experiments.run_resnet(argv, __doc__.split("\n\n")[0], resnet18, RESNET18_VARIANTS, "cifar10")
+    return experiments.main("resnet18", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,10 @@ Writes OUT/metrics.json (per variant: test accuracy with noise at evaluation on 
 per-epoch history, seconds per epoch, learned sigma per layer) and prints a table.
 """
 from manualbp import experiments
-from manualbp.zoo import CNN_VARIANTS, cnn
-
-
-def build(bk, variant, activation=None):
-    # the data come as rows of 784 pixels; the model's first layer makes them 1x28x28 images
-    return cnn(bk, variant, flat_input=True)
 
 
 def main(argv=None):
-    parser = experiments.parser(__doc__.split("\n\n")[0], CNN_VARIANTS, out="runs/mnist-cnn")
-    args = parser.parse_args(argv)
-    return experiments.run(args, build, CNN_VARIANTS)
+    return experiments.main("cnn", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,10 @@ Writes OUT/metrics.json (per variant and activation: test accuracy with noise at
 and off, per-epoch history, seconds per epoch, learned sigma per layer) and prints a table.
 """
 from manualbp import experiments
-from manualbp.zoo import MLP_VARIANTS, mlp
-
-
-def build(bk, variant, activation):
-    return mlp(bk, variant, activation)
 
 
 def main(argv=None):
-    parser = experiments.parser(__doc__.split("\n\n")[0], MLP_VARIANTS, ("relu", "sigmoid"), out="runs/mnist-mlp")
-    args = parser.parse_args(argv)
-    return experiments.run(args, build, MLP_VARIANTS, ("relu", "sigmoid"))
+    return experiments.main("mlp", argv, __doc__)
 
 
 if __name__ == "__main__":

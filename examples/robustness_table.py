@@ -1,18 +1,18 @@
 """The paper's robustness tables (Tables 3-6): every variant of a model family under white-box
 attacks (FGSM, L-BFGS, PGD), natural corruptions and transfer attacks, beside the published
-numbers, with a check of each of the paper's claims, an epsilon sweep and sanity checks.
+numbers, with a check of each of the paper's claims, a budget sweep and sanity checks.
 
     python examples/robustness_table.py --dataset fashion-mnist --family mlp --epochs 5 \
         --limit-eval 1000 --seed 0 1 2 --out runs/robustness
 
 Trains every variant (or loads checkpoints written by the example scripts with
 ``--checkpoints DIR``: ``DIR/checkpoints/<variant>-<activation>.npz``) and the black-box
-surrogate, then writes OUT/robustness.md, .csv, .json, OUT/eps_sweep.png and OUT/adversarial_examples.png
+surrogate, then writes OUT/robustness.md, .csv, .json, OUT/budget_sweep.png and OUT/adversarial_examples.png
 (clean test images above their FGSM and PGD versions for the first and the last variant).
 ``--limit-eval N`` evaluates the first N test images. Several seeds train and evaluate every
 model once per seed (checkpoints under OUT/seed-<s>/, loaded from DIR/seed-<s>/); the table
 shows the mean and the spread over seeds, and a claim is decided only beyond both its binomial
-and its seed uncertainty. Attack settings: Table 2 in pixel units (manualbp.attacks.presets,
+and its seed uncertainty. Attack settings: Table 2 in pixel units (manualbp.datasets,
 docs/robustness.md).
 """
 import argparse
@@ -24,26 +24,24 @@ import time
 
 import numpy as np
 
-from manualbp import evaluate, experiments, get_backend, plots
-from manualbp.attacks import build_surrogate, preset
-from manualbp.attacks.transfer import SURROGATE_TRAINING
+from manualbp import datasets, experiments, get_backend, plots, robustness
+from manualbp.attacks import surrogate_builder, surrogate_training
 from manualbp.attacks.published import COLUMNS, Z, check_claims, paper_rows
 from manualbp.checkpoint import write_json, write_text
 from manualbp.model import sigma_summary
+from manualbp.zoo import FAMILIES, get_family, model_name
 
 HEADERS = {"ori": "Ori", "fgsm": "WB FGSM", "lbfgs": "WB L-BFGS", "pgd": "WB PGD",
            "gaussian_noise": "BB Gaussian", "impulse_noise": "BB Impulse", "glass_blur": "BB Glass Blur",
            "contrast": "BB Contrast", "bb_fgsm": "BB FGSM", "bb_lbfgs": "BB L-BFGS",
            "eot_pgd": "EOT-PGD", "ori_noise_on": "Ori noise on", "ori_noise_off": "Ori noise off",
            "pgd_noise_on": "PGD noise on", "pgd_noise_off": "PGD noise off"}
-SURROGATE_NAMES = {"mnist": "MLP 784-300-150-10 ReLU", "fashion-mnist": "MLP 784-300-150-10 ReLU",
-                   "cifar10": "plain ResNet18, one FC layer", "tiny-imagenet": "plain ResNet34, one FC layer"}
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=experiments.HELP_FORMAT)
-    p.add_argument("--dataset", choices=list(evaluate.IMAGE_SHAPES), default="fashion-mnist")
-    p.add_argument("--family", choices=list(evaluate.FAMILIES), default="mlp")
+    p.add_argument("--dataset", choices=list(datasets.DATASETS), default="fashion-mnist")
+    p.add_argument("--family", choices=list(FAMILIES), default="mlp")
     p.add_argument("--checkpoints", default=None, help="load trained variants from this directory")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: Table 1)")
     p.add_argument("--draws", type=int, default=5, help="noise draws per accuracy of a randomised model")
@@ -51,8 +49,8 @@ def parse(argv=None):
     p.add_argument("--attack-batch", type=int, default=500, help="images per attack call")
     p.add_argument("--lbfgs-batch", type=int, default=128,
                    help="images per L-BFGS objective (the paper's code: test batches of 128)")
-    p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the epsilon sweep")
-    p.add_argument("--sweep-steps", type=int, default=10, help="PGD steps in the epsilon sweep")
+    p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the budget sweep")
+    p.add_argument("--sweep-steps", type=int, default=10, help="PGD steps in the budget sweep")
     experiments.add_backend_arguments(p)
     p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
     p.add_argument("--seed", type=int, nargs="+", default=[0],
@@ -71,7 +69,7 @@ def check(args):
     experiments.require(args, min(args.seed) >= 0, "seed", "non-negative integers")
     experiments.require(args, len(set(args.seed)) == len(args.seed), "seed", "distinct seeds")
     try:
-        evaluate.get_family(args.family, args.dataset)
+        get_family(args.family, args.dataset)
     except ValueError as err:
         raise experiments.SettingError(f"--family {args.family!r}: {err}") from None
     experiments.check_out(args)
@@ -86,32 +84,33 @@ def models_for(args, bk, family, splits, seed):
     """Every variant of ``family`` and the surrogate for ``seed``, loaded from ``--checkpoints``
     or trained (their checkpoints then go to OUT[/seed-<s>]/checkpoints). Returns
     ``(models, surrogate, how)``."""
-    source = evaluate.model_paths(seed_folder(args.checkpoints, args, seed)) if args.checkpoints else None
+    source = checkpoint_folder(seed_folder(args.checkpoints, args, seed)) if args.checkpoints else None
     out = os.path.join(seed_folder(args.out, args, seed), "checkpoints")
+    data = datasets.get_dataset(args.dataset)
+    epochs = {} if args.epochs is None else {"epochs": args.epochs}
 
-    def obtain(label, build, name, options, seed, required):
-        if source and os.path.exists(os.path.join(source, name)):
-            print(f"== {label}: loading {os.path.join(source, name)}")
-            return evaluate.load_model(build(bk), os.path.join(source, name)), "checkpoint"
-        if source and required:
-            raise experiments.SettingError(f"--checkpoints: {os.path.join(source, name)} not found (expected "
-                                           "one checkpoint per variant, named as the example scripts write them)")
-        epochs = options["epochs"] if args.epochs is None else args.epochs
-        print(f"== {label}: training {epochs} epochs (seed {seed})")
-        model = evaluate.train_model(bk, build, splits, epochs, seed, options, os.path.join(out, name),
-                                     limit_batches=args.limit_batches)
-        return model, f"{epochs} epochs"
+    def obtain(build, name, training, seed):
+        return experiments.load_or_train(bk, build, name, splits, {**training, **epochs}, seed, source, out,
+                                         limit_batches=args.limit_batches)
 
-    options = experiments.table1(args.dataset)
     models, how = {}, {}
     for row, variant, activation in family.rows():
-        build = lambda b, v=variant, a=activation: family.build(b, v, a)  # noqa: E731
-        models[row], how[row] = obtain(row, build, experiments.checkpoint_name(variant, activation),
-                                       options, seed, required=True)
-    options.update(SURROGATE_TRAINING.get(args.dataset, {}))
-    surrogate, how["surrogate"] = obtain("black-box surrogate", lambda b: build_surrogate(b, args.dataset),
-                                         "surrogate.npz", options, seed + 1, required=False)
+        name = model_name(variant, activation)
+        if source and not os.path.exists(os.path.join(source, f"{name}.npz")):
+            raise experiments.SettingError(f"--checkpoints: {os.path.join(source, name)}.npz not found (expected "
+                                           "one checkpoint per variant, named as the example scripts write them)")
+        build = lambda b, v=variant, a=activation, **more: family.model(b, v, a, args.dataset, **more)  # noqa: E731
+        models[row], how[row] = obtain(build, name, data.training, seed)
+    surrogate, how["surrogate"] = obtain(surrogate_builder(args.dataset), "surrogate",
+                                         surrogate_training(args.dataset), seed + 1)
     return models, surrogate, how
+
+
+def checkpoint_folder(directory):
+    """Where checkpoints live under ``directory``: ``directory/checkpoints`` if it exists (an
+    example script's ``--out``), else ``directory`` itself."""
+    sub = os.path.join(directory, "checkpoints")
+    return sub if os.path.isdir(sub) else directory
 
 
 def over_seeds(runs):
@@ -131,7 +130,7 @@ def fmt(v, sd=None):
 
 
 def markdown(args, family, values, spread, runs, claims, checks, caption, paper, meta):
-    columns = COLUMNS + evaluate.EXTRA_COLUMNS
+    columns = COLUMNS + robustness.EXTRA_COLUMNS
     act = family.activations != (None,)
     head = ["Model"] + (["Act."] if act else [])
 
@@ -151,7 +150,7 @@ def markdown(args, family, values, spread, runs, claims, checks, caption, paper,
            f"{meta['test_images']} test images, seed{'s' if several else ''} {seeds}, models: "
            f"{first['models'][family.rows()[0][0]]} (surrogate: {first['models']['surrogate']}), "
            f"{args.draws} noise draws per accuracy of a randomised model, EOT over {args.eot_draws} draws. "
-           f"Attack settings (Table 2, pixel units): {json.dumps(meta['preset'])}.", "",
+           f"Attack settings (Table 2, pixel units): {json.dumps(meta['attacks'])}.", "",
            "Evaluated as the paper does (learned noise on, fixed noise off at test time); the last "
            "columns switch noise on / off for every model. Black-box corruption columns: mean over "
            "5 severities. Randomised models: mean accuracy over the draws."
@@ -190,7 +189,7 @@ def markdown(args, family, values, spread, runs, claims, checks, caption, paper,
     for c in checks:
         out.append(f"- [{'pass' if c['passed'] else 'FAIL'}] {c['check']} -- {c['row']}: {c['detail']}")
     if args.sweep:
-        out += ["", f"![epsilon sweep{of_seed}](eps_sweep.png)"]
+        out += ["", f"![budget sweep{of_seed}](budget_sweep.png)"]
     out += ["", f"![clean and adversarial test images{of_seed}](adversarial_examples.png)"]
     return "\n".join(out) + "\n"
 
@@ -198,7 +197,7 @@ def markdown(args, family, values, spread, runs, claims, checks, caption, paper,
 def write_csv(path, family, values, spread, paper):
     """One line per row: this run's values, their spread over seeds (``sd_*``, several seeds
     only) and the paper's values (``paper_*``)."""
-    columns = COLUMNS + evaluate.EXTRA_COLUMNS
+    columns = COLUMNS + robustness.EXTRA_COLUMNS
     sd_columns = columns if spread else ()
     f = io.StringIO(newline="")
     w = csv.writer(f)
@@ -210,60 +209,56 @@ def write_csv(path, family, values, spread, paper):
     write_text(path, f.getvalue())
 
 
-def evaluate_seed(args, bk, family, seed, attack_preset, figures):
-    """Train (or load) and evaluate every model for ``seed``; with ``figures``, also the epsilon
+def evaluate_seed(args, bk, family, seed, figures):
+    """Train (or load) and evaluate every model for ``seed``; with ``figures``, also the budget
     sweep and the adversarial grid. Returns the run's record and the sweep."""
-    splits = experiments.load_splits(bk, args.dataset, args.data_dir, seed)
-    if args.limit_train:
-        splits["train"] = tuple(a[:args.limit_train] for a in splits["train"])
-    x, y = splits["test"]
-    if args.limit_eval:
-        x, y = x[:args.limit_eval], y[:args.limit_eval]
-    images = x.reshape((len(x),) + evaluate.IMAGE_SHAPES[args.dataset])
+    splits = datasets.load_splits(bk, args.dataset, args.data_dir, seed, args.limit_train, args.limit_eval)
+    images, y = splits["test"]
     models, surrogate, how = models_for(args, bk, family, splits, seed)
-    settings = evaluate.Settings(attack_preset, draws=args.draws, eot_draws=args.eot_draws,
-                                 batch_size=args.attack_batch, lbfgs_batch=args.lbfgs_batch, seed=seed)
-    rows, own = evaluate.robustness_table(models, surrogate, images, y, settings)
+    data = datasets.get_dataset(args.dataset)
+    settings = robustness.Settings(data.attacks, data.corruptions, draws=args.draws, eot_draws=args.eot_draws,
+                                   batch_size=args.attack_batch, lbfgs_batch=args.lbfgs_batch, seed=seed)
+    rows, own = robustness.robustness_table(models, surrogate, images, y, settings)
     run = {"seed": seed, "test_images": int(len(y)), "models": how, "cells": rows,
-           "values": evaluate.table_values(rows), "surrogate": own,
+           "values": robustness.table_values(rows), "surrogate": own,
            "sigma": {row: sigma_summary(model) for row, model in models.items()}}
     sweep = {}
     if figures and args.sweep:
-        print("epsilon sweep")
-        sweep = evaluate.epsilon_sweep(models, images, y, attack_preset["sweep"], steps=args.sweep_steps,
-                                       draws=args.draws, batch_size=args.attack_batch)
-        evaluate.plot_sweep(sweep, os.path.join(args.out, "eps_sweep.png"), f"({args.dataset})")
+        print("budget sweep")
+        sweep = robustness.budget_sweep(models, images, y, data.attacks["sweep"], steps=args.sweep_steps,
+                                        draws=args.draws, batch_size=args.attack_batch)
+        plots.budget_sweep(sweep, os.path.join(args.out, "budget_sweep.png"), f"({args.dataset})")
     if figures:
         shown = {r: models[r] for r in dict.fromkeys([next(iter(models)), next(reversed(models))])}
-        adversarial, predictions = evaluate.adversarial_examples(shown, images, y, settings)
+        adversarial, predictions = robustness.adversarial_examples(shown, images, y, settings)
         count = len(predictions["clean"])
         plots.adversarial_grid(bk.to_host(images[:count]), adversarial,
                                os.path.join(args.out, "adversarial_examples.png"), predictions,
                                labels=bk.to_host(y[:count]),
-                               title=f"{args.dataset}: FGSM eps {attack_preset['fgsm']['eps']:.3f}, PGD eps "
-                                     f"{attack_preset['pgd']['eps']:.3f} (pixel units); pred by the row's model")
+                               title=f"{args.dataset}: FGSM budget {data.attacks['fgsm']['budget']:.3f}, PGD budget "
+                                     f"{data.attacks['pgd']['budget']:.3f} (pixel units); pred by the row's model")
     return run, sweep
 
 
 def main(argv=None):
     args = parse(argv)
-    family = evaluate.get_family(args.family, args.dataset)
-    attack_preset = preset(args.dataset)
+    family = get_family(args.family, args.dataset)
+    data = datasets.get_dataset(args.dataset)
     bk = get_backend(args.backend, "float32", args.seed[0], args.kernels)
     t0 = time.perf_counter()
     runs, sweep = [], {}
     for i, seed in enumerate(args.seed):
-        run, seed_sweep = evaluate_seed(args, bk, family, seed, attack_preset, figures=i == 0)
+        run, seed_sweep = evaluate_seed(args, bk, family, seed, figures=i == 0)
         runs.append(run)
         sweep = sweep or seed_sweep
     values, spread = over_seeds(runs)
-    checks = evaluate.sanity_checks(values, sweep)
+    checks = robustness.sanity_checks(values, sweep)
     caption, paper = paper_rows(args.family)
     claims = check_claims(args.family, values, runs[0]["test_images"],
                           seeds=[r["values"] for r in runs] if len(runs) > 1 else ())
     meta = {"dataset": args.dataset, "family": args.family, "seeds": list(args.seed),
             "test_images": runs[0]["test_images"], "draws": args.draws, "eot_draws": args.eot_draws,
-            "preset": attack_preset, "lbfgs_batch": args.lbfgs_batch, "surrogate": SURROGATE_NAMES[args.dataset],
+            "attacks": data.attacks, "lbfgs_batch": args.lbfgs_batch, "surrogate": data.surrogate_description,
             "seconds": time.perf_counter() - t0}
     text = markdown(args, family, values, spread, runs, claims, checks, caption, paper, meta)
     write_text(os.path.join(args.out, "robustness.md"), text)

@@ -14,14 +14,14 @@ OUT/saliency.json.
 import argparse
 import os
 
-from manualbp import evaluate, experiments, get_backend
+from manualbp import datasets, experiments, get_backend
 from manualbp.checkpoint import write_json
-from manualbp.data import cifar10, mnist
 from manualbp.model import evaluating
 from manualbp.plots import saliency_grid
 from manualbp.saliency import smoothgrad
+from manualbp.zoo import get_family, model_name
 
-#: family (of manualbp.evaluate.FAMILIES) -> default dataset
+#: family (of manualbp.zoo.FAMILIES) -> default dataset
 DATASETS = {"mlp": "fashion-mnist", "cnn": "fashion-mnist", "resnet18": "cifar10",
             "resnet34": "tiny-imagenet"}
 
@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--family", choices=list(DATASETS), default="mlp")
     p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="MLP only")
     p.add_argument("--checkpoints", default=None, help="directory of the training example's checkpoints")
-    p.add_argument("--dataset", choices=list(experiments.SPLITS), default=None,
+    p.add_argument("--dataset", choices=list(datasets.DATASETS), default=None,
                    help="default: fashion-mnist (mlp, cnn), cifar10 (resnet18), tiny-imagenet (resnet34)")
     p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
     p.add_argument("--images", type=int, default=4, help="test images shown")
@@ -60,7 +60,7 @@ def check(args):
     require(args, args.seed >= 0, "seed", "a non-negative integer")
     require(args, experiments.finite(args.noise) and args.noise >= 0, "noise", "a non-negative finite number")
     try:
-        evaluate.get_family(args.family, args.dataset)
+        get_family(args.family, args.dataset)
     except ValueError as err:
         raise experiments.SettingError(f"--dataset {args.dataset!r}: {err}") from None
     experiments.check_out(args)
@@ -68,18 +68,14 @@ def check(args):
 
 def load_or_train(bk, args, variant, splits):
     """The trained model of ``variant``: from its checkpoint if there is one, else trained now
-    with the dataset's Table 1 set-up."""
-    family = evaluate.FAMILIES[args.family]
-    build = lambda b: family.build(b, variant, args.activation)  # noqa: E731
-    file = experiments.checkpoint_name(variant, args.activation if args.family == "mlp" else None)
-    name = file[:-len(".npz")]
-    path = os.path.join(args.checkpoints, file) if args.checkpoints else None
-    if path and os.path.exists(path):
-        print(f"{name}: loaded {path}")
-        return evaluate.load_model(build(bk), path)
-    print(f"{name}: no checkpoint, training {args.epochs} epoch(s)")
-    return evaluate.train_model(bk, build, splits, args.epochs, args.seed, experiments.table1(args.dataset),
-                                log=None, limit_batches=args.limit_batches)
+    with the dataset's Table 1 set-up for ``--epochs`` epochs."""
+    family = get_family(args.family)
+    activation = args.activation if family.activations != (None,) else None
+    build = lambda b, **more: family.model(b, variant, activation, args.dataset, **more)  # noqa: E731
+    training = {**datasets.get_dataset(args.dataset).training, "epochs": args.epochs}
+    model, _ = experiments.load_or_train(bk, build, model_name(variant, activation), splits, training, args.seed,
+                                         args.checkpoints, limit_batches=args.limit_batches)
+    return model
 
 
 def pick_images(models, x, y, count):
@@ -98,19 +94,15 @@ def pick_images(models, x, y, count):
 def main(argv=None):
     args = parse_args(argv)
     bk = get_backend(args.backend, "float32", args.seed, args.kernels)
-    splits = experiments.load_splits(bk, args.dataset, args.data_dir, args.seed)
-    if args.limit_train:
-        splits["train"] = tuple(a[:args.limit_train] for a in splits["train"])
-    models = {v.upper(): load_or_train(bk, args, v, splits) for v in evaluate.FAMILIES[args.family].variants}
-    shape = next(iter(models.values())).input_shape
-    count = min(CANDIDATES, args.limit_eval or CANDIDATES)
+    splits = datasets.load_splits(bk, args.dataset, args.data_dir, args.seed, args.limit_train,
+                                  min(CANDIDATES, args.limit_eval or CANDIDATES))
+    models = {v.upper(): load_or_train(bk, args, v, splits) for v in get_family(args.family).variants}
     x_test, y_test = splits["test"]
-    x_test, y_test = x_test[:count].reshape((-1,) + tuple(shape)), y_test[:count]
     index, correct = pick_images(models, x_test, y_test, args.images)
     x, y = x_test[index], y_test[index]
     maps = {label: smoothgrad(model, x, y, args.samples, args.noise, seed=args.seed)[0]
             for label, model in models.items()}
-    classes = {**mnist.CLASSES, "cifar10": cifar10.CLASSES}.get(args.dataset)
+    classes = datasets.get_dataset(args.dataset).class_names
     names = [classes[c] if classes else f"class {c}" for c in map(int, bk.to_host(y))]
     path = saliency_grid(x, maps, os.path.join(args.out, "saliency.png"), names=names)
     write_json(os.path.join(args.out, "saliency.json"),

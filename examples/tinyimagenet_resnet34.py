@@ -10,11 +10,10 @@ Writes OUT/metrics.json (per variant: test accuracy with noise at evaluation on 
 per-epoch history, seconds per epoch, learned sigma per layer) and prints a table.
 """
 from manualbp import experiments
-from manualbp.zoo import RESNET34_VARIANTS, resnet34
 
 
 def main(argv=None):
-    return experiments.run_resnet(argv, __doc__.split("\n\n")[0], resnet34, RESNET34_VARIANTS, "tiny-imagenet")
+    return experiments.main("resnet34", argv, __doc__)
 
 
 if __name__ == "__main__":

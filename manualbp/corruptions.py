@@ -6,8 +6,9 @@ These are data transforms, not part of the engine: they run on the host in NumPy
 float32 in and out. Randomness comes from a generator seeded by ``(seed, corruption, severity)``,
 so the same seed gives the same images.
 
-Severity constants (docs/robustness.md): CIFAR-10-C's for 32x32 inputs and, as stated there,
-for 28x28 (MNIST-size) inputs; Tiny-ImageNet-C's for 64x64.
+Severity constants (docs/robustness.md): two tables, CIFAR-10-C's and Tiny-ImageNet-C's; each
+dataset names its own (:attr:`manualbp.datasets.Dataset.corruptions`: CIFAR-10-C's for CIFAR-10
+and, as stated there, for MNIST-size images; Tiny-ImageNet-C's for Tiny-ImageNet).
 """
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -30,8 +31,6 @@ CONSTANTS = {
         "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
     },
 }
-#: image side -> table
-TABLE_FOR_SIZE = {28: "cifar10-c", 32: "cifar10-c", 64: "tiny-imagenet-c"}
 
 
 def _blur(x, sigma):
@@ -80,23 +79,22 @@ FUNCTIONS = {"gaussian_noise": gaussian_noise, "impulse_noise": impulse_noise,
              "glass_blur": glass_blur, "contrast": contrast}
 
 
-def constants_for(name, height, width):
-    """The five severity constants of ``name`` for ``height x width`` images."""
+def constants_for(name, table):
+    """The five severity constants of corruption ``name`` in ``table`` (a key of :data:`CONSTANTS`)."""
     if name not in FUNCTIONS:
         raise ValueError(f"unknown corruption {name!r}: expected one of {', '.join(CORRUPTIONS)}")
-    if height != width or height not in TABLE_FOR_SIZE:
-        raise ValueError(f"no corruption constants for {height}x{width} images: expected square "
-                         f"images of side {', '.join(map(str, TABLE_FOR_SIZE))}")
-    return CONSTANTS[TABLE_FOR_SIZE[height]][name]
+    if table not in CONSTANTS:
+        raise ValueError(f"unknown corruption table {table!r}: expected one of {', '.join(CONSTANTS)}")
+    return CONSTANTS[table][name]
 
 
-def corrupt(x, name, severity, seed=0):
+def corrupt(x, name, severity, table, seed=0):
     """Corrupt a batch of images ``x`` ``(N, C, H, W)`` (host, pixels in ``[0, 1]``) with
-    corruption ``name`` at ``severity`` 1..5; returns float32 ``(N, C, H, W)`` in ``[0, 1]``."""
+    corruption ``name`` at ``severity`` 1..5, with the constants of ``table`` (the dataset's);
+    returns float32 ``(N, C, H, W)`` in ``[0, 1]``."""
     x = np.asarray(x)
     if x.ndim != 4:
-        raise ValueError(f"corrupt expects images (N, C, H, W), got shape {x.shape}; reshape flat "
-                         "MNIST rows with x.reshape(-1, 1, 28, 28)")
+        raise ValueError(f"corrupt expects images (N, C, H, W), got shape {x.shape}")
     if x.dtype.kind != "f":
         raise TypeError(f"corrupt expects floating point pixels in [0, 1], got dtype {x.dtype}")
     if x.size and not (x.min() >= 0 and x.max() <= 1):
@@ -104,7 +102,7 @@ def corrupt(x, name, severity, seed=0):
                          f"[{x.min():.4g}, {x.max():.4g}]")
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
-    constant = constants_for(name, x.shape[2], x.shape[3])[severity - 1]
+    constant = constants_for(name, table)[severity - 1]
     rng = np.random.default_rng([seed, CORRUPTIONS.index(name), severity])
     out = FUNCTIONS[name](x.astype(np.float64), constant, rng)
     return out.astype(np.float32)

@@ -1,8 +1,9 @@
-"""The shared runner behind the example scripts: data, Table 1 set-ups, training every variant,
+"""The shared runner behind the training scripts: the command line, training every variant of a
+model family (:data:`manualbp.zoo.FAMILIES`) on a dataset (:data:`manualbp.datasets.DATASETS`),
 evaluation with noise on and off, ``metrics.json`` and a printed table.
 
-An example script only names its models (a ``build(bk, variant, activation)`` function, the
-variant names) and its data; everything else is here so every experiment reports alike.
+An example script only names its family (``experiments.main("mlp", ...)``); everything else is
+here and in the two registries, so every experiment reports alike.
 """
 import argparse
 import json
@@ -10,83 +11,17 @@ import math
 import os
 import sys
 import time
-from functools import partial
 
-from . import checkpoint
+from . import checkpoint, datasets
 from .backend import BACKENDS, KERNELS, get_backend
-from .data import load_cifar10, load_mnist, load_tiny_imagenet, random_crop_flip, split_dataset
+from .data import random_crop_flip
 from .model import noise_layers, sigma_summary
-from .optim import SGD, Adam, StepLR, is_noise_level, noise_level_optimizer
-from .train import Trainer
+from .train import SIGMA_UPDATES, load_model, train_model
+from .zoo import get_family, model_name
 
-# Table 1 of the paper: optimiser, learning rate, L2 weight decay, epochs, batch size, lr decay.
-PRESETS = {
-    "mnist": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 30, "batch_size": 128},
-    "cifar10": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 50, "batch_size": 128},
-    "tiny-imagenet": {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4,
-                      "epochs": 80, "batch_size": 128, "decay_every": 20, "decay_gamma": 0.8},
-}
-# The paper's split of all images into train / validation / test (sections 4.2-4.4: 5:1:1 for
-# MNIST, 4:1:1 for CIFAR-10, 10:1:1 for the 110,000 labelled Tiny-ImageNet images).
-SPLITS = {"mnist": (5, 1, 1), "fashion-mnist": (5, 1, 1), "cifar10": (4, 1, 1), "tiny-imagenet": (10, 1, 1)}
-LOADERS = {"mnist": partial(load_mnist, "mnist"), "fashion-mnist": partial(load_mnist, "fashion-mnist"),
-           "cifar10": load_cifar10, "tiny-imagenet": load_tiny_imagenet}
-
-
-def table1(dataset):
-    """The Table 1 training set-up of ``dataset`` (Fashion-MNIST takes MNIST's)."""
-    return dict(PRESETS["mnist" if dataset == "fashion-mnist" else dataset])
-
-
-def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=None,
-                    decay_every=None, decay_gamma=1.0, sigma_lr=1e-3, sigma_update="eq7", **_):
-    """The weights' optimiser (Table 1) and, for learned noise, the noise-level optimiser.
-
-    ``sigma_update="eq7"`` (the paper): ``sigma`` gets its own Adam followed by ``abs`` (Eq. 7).
-    ``"weights"`` (the paper's released code): ``sigma`` is trained by the weights' optimiser, with
-    its weight decay, and used as ``|sigma|`` in the forward pass. ``momentum`` (SGD only)
-    defaults to 0.9.
-    Returns ``(optimizers, schedule)``.
-    """
-    if sigma_update not in ("eq7", "weights"):
-        raise ValueError(f"unknown sigma_update {sigma_update!r}: expected 'eq7' or 'weights'")
-    separate = sigma_update == "eq7"
-    if not separate:
-        for layer in noise_layers(model).values():
-            layer.abs_sigma = True
-    select = (lambda name: not is_noise_level(name)) if separate else None
-    if optimizer == "adam":
-        weights = Adam(model, lr, weight_decay=weight_decay, select=select)
-    elif optimizer == "sgd":
-        weights = SGD(model, lr, momentum=0.9 if momentum is None else momentum,
-                      weight_decay=weight_decay, select=select)
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}: expected 'adam' or 'sgd'")
-    optimizers = [weights, noise_level_optimizer(model, sigma_lr) if separate else None]
-    schedule = StepLR(optimizers, decay_every, decay_gamma) if decay_every else None
-    return optimizers, schedule
-
-
-def load_splits(bk, dataset, data_dir=None, seed=0):
-    """The dataset split as in the paper, moved to the backend: ``{"train": (x, y), ...}``
-    (uint8 images become pixels in ``[0, 1]``, one split at a time)."""
-    if dataset not in SPLITS:
-        raise ValueError(f"unknown dataset {dataset!r}: expected one of {', '.join(SPLITS)}")
-    data = LOADERS[dataset](data_dir=data_dir)
-    splits = split_dataset(data, SPLITS[dataset], seed=seed)
-    return {name: (_pixels(bk, x), bk.asarray(y, dtype="int64")) for name, (x, y) in splits.items()}
-
-
-def _pixels(bk, x):
-    out = bk.asarray(x)
-    if x.dtype == "uint8":
-        out /= 255
-    return out
-
-
-def checkpoint_name(variant, activation=None):
-    """The checkpoint file of a variant: ``<variant>-<activation>.npz`` (MLPs) or ``<variant>.npz``."""
-    return f"{variant}-{activation}.npz" if activation else f"{variant}.npz"
+#: Seeds the final test evaluations: ``bk.seed([seed, FINAL_EVAL_STREAM])``, so a finished run and
+#: the same run resumed draw the same noise.
+FINAL_EVAL_STREAM = 0xE7A1
 
 
 #: ``--help`` shows every flag's default.
@@ -98,23 +33,30 @@ RUN_SETTINGS = ("dataset", "optimizer", "lr", "weight_decay", "momentum", "decay
                 "sigma_lr", "sigma_update", "width", "augment", "limit_train")
 
 
-def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=None, log=print,
-                augment=None):
+def training_setup(args):
+    """The training set-up of ``args``: the Table 1 keys with this run's values."""
+    return {"optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay,
+            "momentum": args.momentum, "decay_every": args.decay_every, "decay_gamma": args.decay_gamma,
+            "epochs": args.epochs, "batch_size": args.batch_size, "sigma_lr": args.sigma_lr,
+            "sigma_update": args.sigma_update}
+
+
+def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=None, log=print):
     """Train one model variant and evaluate it; returns its entry of ``metrics.json``."""
-    bk.seed([args.seed, 0xC0DE])
-    model = build(bk, variant, activation)
-    optimizers, schedule = make_optimizers(model, **vars(args))
+    options = {name: getattr(args, name) for name, _ in family.options}
     settings = {"variant": variant, "activation": activation,
                 **{k: getattr(args, k) for k in RUN_SETTINGS if hasattr(args, k)}}
-    trainer = Trainer(model, optimizers, schedule, batch_size=args.batch_size, seed=args.seed,
-                      augment=augment, limit_batches=getattr(args, "limit_batches", None),
-                      eval_batch_size=getattr(args, "eval_batch_size", 1000), progress=args.progress,
-                      settings=settings)
     path = None
     if checkpoint_dir:
-        path = os.path.join(checkpoint_dir, checkpoint_name(variant, activation))
-    history = trainer.fit(splits, args.epochs, checkpoint_path=path, resume=args.resume, log=log)
-    bk.seed([args.seed, 0xE7A1])             # the final evaluations draw the same noise, resumed or not
+        path = os.path.join(checkpoint_dir, model_name(variant, activation) + ".npz")
+    augment = random_crop_flip if getattr(args, "augment", False) else None
+    model, trainer = train_model(
+        bk, lambda b, **more: family.model(b, variant, activation, args.dataset, **options, **more), splits,
+        training_setup(args), args.seed, checkpoint_path=path, resume=args.resume, log=log, augment=augment,
+        limit_batches=args.limit_batches, eval_batch_size=args.eval_batch_size, progress=args.progress,
+        settings=settings)
+    history = trainer.history
+    bk.seed([args.seed, FINAL_EVAL_STREAM])
     x, y = splits["test"]
     on = trainer.evaluate(x, y, noise=True)[1]
     off = trainer.evaluate(x, y, noise=False)[1]
@@ -126,6 +68,21 @@ def run_variant(bk, build, variant, activation, splits, args, checkpoint_dir=Non
             "eval_noise_default": any(eval_noise.values()), "noise_modes": noise_modes,
             "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, len(history)),
             "history": history, "sigma": sigma_summary(model), "checkpoint": path}
+
+
+def load_or_train(bk, build, name, splits, training, seed, source=None, out=None, log=print, **trainer_options):
+    """The model ``name`` (its checkpoint is ``<name>.npz``) and how it was obtained: loaded from
+    the folder ``source`` when the checkpoint is there, else trained by
+    :func:`manualbp.train.train_model` with the set-up ``training`` (its checkpoint then written
+    to the folder ``out`` when given)."""
+    file = f"{name}.npz"
+    if source and os.path.exists(os.path.join(source, file)):
+        log(f"== {name}: loading {os.path.join(source, file)}")
+        return load_model(bk, build, os.path.join(source, file)), "checkpoint"
+    log(f"== {name}: training {training['epochs']} epochs (seed {seed})")
+    model, _ = train_model(bk, build, splits, training, seed, log=None,
+                           checkpoint_path=os.path.join(out, file) if out else None, **trainer_options)
+    return model, f"{training['epochs']} epochs"
 
 
 def add_kernels_argument(parser):
@@ -143,19 +100,20 @@ def add_backend_arguments(parser):
     return add_kernels_argument(parser)
 
 
-def add_arguments(parser, variants, activations=None, preset="mnist", datasets=("mnist", "fashion-mnist"),
-                  out=None):
-    """The flags every example shares; defaults from the Table 1 ``preset``; ``out``: the
-    script's own default output folder."""
-    p = PRESETS[preset]
+def add_arguments(parser, family, out):
+    """The flags of a training script for ``family`` (a :class:`manualbp.zoo.Family`): data,
+    variants, the Table 1 set-up of its first dataset as defaults, the family's own options,
+    quick-run flags; ``out``: the script's own default output folder."""
+    data = datasets.get_dataset(family.datasets[0])
+    p = data.training
     add_backend_arguments(parser)
-    parser.add_argument("--dataset", choices=list(datasets), default=datasets[0],
+    parser.add_argument("--dataset", choices=list(family.datasets), default=family.datasets[0],
                         help="downloaded with checksums into the cache, or read from --data-dir")
     parser.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
-    parser.add_argument("--variant", choices=list(variants) + ["all"], default="all",
+    parser.add_argument("--variant", choices=list(family.variants) + ["all"], default="all",
                         help="the model variant to train, or all of them")
-    if activations:
-        parser.add_argument("--activation", choices=list(activations) + ["both"], default="both",
+    if family.activations != (None,):
+        parser.add_argument("--activation", choices=list(family.activations) + ["both"], default="both",
                             help="the hidden layers' activation, or both")
     parser.add_argument("--epochs", type=int, default=p["epochs"], help="training epochs (Table 1)")
     parser.add_argument("--batch-size", type=int, default=p["batch_size"], help="mini-batch size")
@@ -163,24 +121,30 @@ def add_arguments(parser, variants, activations=None, preset="mnist", datasets=(
                         help="the weights' optimiser (Table 1)")
     parser.add_argument("--lr", type=float, default=p["lr"], help="the weights' learning rate")
     parser.add_argument("--weight-decay", type=float, default=p["weight_decay"], help="L2 weight decay of the weights")
-    parser.add_argument("--momentum", type=float, default=p.get("momentum"), help="SGD's momentum (none given: 0.9); refused with Adam")
+    parser.add_argument("--momentum", type=float, default=p.get("momentum"),
+                        help="SGD's momentum (none given: 0.9); refused with Adam")
     parser.add_argument("--decay-every", type=int, default=p.get("decay_every"),
                         help="multiply the learning rate by --decay-gamma every this many epochs")
     parser.add_argument("--decay-gamma", type=float, default=p.get("decay_gamma", 1.0))
     parser.add_argument("--sigma-lr", type=float, default=1e-3, help="learning rate of Eq. (7)")
-    parser.add_argument("--sigma-update", choices=["eq7", "weights"], default="eq7",
-                        help="eq7: the paper's separate Adam + abs; weights: the released code's way")
+    parser.add_argument("--sigma-update", choices=list(SIGMA_UPDATES), default="eq7",
+                        help="eq7: the paper's separate Adam + abs; weights: the released code's way "
+                             "(sigma in the weights' optimiser, |sigma| in the forward pass)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights, shuffling and noise")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="working precision")
-    parser.add_argument("--out", default=out or "runs/" + preset,
-                        help="folder of metrics.json, the figures and checkpoints/")
+    parser.add_argument("--eval-batch-size", type=int, default=family.eval_batch_size,
+                        help="images per evaluation pass")
+    for name, (kind, default, text) in family.options:
+        parser.add_argument(f"--{name}", type=kind, default=default, help=text)
+    if data.augment:
+        parser.add_argument("--no-augment", dest="augment", action="store_false",
+                            help="no random crops (4-pixel padding) and horizontal flips in training")
+    parser.add_argument("--out", default=out, help="folder of metrics.json, the figures and checkpoints/")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints in OUT")
     parser.add_argument("--overwrite", action="store_true",
                         help="train again a variant whose finished results are already in OUT")
     return add_quick_run_arguments(parser)
-
-
 def add_quick_run_arguments(parser, evaluation="validation and test images"):
     """The quick-run flags every script shares (``--limit-batches``, ``--limit-train``,
     ``--limit-eval``), ``--no-progress`` and ``--debug``; ``evaluation`` names what
@@ -260,17 +224,17 @@ def cli(main):
         sys.exit(2)
 
 
-def run(args, build, variants, activations=(None,), augment=None):
-    """Train and evaluate every requested variant (x activation). After each, its results are
-    merged into ``OUT/metrics.json`` (written atomically; other variants' results are kept) and
-    the figures are redrawn with all of them. A variant whose finished results are already there
-    is refused unless ``--resume`` (continue from its checkpoint) or ``--overwrite``.
-    ``augment``: optional ``f(x_batch, backend)`` applied to training batches."""
+def run(args, family):
+    """Train and evaluate every requested variant (x activation) of ``family``. After each, its
+    results are merged into ``OUT/metrics.json`` (written atomically; other variants' results are
+    kept) and the figures are redrawn with all of them. A variant whose finished results are
+    already there is refused unless ``--resume`` (continue from its checkpoint) or ``--overwrite``."""
     check_arguments(args)
     start = time.perf_counter()
-    chosen = list(variants) if args.variant == "all" else [args.variant]
-    if activations != (None,):
-        activations = list(activations) if args.activation == "both" else [args.activation]
+    chosen = list(family.variants) if args.variant == "all" else [args.variant]
+    activations = family.activations
+    if activations != (None,) and args.activation != "both":
+        activations = [args.activation]
     metrics_path = os.path.join(args.out, "metrics.json")
     done = {(r["variant"], r["activation"]) for r in read_metrics(metrics_path, args.overwrite)["results"]}
     for key in ((v, a) for v in chosen for a in activations):
@@ -282,24 +246,33 @@ def run(args, build, variants, activations=(None,), augment=None):
     checkpoint.remove_temporary_files(checkpoint_dir)
     checkpoint.remove_temporary_files(args.out)
     bk = get_backend(args.backend, args.dtype, args.seed, args.kernels)
-    splits = load_splits(bk, args.dataset, args.data_dir, args.seed)
-    if args.limit_train:                        # quick runs: the first images of the training split
-        splits["train"] = tuple(a[:args.limit_train] for a in splits["train"])
-    if args.limit_eval:                         # and of the (shuffled) validation and test splits
-        splits = {k: (v if k == "train" else (v[0][:args.limit_eval], v[1][:args.limit_eval]))
-                  for k, v in splits.items()}
+    splits = datasets.load_splits(bk, args.dataset, args.data_dir, args.seed, args.limit_train, args.limit_eval)
     results = []
     for variant in chosen:
         for activation in activations:
             print(f"== {variant}" + (f" ({activation})" if activation else ""))
-            results.append(run_variant(bk, build, variant, activation, splits, args, checkpoint_dir,
-                                       augment=augment))
+            results.append(run_variant(bk, family, variant, activation, splits, args, checkpoint_dir))
             metrics = write_metrics(metrics_path, args, splits, results[-1])
             from .plots import training_figures     # matplotlib is loaded only when figures are drawn
             training_figures(metrics["results"], args.out, args.dataset)   # training_curves.png, sigma_evolution.png
     print(format_table(results))
     print(f"total run time {time.perf_counter() - start:.1f} s; results in {metrics_path}")
     return metrics
+
+
+def parser(family, doc=None, out=None):
+    """The command line of a training script for ``family``: :func:`add_arguments`, described
+    by the first paragraph of ``doc`` (the script's docstring); ``out``: its default output
+    folder (default ``runs/<dataset>-<family>``)."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0], formatter_class=HELP_FORMAT)
+    add_arguments(p, family, out or f"runs/{family.datasets[0]}-{family.name}")
+    return p
+
+
+def main(family_name, argv=None, doc=None, out=None):
+    """A whole training script for the family called ``family_name``: :func:`parser`, then :func:`run`."""
+    family = get_family(family_name)
+    return run(parser(family, doc, out).parse_args(argv), family)
 
 
 def read_metrics(path, ignore_damaged=False):
@@ -345,26 +318,3 @@ def format_table(results):
                      f"{r['test_accuracy_noise_on']:.4f} | {r['test_accuracy_noise_off']:.4f} | "
                      f"{r['seconds_per_epoch']:.2f} | {mean_sigma} |")
     return "\n".join(lines)
-
-
-def parser(description, variants, activations=None, preset="mnist", out=None):
-    """An ``argparse`` parser with :func:`add_arguments` applied."""
-    return add_arguments(argparse.ArgumentParser(description=description, formatter_class=HELP_FORMAT),
-                         variants, activations, preset, out=out)
-
-
-def run_resnet(argv, description, builder, variants, dataset):
-    """The whole ResNet example script: the shared flags plus ``--eval-batch-size``, ``--width``
-    and ``--no-augment``, then :func:`run` of
-    ``builder(bk, variant, dataset, width=...)`` over ``variants`` with random crops and flips."""
-    parser = add_arguments(argparse.ArgumentParser(description=description, formatter_class=HELP_FORMAT),
-                           variants, preset=dataset, datasets=(dataset,), out=f"runs/{dataset}-{variants[0]}")
-    parser.add_argument("--eval-batch-size", type=int, default=250, help="images per evaluation pass")
-    parser.add_argument("--width", type=int, default=64, help="channels of the first stage")
-    parser.add_argument("--no-augment", dest="augment", action="store_false")
-    args = parser.parse_args(argv)
-
-    def build(bk, variant, activation=None):
-        return builder(bk, variant, dataset, width=args.width)
-
-    return run(args, build, variants, augment=random_crop_flip if args.augment else None)

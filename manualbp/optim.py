@@ -66,16 +66,17 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with L2 weight decay added to the gradient (PyTorch's ``Adam``).
 
     With ``keep_positive=True`` the update ends with an absolute value: this is the noise-level
-    update of Eq. (7), ``sigma <- |sigma - lr * h_hat / (sqrt(v_hat) + eps)|``.
+    update of Eq. (7), ``sigma <- |sigma - lr * h_hat / (sqrt(v_hat) + floor)|``. ``floor`` is
+    the constant the paper writes as Adam's epsilon (1e-8); here ``eps`` is always the noise draw.
     """
 
     state_names = ("m", "v")
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), floor=1e-8, weight_decay=0.0,
                  keep_positive=False, select=None):
         super().__init__(model, lr, select)
         self.beta1, self.beta2 = betas
-        self.eps, self.weight_decay, self.keep_positive = eps, weight_decay, keep_positive
+        self.floor, self.weight_decay, self.keep_positive = floor, weight_decay, keep_positive
 
     def update(self, name, p, g):
         b1, b2, h, v = self.beta1, self.beta2, self.state["m"][name], self.state["v"][name]
@@ -84,7 +85,7 @@ class Adam(Optimizer):
         v[...] = b2 * v + (1 - b2) * g * g                     # v <- b2 v + (1 - b2) g^2, Eq. (7)
         h_hat = h / (1 - b1 ** self.t)                         # h_hat = h / (1 - b1^N), Eq. (7)
         v_hat = v / (1 - b2 ** self.t)                         # v_hat = v / (1 - b2^N), Eq. (7)
-        p -= self.lr * h_hat / (self.xp.sqrt(v_hat) + self.eps)   # alpha h_hat / (sqrt(v_hat) + eps), Eq. (7)
+        p -= self.lr * h_hat / (self.xp.sqrt(v_hat) + self.floor)  # alpha h_hat / (sqrt(v_hat) + floor), Eq. (7)
         if self.keep_positive:
             p[...] = self.xp.abs(p)                            # sigma <- |sigma - step|, Eq. (7)
 
@@ -106,11 +107,11 @@ class SGD(Optimizer):
         p -= self.lr * g                                       # p <- p - lr b
 
 
-def noise_level_optimizer(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+def noise_level_optimizer(model, lr=1e-3, betas=(0.9, 0.999), floor=1e-8):
     """The update of Eq. (7) for every learned ``sigma`` of ``model`` (``None`` if it has none)."""
     if not any(is_noise_level(name) for name, _, _ in model.parameter_slots()):
         return None
-    return Adam(model, lr, betas, eps, keep_positive=True, select=is_noise_level)
+    return Adam(model, lr, betas, floor, keep_positive=True, select=is_noise_level)
 
 
 class StepLR:

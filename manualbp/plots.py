@@ -1,6 +1,6 @@
 """Figures (PNG, matplotlib's Agg renderer, no global state): the paper's Fig. 3 training
 curves, the learned noise levels over training, Fig. 4 saliency maps, clean vs adversarial
-images, and the Theorem 2 comparison of gradient estimators.
+images, accuracy against the attack budget, and the Theorem 2 comparison of gradient estimators.
 
 Plots run on the host: every array is copied to NumPy first. Figure sizes are fixed multiples of
 a panel size at :data:`DPI`, so a figure's pixel size is known in advance.
@@ -214,6 +214,21 @@ def adversarial_grid(clean, adversarial, path, predictions=None, image_shape=Non
 
 
 # --- Theorem 2 ------------------------------------------------------------------------------
+def budget_sweep(sweep, path, title=""):
+    """Accuracy against the L-inf budget, FGSM and PGD side by side, one curve per model (the
+    curves of :func:`manualbp.robustness.budget_sweep`)."""
+    fig, axes = _figure(2, 1, (5.5, 4.2))
+    for ax, attack in zip(axes[0], ("fgsm", "pgd")):
+        for row, curves in sweep.items():
+            ax.plot(curves["budget"], curves[attack], marker="o", ms=3, label=row)
+        ax.set_title(f"{attack.upper()} {title}".strip())
+        ax.set_xlabel("budget (pixel units, L-inf)")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][1].legend(fontsize=8)
+    return _save(fig, path)
+
+
 def estimator_comparison(estimates, path, level=0.99):
     """Left: each estimator's mean of ``d E[L] / d sigma_i`` with its ``level`` confidence
     interval, per noise level. Right: each estimator's variance per draw (log scale).

@@ -1,5 +1,6 @@
 """The training loop (Algorithm 1 of the paper): forward (Eq. 1), loss, backward (Eq. 2, 3),
-weight update, noise-level update (Eq. 7) -- with history, progress bar and checkpoints.
+weight update, noise-level update (Eq. 7) -- with history, progress bar and checkpoints; the
+Table 1 optimisers; and :func:`train_model`, the one way every script trains a model.
 
 Reproducibility: the backend's generator is re-seeded from ``(seed, epoch)`` at the start of
 every epoch, and it alone shuffles the data and draws the noise. A run resumed from the
@@ -13,6 +14,77 @@ import time
 from . import checkpoint
 from .layers import SoftmaxCrossEntropy
 from .model import evaluating, sigma_summary
+from .optim import SGD, Adam, StepLR, is_noise_level, noise_level_optimizer
+
+#: Seeds the initial weights and noise levels: ``bk.seed([seed, INIT_STREAM])`` before a model is built.
+INIT_STREAM = 0xC0DE
+#: How sigma is updated: the paper's Eq. (7), or the released code's way (see :func:`make_optimizers`).
+SIGMA_UPDATES = ("eq7", "weights")
+
+
+def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=None,
+                    decay_every=None, decay_gamma=1.0, sigma_lr=1e-3, sigma_update="eq7", **_):
+    """The weights' optimiser (Table 1) and, for learned noise, the noise-level optimiser.
+
+    ``sigma_update="eq7"`` (the paper): ``sigma`` gets its own Adam followed by ``abs`` (Eq. 7).
+    ``"weights"`` (the paper's released code): ``sigma`` is trained by the weights' optimiser,
+    with its weight decay (the model should then use ``|sigma|``: :func:`model_options`).
+    ``momentum`` (SGD only) defaults to 0.9. Returns ``(optimizers, schedule)``.
+    """
+    if sigma_update not in SIGMA_UPDATES:
+        raise ValueError(f"unknown sigma_update {sigma_update!r}: expected one of {', '.join(SIGMA_UPDATES)}")
+    separate = sigma_update == "eq7"
+    select = (lambda name: not is_noise_level(name)) if separate else None
+    if optimizer == "adam":
+        weights = Adam(model, lr, weight_decay=weight_decay, select=select)
+    elif optimizer == "sgd":
+        weights = SGD(model, lr, momentum=0.9 if momentum is None else momentum,
+                      weight_decay=weight_decay, select=select)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}: expected 'adam' or 'sgd'")
+    optimizers = [weights, noise_level_optimizer(model, sigma_lr) if separate else None]
+    schedule = StepLR(optimizers, decay_every, decay_gamma) if decay_every else None
+    return optimizers, schedule
+
+
+def model_options(training):
+    """The builder options a training set-up asks for: the released code's ``sigma_update``
+    (``"weights"``) uses ``|sigma|`` in the forward pass (``abs_sigma``)."""
+    return {"abs_sigma": True} if training.get("sigma_update") == "weights" else {}
+
+
+def train_model(bk, build, splits, training, seed, epochs=None, checkpoint_path=None, resume=False,
+                log=print, **trainer_options):
+    """Build a model and train it as every script does; returns ``(model, trainer)``.
+
+    ``build(bk, **options) -> model`` is called after seeding the initial weights from
+    ``(seed, INIT_STREAM)``, with :func:`model_options` of ``training`` (the Table 1 set-up:
+    optimiser, lr, ..., ``epochs`` and ``batch_size``; ``epochs`` overrides its epochs). The
+    model is then trained on ``splits`` by a :class:`Trainer` (``trainer_options``: ``augment``,
+    ``limit_batches``, ``eval_batch_size``, ``progress``, ``settings``), writing a checkpoint to
+    ``checkpoint_path`` after each epoch and continuing from it with ``resume``."""
+    bk.seed([seed, INIT_STREAM])
+    model = build(bk, **model_options(training))
+    optimizers, schedule = make_optimizers(model, **training)
+    trainer_options.setdefault("progress", False)
+    trainer = Trainer(model, optimizers, schedule, batch_size=training.get("batch_size", 128), seed=seed,
+                      **trainer_options)
+    trainer.fit(splits, training["epochs"] if epochs is None else epochs, checkpoint_path=checkpoint_path,
+                resume=resume, log=log)
+    return model, trainer
+
+
+def load_model(bk, build, path):
+    """The model of a checkpoint written by :class:`Trainer`: built by ``build(bk, **options)``
+    with the options its recorded training set-up asks for (:func:`model_options`), its arrays
+    loaded; it comes back in evaluation mode (each noise layer's own ``eval_noise``)."""
+    arrays, meta = checkpoint.load(path)
+    model = build(bk, **model_options(meta.get("settings", {})))
+    try:
+        model.load_state_dict(model_state(arrays))
+    except ValueError as err:
+        raise checkpoint.CheckpointError(f"checkpoint {path}: {err}") from None
+    return model.eval()
 
 
 def model_state(arrays):

@@ -1,8 +1,12 @@
-"""Builders for the paper's models and their noise variants.
+"""The paper's models, their noise variants, and the one registry of model families.
 
 Variants (section 4): plain -- no noise; "+" -- fixed standard normal noise (``sigma = 1``, not
-trained); "N" -- noise levels learned by Eq. (3) and (7).
+trained); "N" -- noise levels learned by Eq. (3) and (7). Every builder has the signature
+``build(bk, variant, **options)``; :data:`FAMILIES` names them, their variants and datasets.
 """
+from dataclasses import dataclass
+
+from .datasets import get_dataset
 from .layers import ACTIVATIONS, GaussianNoise, Linear
 from .model import Sequential
 
@@ -34,13 +38,15 @@ def map_noise_for(bk, shape, mode, conv_mean, sigma0=1.0, eval_noise=None, **opt
     return noise_for(bk, shape, mode, sigma0, eval_noise, **options), learn_mean
 
 
-def mlp(bk, variant="mlpn", activation="relu", sizes=MLP_SIZES, noise_on_output=False, sigma0=1.0,
-        eval_noise=None, **noise_options):
+def mlp(bk, variant="mlpn", activation="relu", sizes=MLP_SIZES, input_shape=None, noise_on_output=False,
+        sigma0=1.0, eval_noise=None, **noise_options):
     """The paper's MLP (784-100-50-10 by default) as ``fc1, act1, fc2, act2, fc3``.
 
     ``variant``: ``"mlp"``, ``"mlp+"`` or ``"mlpn"``. Noise is added to the pre-activation of
     every hidden layer (and to the logits too if ``noise_on_output``). ``noise_options`` go to
-    :class:`GaussianNoise` (``learn_mean``, ``abs_sigma``).
+    :class:`GaussianNoise` (``learn_mean``, ``abs_sigma``). ``input_shape``: the model takes
+    images of this shape (e.g. ``(1, 28, 28)``) and a first layer ``flatten`` makes them rows of
+    ``sizes[0]`` numbers; by default it takes the rows themselves.
     """
     if variant not in MLP_VARIANTS:
         raise ValueError(f"unknown MLP variant {variant!r}: expected one of {', '.join(MLP_VARIANTS)}")
@@ -48,6 +54,13 @@ def mlp(bk, variant="mlpn", activation="relu", sizes=MLP_SIZES, noise_on_output=
         raise ValueError(f"unknown activation {activation!r}: expected one of {', '.join(ACTIVATIONS)}")
     mode = MLP_VARIANTS[variant]
     layers = []
+    if input_shape is not None:
+        from .layers import Flatten
+        flatten = Flatten(bk)
+        if flatten.output_shape(tuple(input_shape)) != (sizes[0],):
+            raise ValueError(f"input_shape {tuple(input_shape)} does not flatten to the {sizes[0]} inputs of "
+                             f"sizes {tuple(sizes)}")
+        layers.append(("flatten", flatten))
     last = len(sizes) - 2
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         noisy = i < last or noise_on_output
@@ -55,7 +68,7 @@ def mlp(bk, variant="mlpn", activation="relu", sizes=MLP_SIZES, noise_on_output=
         layers.append((f"fc{i + 1}", Linear(bk, n_in, n_out, noise=noise)))
         if i < last:
             layers.append((f"act{i + 1}", ACTIVATIONS[activation](bk)))
-    return Sequential(bk, layers, input_shape=(sizes[0],))
+    return Sequential(bk, layers, input_shape=tuple(input_shape or (sizes[0],)))
 
 
 # --- the MNIST CNN (section 4.2, Table 4) ------------------------------------------------------
@@ -65,8 +78,7 @@ CNN_VARIANTS = {"cnn": ("off", "off"), "cnn-mlp+": ("off", "fixed"), "cnn-a+": (
 
 
 def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden=128, classes=10,
-        sigma0=1.0, eval_noise=None, conv_mean=True, flat_input=False,
-        **noise_options):
+        sigma0=1.0, eval_noise=None, conv_mean=True, **noise_options):
     """The paper's MNIST CNN: ``conv1`` (3x3, 32, padding 1) -> ReLU -> 2x2 max-pool ->
     ``conv2`` (3x3, 64, padding 1) -> ReLU -> 2x2 max-pool -> flatten -> ``fc1`` (128) -> ReLU ->
     ``fc2`` (10). The flattened size comes from the shapes: ``64 * 7 * 7 = 3136`` for 28x28
@@ -89,12 +101,8 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     Layer order is the paper's: convolution (with its noise), ReLU, max-pool. (The fast kernels
     run each ReLU after the pool that follows it, an exact equivalence:
     :class:`~manualbp.kernels.containers.SequentialKernel`.)
-
-    The model takes images ``(N, *input_shape)``; with ``flat_input`` it takes rows of
-    ``prod(input_shape)`` numbers instead (as the MNIST loader gives them) and a first layer
-    ``"image"`` reshapes them.
     """
-    from .layers import Conv2d, Flatten, MaxPool2d, ReLU, Unflatten
+    from .layers import Conv2d, Flatten, MaxPool2d, ReLU
 
     if variant not in CNN_VARIANTS:
         raise ValueError(f"unknown CNN variant {variant!r}: expected one of {', '.join(CNN_VARIANTS)}")
@@ -113,10 +121,7 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     noise = noise_for(bk, (hidden,), fc_mode, sigma0, eval_noise, **noise_options)
     layers += [("flatten", flatten), ("fc1", Linear(bk, features, hidden, noise=noise)),
                (act, ReLU(bk)), ("fc2", Linear(bk, hidden, classes))]
-    if flat_input:
-        image = Unflatten(bk, input_shape)
-        return Sequential(bk, [("image", image)] + layers, input_shape=(image.size,))
-    return Sequential(bk, layers, input_shape=input_shape)
+    return Sequential(bk, layers, input_shape=tuple(input_shape))
 
 
 # --- ResNet18 / ResNet34 (sections 4.3 and 4.4, Tables 5 and 6) --------------------------------
@@ -125,18 +130,9 @@ RESNET_SUFFIXES = {"": ("off", "off"), "-mlp+": ("off", "fixed"), "-a+": ("fixed
                    "-mlpn": ("off", "learned"), "-an": ("learned", "learned")}
 RESNET18_VARIANTS = tuple("resnet18" + s for s in RESNET_SUFFIXES)
 RESNET34_VARIANTS = tuple("resnet34" + s for s in RESNET_SUFFIXES)
-#: per dataset: input size, classes, hidden FC sizes of the paper's head (the per-channel mean and
-#: std of the first layer come from the dataset's module in manualbp.data)
-RESNET_SETUPS = {
-    "cifar10": {"input_size": 32, "classes": 10, "hidden": (256, 128)},
-    "tiny-imagenet": {"input_size": 64, "classes": 200, "hidden": (1024, 512, 256)},
-}
-
-
-def _dataset_stats(dataset):
-    from .data import cifar10, tinyimagenet
-    module = {"cifar10": cifar10, "tiny-imagenet": tinyimagenet}[dataset]
-    return module.MEAN, module.STD
+#: the hidden FC sizes of the paper's head, per dataset (image size, classes and the per-channel
+#: statistics of the first layer come from :data:`manualbp.datasets.DATASETS`)
+RESNET_HEADS = {"cifar10": (256, 128), "tiny-imagenet": (1024, 512, 256)}
 
 
 def resnet(bk, variant, blocks, dataset="cifar10", width=64, input_size=None, classes=None,
@@ -156,7 +152,7 @@ def resnet(bk, variant, blocks, dataset="cifar10", width=64, input_size=None, cl
 
     Head: the paper replaces the last FC layer by FC layers of ``hidden`` sizes, each followed by
     ReLU, then the output layer: CIFAR-10 ``256 -> 128 -> 10``, Tiny-ImageNet
-    ``1024 -> 512 -> 256 -> 200`` (``RESNET_SETUPS``). ``hidden=()`` gives the original one-FC
+    ``1024 -> 512 -> 256 -> 200`` (``RESNET_HEADS``). ``hidden=()`` gives the original one-FC
     head (``fc``), the paper's black-box surrogate.
 
     ``variant`` ends with a suffix of ``RESNET_SUFFIXES``: ``-mlp+`` / ``-mlpn`` fixed / learned
@@ -170,30 +166,29 @@ def resnet(bk, variant, blocks, dataset="cifar10", width=64, input_size=None, cl
     from .layers import BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool2d, Normalize
     from .layers.im2col import output_size
 
-    if dataset not in RESNET_SETUPS:
-        raise ValueError(f"unknown dataset {dataset!r}: expected one of {', '.join(RESNET_SETUPS)}")
+    if dataset not in RESNET_HEADS:
+        raise ValueError(f"no ResNet set-up for dataset {dataset!r}: expected one of {', '.join(RESNET_HEADS)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: expected one of {', '.join(ACTIVATIONS)}")
     act = ACTIVATIONS[activation]
-    setup = RESNET_SETUPS[dataset]
+    data = get_dataset(dataset)
     name = f"resnet{2 * sum(blocks) + 2}"
     suffix = variant[len(name):] if variant.startswith(name) else None
     if suffix not in RESNET_SUFFIXES:
         raise ValueError(f"unknown {name} variant {variant!r}: expected one of "
                          f"{', '.join(name + s for s in RESNET_SUFFIXES)}")
     conv_mode, fc_mode = RESNET_SUFFIXES[suffix]
-    size = int(input_size or setup["input_size"])
-    classes = int(classes or setup["classes"])
-    hidden = tuple(setup["hidden"] if hidden is None else hidden)
+    size = int(input_size or data.image_shape[1])
+    classes = int(classes or data.classes)
+    hidden = tuple(RESNET_HEADS[dataset] if hidden is None else hidden)
     if fc_mode != "off" and not hidden:
         raise ValueError(f"variant {variant!r} puts noise on hidden FC layers, but hidden=() has none")
     if stem_stride is None:
         stem_stride = 2 if size >= 64 else 1
-    mean, std = _dataset_stats(dataset)
 
     stem = Conv2d(bk, 3, width, 3, stride=stem_stride, padding=1, bias=False)
     shape = stem.output_shape((3, size, size))
-    layers = [("normalize", Normalize(bk, mean, std)), ("conv1", stem),
+    layers = [("normalize", Normalize(bk, data.mean, data.std)), ("conv1", stem),
               ("bn1", BatchNorm2d(bk, width)), ("act1", act(bk))]
     channels = width
     for stage, count in enumerate(blocks):
@@ -224,3 +219,69 @@ def resnet18(bk, variant="resnet18-an", dataset="cifar10", **options):
 def resnet34(bk, variant="resnet34-an", dataset="tiny-imagenet", **options):
     """ResNet34 (``[3, 4, 6, 3]`` blocks), the paper's Tiny-ImageNet model; see :func:`resnet`."""
     return resnet(bk, variant, (3, 4, 6, 3), dataset, **options)
+
+
+# --- the registry ------------------------------------------------------------------------------
+def model_name(variant, activation=None):
+    """A model's name: ``"<variant>-<activation>"`` (MLPs) or ``"<variant>"``; checkpoints are
+    ``<name>.npz``."""
+    return f"{variant}-{activation}" if activation else variant
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family of the paper: its builder ``build(bk, variant, **options)``, variants (x
+    activations), the datasets it is trained on, what it takes from the dataset
+    (``input_shape`` and ``classes``, or the dataset's name), its extra command-line options
+    (``{name: (type, default, help)}``, passed to the builder) and its evaluation batch size."""
+    name: str
+    build: object
+    variants: tuple
+    datasets: tuple
+    activations: tuple = (None,)
+    takes_dataset_name: bool = False
+    options: tuple = ()
+    eval_batch_size: int = 1000
+
+    def rows(self):
+        """``[(row key, variant, activation)]``: keys ``"variant/activation"`` or ``"variant"``."""
+        return [(f"{v}/{a}" if a else v, v, a) for v in self.variants for a in self.activations]
+
+    def check_dataset(self, dataset):
+        if dataset not in self.datasets:
+            raise ValueError(f"family {self.name!r} is evaluated on {', '.join(self.datasets)}, not {dataset!r}")
+
+    def model(self, bk, variant, activation=None, dataset=None, **options):
+        """``build(bk, variant, **options)`` for images of ``dataset`` (default: the family's first)."""
+        data = get_dataset(dataset or self.datasets[0])
+        if self.takes_dataset_name:
+            options.setdefault("dataset", data.name)
+        else:
+            options.setdefault("input_shape", data.image_shape)
+            if self.name != "mlp":
+                options.setdefault("classes", data.classes)
+        if activation is not None:
+            options["activation"] = activation
+        return self.build(bk, variant, **options)
+
+
+_WIDTH = (("width", (int, 64, "channels of the first stage")),)
+
+FAMILIES = {
+    "mlp": Family("mlp", mlp, tuple(MLP_VARIANTS), ("mnist", "fashion-mnist"), ("relu", "sigmoid")),
+    "cnn": Family("cnn", cnn, tuple(CNN_VARIANTS), ("mnist", "fashion-mnist")),
+    "resnet18": Family("resnet18", resnet18, RESNET18_VARIANTS, ("cifar10",), takes_dataset_name=True,
+                       options=_WIDTH, eval_batch_size=250),
+    "resnet34": Family("resnet34", resnet34, RESNET34_VARIANTS, ("tiny-imagenet",), takes_dataset_name=True,
+                       options=_WIDTH, eval_batch_size=250),
+}
+
+
+def get_family(name, dataset=None):
+    """The :class:`Family` called ``name`` (checked to be trained on ``dataset`` when given)."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}: expected one of {', '.join(FAMILIES)}")
+    family = FAMILIES[name]
+    if dataset is not None:
+        family.check_dataset(dataset)
+    return family

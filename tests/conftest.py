@@ -151,20 +151,22 @@ def load_example():
 
 @pytest.fixture
 def tiny_mnist(monkeypatch):
-    """A tiny MNIST-like data set in place of the real one for every script: 784-pixel rows
-    labelled by a learnable rule, 64 training, 32 validation and 96 test images. Returns the list
-    of datasets loaded (empty when a script refused its flags before any work)."""
+    """A tiny MNIST-like data set in place of the real one for every script: 1x28x28 images
+    labelled by a learnable rule (top half brighter than the bottom), 64 training, 32 validation
+    and 96 test images, cut by the quick-run limits. Returns the list of datasets loaded (empty
+    when a script refused its flags before any work)."""
     import numpy as np
 
-    from manualbp import experiments
+    from manualbp import datasets
     loads = []
 
-    def tiny_splits(bk, dataset, data_dir=None, seed=0):
+    def tiny_splits(bk, dataset, data_dir=None, seed=0, limit_train=None, limit_eval=None):
         loads.append(dataset)
-        x = np.random.default_rng(seed).random((192, 784))
-        y = (x[:, :392].sum(1) > x[:, 392:].sum(1)).astype("int64")
-        return {k: (bk.asarray(x[s]), bk.asarray(y[s], dtype="int64"))
+        x = np.random.default_rng(seed).integers(0, 256, (192, 1, 28, 28), dtype=np.uint8)
+        y = (x[:, :, :14].sum((1, 2, 3)) > x[:, :, 14:].sum((1, 2, 3))).astype("int64")
+        limits = {"train": limit_train, "val": limit_eval, "test": limit_eval}
+        return {k: (datasets.pixels(bk, x[s][:limits[k]]), bk.asarray(y[s][:limits[k]], dtype="int64"))
                 for k, s in (("train", slice(0, 64)), ("val", slice(64, 96)), ("test", slice(96, 192)))}
 
-    monkeypatch.setattr(experiments, "load_splits", tiny_splits)
+    monkeypatch.setattr(datasets, "load_splits", tiny_splits)
     return loads

@@ -184,7 +184,8 @@ ALLOWED = {
     "plots.py",           # plotting, if present
     "corruptions.py",     # data transforms on host images (scipy.ndimage filters)
     "attacks/lbfgs.py",   # scipy.optimize works on flat float64 host vectors
-    "evaluate.py",        # tables and statistics of results copied to the host
+    "evaluate.py",        # accuracies over noise draws, counted on the host
+    "robustness.py",      # the tables' statistics of results copied to the host
 }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from manualbp import experiments, get_backend
+from manualbp import datasets, experiments, get_backend, zoo
 from manualbp.data import ChecksumError, DataError, crop_flip, random_crop_flip
 from manualbp.data import cifar10 as cifar_mod
 from manualbp.data import tinyimagenet as tiny_mod
@@ -200,13 +200,13 @@ def test_cifar10_paper_split(tmp_path, monkeypatch):
     path = tmp_path / "cifar-10-binary.tar.gz"
     x, y = write_cifar_archive(path, records=5)                 # 30 images -> 20 / 5 / 5
     monkeypatch.setattr(cifar_mod, "CHECKSUMS", (sha256(path),))
-    splits = experiments.load_splits(get_backend("numpy", "float32"), "cifar10", tmp_path, seed=3)
+    splits = datasets.load_splits(get_backend("numpy", "float32"), "cifar10", tmp_path, seed=3)
     assert {k: len(v[1]) for k, v in splits.items()} == {"train": 20, "val": 5, "test": 5}
     xs = np.concatenate([v[0] for v in splits.values()])
     assert xs.dtype == np.float32 and xs.shape[1:] == (3, 32, 32)
     assert xs.min() >= 0 and xs.max() <= 1
     np.testing.assert_allclose(np.sort(xs.ravel()), np.sort(x.ravel() / np.float32(255)), rtol=1e-6)
-    again = experiments.load_splits(get_backend("numpy", "float32"), "cifar10", tmp_path, seed=3)
+    again = datasets.load_splits(get_backend("numpy", "float32"), "cifar10", tmp_path, seed=3)
     np.testing.assert_array_equal(again["val"][1], splits["val"][1])
 
 
@@ -293,7 +293,7 @@ def test_tiny_imagenet_paper_split(tmp_path, monkeypatch):
     path = tmp_path / "tiny-imagenet-200.zip"
     write_tiny_archive(path, train_per_class=8, val=[(f"val_{i}.JPEG", "n01") for i in range(8)])
     monkeypatch.setattr(tiny_mod, "CHECKSUMS", (md5(path),))
-    splits = experiments.load_splits(get_backend("numpy", "float32"), "tiny-imagenet", tmp_path)
+    splits = datasets.load_splits(get_backend("numpy", "float32"), "tiny-imagenet", tmp_path)
     assert {k: len(v[1]) for k, v in splits.items()} == {"train": 20, "val": 2, "test": 2}
     assert splits["train"][0].shape[1:] == (3, 64, 64) and splits["train"][0].dtype == np.float32
 
@@ -377,15 +377,10 @@ def test_example_smoke(tmp_path, monkeypatch, load_example, example, dataset, va
     assert metrics["results"][-1]["eval_noise_default"] is False
 
 
-def test_example_presets_follow_table_1(load_example):
-    cifar = load_example("cifar10_resnet18")
-    tiny = load_example("tinyimagenet_resnet34")
-    import argparse
+def test_example_presets_follow_table_1():
     parse = {}
-    for mod, preset, datasets, variants in ((cifar, "cifar10", ("cifar10",), cifar.RESNET18_VARIANTS),
-                                            (tiny, "tiny-imagenet", ("tiny-imagenet",), tiny.RESNET34_VARIANTS)):
-        parser = experiments.add_arguments(argparse.ArgumentParser(), variants, preset=preset, datasets=datasets)
-        parse[preset] = vars(parser.parse_args([]))
+    for family, dataset in (("resnet18", "cifar10"), ("resnet34", "tiny-imagenet")):
+        parse[dataset] = vars(experiments.parser(zoo.get_family(family)).parse_args([]))
     c, t = parse["cifar10"], parse["tiny-imagenet"]
     assert (c["optimizer"], c["lr"], c["weight_decay"], c["epochs"], c["batch_size"], c["decay_every"]) == \
         ("adam", 1e-3, 1e-4, 50, 128, None)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from manualbp import get_backend, held_noise, named_eps
+from manualbp import get_backend, named_eps
 from manualbp.gradcheck import check_gradients, directional_check
 from manualbp.layers import GaussianNoise, SoftmaxCrossEntropy
 from manualbp.optim import Adam, is_noise_level, noise_level_optimizer
@@ -62,15 +62,6 @@ def test_options_and_errors():
     assert not any(layer.eval_noise for _, layer in model.modules() if isinstance(layer, GaussianNoise))
     small = cnn(bk, "cnn", input_shape=(3, 12, 20), channels=(4, 5), hidden=7, classes=3)
     assert small.named_parameters()["fc1.weight"].shape == (7, 5 * 3 * 5)
-    flat = cnn(get_backend("numpy", "float32", 0), "cnn-an", flat_input=True)
-    image = cnn(get_backend("numpy", "float32", 0), "cnn-an")
-    assert list(flat.children)[0] == "image" and flat.named_parameters().keys() == image.named_parameters().keys()
-    x = np.random.default_rng(1).random((2, 784), dtype=np.float32)
-    with held_noise(image), held_noise(flat):
-        flat.bk.seed(3), image.bk.seed(3)
-        np.testing.assert_array_equal(flat.forward(x), image.forward(x.reshape(2, 1, 28, 28)))
-    with pytest.raises(ValueError, match=r"model input must have shape \(N, 784\)"):
-        flat.forward(x.reshape(2, 1, 28, 28))
     with pytest.raises(ValueError, match=r"model input must have shape \(N, 1, 28, 28\)"):
         model.forward(bk.asarray(np.zeros((2, 784))))
     with pytest.raises(ValueError, match=r"model input must have shape \(N, 1, 28, 28\)"):
@@ -215,11 +206,12 @@ def test_one_epoch_on_fashion_mnist(fashion_mnist):
     The whole epoch (391 steps) is trained: it takes about 25 s on a 2-core machine, and
     a subset does not reach the bound (200 batches give 0.842)."""
     from manualbp.data import split_dataset
+    from manualbp.datasets import pixels
     from manualbp.train import Trainer
 
     bk = get_backend("numpy", "float32", 0)
     splits = split_dataset(fashion_mnist, (5, 1, 1), seed=0)
-    data = {k: (bk.asarray(x.reshape(-1, 1, 28, 28)), bk.xp.asarray(y)) for k, (x, y) in splits.items()}
+    data = {k: (pixels(bk, x), bk.xp.asarray(y)) for k, (x, y) in splits.items()}
     model = cnn(bk, "cnn")
     opt = Adam(model, lr=1e-3, weight_decay=1e-4, select=lambda n: not is_noise_level(n))
     trainer = Trainer(model, [opt, noise_level_optimizer(model)], batch_size=128, seed=0, progress=False)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from manualbp.corruptions import CONSTANTS, CORRUPTIONS, constants_for, corrupt
+from manualbp.datasets import DATASETS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "robustness.md"
 
@@ -25,6 +26,8 @@ def images(n, channels, side, seed=0):
 
 
 SHAPES = [(1, 28), (3, 32), (3, 64)]
+#: image side -> the corruption table of the dataset of that side
+TABLE = {d.image_shape[1]: d.corruptions for d in DATASETS.values()}
 
 
 @pytest.mark.parametrize("channels,side", SHAPES)
@@ -32,14 +35,14 @@ SHAPES = [(1, 28), (3, 32), (3, 64)]
 def test_shape_dtype_and_range_are_kept(name, channels, side):
     x = images(3, channels, side)
     for severity in range(1, 6):
-        out = corrupt(x, name, severity)
+        out = corrupt(x, name, severity, TABLE[side])
         assert out.shape == x.shape and out.dtype == np.float32
         assert out.min() >= 0 and out.max() <= 1
         assert not np.array_equal(out, x)
 
 
 def distances(x, name):
-    return [float(np.abs(corrupt(x, name, s) - x).mean()) for s in range(1, 6)]
+    return [float(np.abs(corrupt(x, name, s, TABLE[x.shape[-1]]) - x).mean()) for s in range(1, 6)]
 
 
 @pytest.mark.parametrize("channels,side", SHAPES)
@@ -63,17 +66,17 @@ def test_same_seed_same_images_other_seed_other_images():
     x = images(4, 3, 32)
     for name in CORRUPTIONS:
         if name == "contrast":                       # deterministic
-            np.testing.assert_array_equal(corrupt(x, name, 3, seed=1), corrupt(x, name, 3, seed=2))
+            np.testing.assert_array_equal(corrupt(x, name, 3, "cifar10-c", seed=1), corrupt(x, name, 3, "cifar10-c", seed=2))
             continue
-        np.testing.assert_array_equal(corrupt(x, name, 3, seed=7), corrupt(x, name, 3, seed=7))
-        assert not np.array_equal(corrupt(x, name, 3, seed=7), corrupt(x, name, 3, seed=8))
+        np.testing.assert_array_equal(corrupt(x, name, 3, "cifar10-c", seed=7), corrupt(x, name, 3, "cifar10-c", seed=7))
+        assert not np.array_equal(corrupt(x, name, 3, "cifar10-c", seed=7), corrupt(x, name, 3, "cifar10-c", seed=8))
 
 
 def test_glass_blur_swaps_pixels_rather_than_copying_them():
     """Severity 1 on 32x32 blurs with sigma 0.05 (no effect), so the output is the quantised
     image with pixels swapped: each image keeps its multiset of values."""
     x = images(5, 3, 32)
-    out = corrupt(x, "glass_blur", 1)
+    out = corrupt(x, "glass_blur", 1, "cifar10-c")
     quantised = np.floor(x.astype(np.float64) * 255) / 255
     assert not np.allclose(out, quantised)
     for i in range(5):
@@ -83,8 +86,8 @@ def test_glass_blur_swaps_pixels_rather_than_copying_them():
 
 def test_contrast_keeps_the_mean_and_impulse_hits_the_expected_fraction():
     x = 0.3 + 0.4 * images(8, 3, 32)
-    np.testing.assert_allclose(corrupt(x, "contrast", 5).mean(axis=(2, 3)), x.mean(axis=(2, 3)), atol=1e-5)
-    hit = corrupt(x, "impulse_noise", 5) != x
+    np.testing.assert_allclose(corrupt(x, "contrast", 5, "cifar10-c").mean(axis=(2, 3)), x.mean(axis=(2, 3)), atol=1e-5)
+    hit = corrupt(x, "impulse_noise", 5, "cifar10-c") != x
     assert abs(hit.mean() - 0.07) < 0.01
 
 
@@ -105,22 +108,22 @@ def test_constants_match_the_documented_table():
     for name in CORRUPTIONS:
         for key in CONSTANTS:
             assert tuple(CONSTANTS[key][name]) == table[(name, key)], (name, key)
-    assert constants_for("contrast", 28, 28) == CONSTANTS["cifar10-c"]["contrast"]
-    assert constants_for("contrast", 64, 64) == CONSTANTS["tiny-imagenet-c"]["contrast"]
+    assert constants_for("contrast", DATASETS["mnist"].corruptions) == CONSTANTS["cifar10-c"]["contrast"]
+    assert constants_for("contrast", DATASETS["tiny-imagenet"].corruptions) == CONSTANTS["tiny-imagenet-c"]["contrast"]
 
 
 def test_bad_input_gives_clear_errors():
     x = images(2, 1, 28)
     with pytest.raises(ValueError, match="unknown corruption 'fog'"):
-        corrupt(x, "fog", 1)
+        corrupt(x, "fog", 1, "cifar10-c")
     for severity in (0, 6, 2.5, True):
         with pytest.raises(ValueError, match=r"severity must be an integer in 1\.\.5"):
-            corrupt(x, "contrast", severity)
+            corrupt(x, "contrast", severity, "cifar10-c")
     with pytest.raises(ValueError, match=r"pixel space \[0, 1\]"):
-        corrupt(x * 255, "gaussian_noise", 1)
+        corrupt(x * 255, "gaussian_noise", 1, "cifar10-c")
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
-        corrupt(x.reshape(2, 784), "gaussian_noise", 1)
+        corrupt(x.reshape(2, 784), "gaussian_noise", 1, "cifar10-c")
     with pytest.raises(TypeError, match="floating point"):
-        corrupt((x * 255).astype(np.uint8), "gaussian_noise", 1)
-    with pytest.raises(ValueError, match="no corruption constants for 48x48"):
-        corrupt(images(1, 3, 48), "contrast", 1)
+        corrupt((x * 255).astype(np.uint8), "gaussian_noise", 1, "cifar10-c")
+    with pytest.raises(ValueError, match="unknown corruption table 'imagenet-c'"):
+        corrupt(x, "contrast", 1, "imagenet-c")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from manualbp.data import (
-    ChecksumError, DataError, default_cache_dir, fetch, iterate_batches, load_mnist,
+    ChecksumError, DataError, default_cache_dir, fetch, load_mnist,
     read_idx, sha256_of, split_dataset, split_indices, split_sizes, verify_file,
 )
 from manualbp.data import mnist as mnist_mod
@@ -230,10 +230,10 @@ def table_for(directory):
 
 def check_fake(d, n_train=6, n_test=4):
     n = n_train + n_test
-    assert d["x"].shape == (n, 784) and d["x"].dtype == np.float32
+    assert d["x"].shape == (n, 1, 28, 28) and d["x"].dtype == np.uint8
     assert d["y"].shape == (n,) and d["y"].dtype == np.int64
-    assert d["x"].min() == 0.0 and d["x"].max() == 1.0
-    np.testing.assert_allclose(d["x"][:, 1], np.arange(n) / 255, rtol=1e-6)
+    assert d["x"].min() == 0 and d["x"].max() == 255
+    np.testing.assert_array_equal(d["x"][:, 0, 0, 1], np.arange(n))
     np.testing.assert_array_equal(d["y"], np.arange(n) % 10)
     np.testing.assert_array_equal(d["official_test"], np.arange(n) >= n_train)
 
@@ -314,8 +314,8 @@ def test_unknown_dataset():
 def test_real_fashion_mnist(tmp_path):
     d = load_mnist("fashion-mnist", cache_dir=tmp_path, download=False)
     assert d["source"] == str(DEBIAN_FASHION)
-    assert d["x"].shape == (70000, 784) and d["x"].dtype == np.float32
-    assert 0.0 <= d["x"].min() and d["x"].max() == 1.0
+    assert d["x"].shape == (70000, 1, 28, 28) and d["x"].dtype == np.uint8
+    assert d["x"].max() == 255
     np.testing.assert_array_equal(np.bincount(d["y"], minlength=10), [7000] * 10)
     assert d["official_test"].sum() == 10000 and not d["official_test"][:60000].any()
     parts = split_dataset(d, (5, 1, 1), seed=0)
@@ -368,30 +368,3 @@ def test_split_dataset():
     with pytest.raises(ValueError, match="3 ratios"):
         split_dataset({"x": x, "y": y}, (1, 1))
 
-
-@pytest.mark.parametrize("drop_last", [False, True])
-def test_iterate_batches_in_order(drop_last):
-    batches = list(iterate_batches(10, 4, drop_last=drop_last))
-    expected = [[0, 1, 2, 3], [4, 5, 6, 7]] + ([] if drop_last else [[8, 9]])
-    assert [b.tolist() for b in batches] == expected
-
-
-def test_iterate_batches_shuffled_covers_once():
-    batches = list(iterate_batches(103, 10, rng=np.random.default_rng(0)))
-    assert [len(b) for b in batches] == [10] * 10 + [3]
-    allidx = np.concatenate(batches)
-    np.testing.assert_array_equal(np.sort(allidx), np.arange(103))
-    assert not np.array_equal(allidx, np.arange(103))
-    again = np.concatenate(list(iterate_batches(103, 10, rng=np.random.default_rng(0))))
-    np.testing.assert_array_equal(allidx, again)
-
-
-@pytest.mark.parametrize("bs", [0, -2, 2.5, True, None])
-def test_iterate_batches_bad_size(bs):
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        iterate_batches(10, bs)
-
-
-def test_iterate_batches_bad_rng():
-    with pytest.raises(TypeError, match="Generator"):
-        iterate_batches(10, 2, rng=0)

@@ -6,13 +6,13 @@ is off, and a model loaded from a checkpoint comes back in evaluation mode."""
 import numpy as np
 import pytest
 
-from manualbp import evaluate, get_backend
-from manualbp.attacks import (eot_pgd, expected_gradient, fgsm, input_gradient, lbfgs, lbfgs_targeted,
-                              pgd, preset)
+from manualbp import evaluate, get_backend, robustness
+from manualbp.attacks import eot_pgd, expected_gradient, fgsm, input_gradient, lbfgs, lbfgs_targeted, pgd
+from manualbp.datasets import DATASETS
 from manualbp.model import evaluating
 from manualbp.optim import Adam
 from manualbp.saliency import smoothgrad
-from manualbp.train import Trainer
+from manualbp.train import Trainer, load_model
 from manualbp.zoo import cnn, mlp, resnet18
 
 MODELS = {
@@ -32,7 +32,7 @@ CALLS = {
     "smoothgrad": lambda m, x, y: smoothgrad(m, x, samples=2),
     "accuracy": lambda m, x, y: evaluate.accuracy(m, x, y),
     "accuracy_over_draws": lambda m, x, y: evaluate.accuracy_over_draws(m, x, y, draws=2),
-    "run_attack": lambda m, x, y: evaluate.run_attack(m, pgd, x, y, True, 2, eps=0.1, alpha=0.03, steps=1),
+    "run_attack": lambda m, x, y: evaluate.run_attack(m, pgd, x, y, True, 2, budget=0.1, alpha=0.03, steps=1),
 }
 
 
@@ -74,7 +74,9 @@ def test_corruption_cells_leave_the_model_as_they_found_it():
     images = bk.asarray(np.random.default_rng(1).random((3, 1, 28, 28)))
     y = bk.asarray([0, 1, 2], dtype="int64")
     before = snapshot(model)
-    evaluate.corruption_cells({"cnn-an": model}, images, y, evaluate.Settings(preset("mnist"), draws=1))
+    mnist = DATASETS["mnist"]
+    robustness.corruption_cells({"cnn-an": model}, images, y,
+                                robustness.Settings(mnist.attacks, mnist.corruptions, draws=1))
     assert_unchanged(model, before, "corruption_cells")
 
 
@@ -106,7 +108,7 @@ def test_a_loaded_model_comes_back_in_evaluation_mode(tmp_path):
     bk = get_backend("numpy", "float64", 0)
     model = MODELS["mlp+"](bk)
     Trainer(model, [Adam(model)], progress=False).save(tmp_path / "model.npz")
-    loaded = evaluate.load_model(MODELS["mlp+"](get_backend("numpy", "float64", 1)), tmp_path / "model.npz")
+    loaded = load_model(get_backend("numpy", "float64", 1), lambda bk: MODELS["mlp+"](bk), tmp_path / "model.npz")
     assert not any(m.training for _, m in loaded.modules())
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[k], v)

@@ -64,7 +64,7 @@ def test_eq7_matches_hand_computation(kernels):
     for step, (a, b) in enumerate(zip(got, want)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-18, err_msg=f"step {step + 1}")
         assert (a >= 0).all()
-    # step 1 moves each entry by lr * g / (|g| + eps) ~ lr: 4e-4 goes to -6e-4 and flips to +6e-4
+    # step 1 moves each entry by lr * g / (|g| + floor) ~ lr: 4e-4 goes to -6e-4 and flips to +6e-4
     assert got[0][1] == pytest.approx(6e-4, rel=1e-6)
     assert got[0][4] == pytest.approx(1e-3, rel=1e-6)        # sigma = 0 pushed up, stays positive
     assert got[0][0] == pytest.approx(1.0 - 1e-3, rel=1e-9)
@@ -108,7 +108,7 @@ GRADS = [np.array([[0.1, -0.2, 0.3], [1.0, 0.0, -0.5]]),
 def test_adam_matches_hand_computation(weight_decay, kernels):
     bk = get_backend("numpy", "float64", 0, kernels)
     model = Params(bk, weight=P0)
-    got = run(Adam(model, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay),
+    got = run(Adam(model, lr=0.01, betas=(0.8, 0.99), floor=1e-6, weight_decay=weight_decay),
               model, "weight", GRADS)
     p, h, v = P0.copy(), np.zeros_like(P0), np.zeros_like(P0)
     for t, g in enumerate(GRADS, start=1):

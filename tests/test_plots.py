@@ -12,7 +12,7 @@ from manualbp.estimators import estimate_sigma_gradient, small_problem
 from manualbp.layers import Linear, SoftmaxCrossEntropy
 from manualbp.model import Sequential
 from manualbp.saliency import score_gradient, smoothgrad
-from manualbp.train import Trainer
+from manualbp.train import Trainer, make_optimizers
 
 
 def pixels(path, ncols, nrows, panel):
@@ -58,18 +58,10 @@ def test_training_figures_names(tmp_path):
     assert [Path(p).name for p in paths] == ["training_curves.png", "sigma_evolution.png"]
 
 
-def test_experiment_runner_writes_figures(tmp_path, monkeypatch):
+def test_experiment_runner_writes_figures(tmp_path, tiny_mnist):
     """``experiments.run`` ends by drawing the training figures into ``--out``."""
-    def tiny_splits(bk, dataset, data_dir=None, seed=0):
-        gen = np.random.default_rng(seed)
-        return {k: (bk.asarray(gen.random((n, 784))), bk.asarray(gen.integers(0, 10, n), dtype="int64"))
-                for k, n in (("train", 64), ("val", 32), ("test", 32))}
-
-    monkeypatch.setattr(experiments, "load_splits", tiny_splits)
-    args = experiments.parser("t", zoo.MLP_VARIANTS, ("relu", "sigmoid")).parse_args(
-        ["--variant", "mlpn", "--activation", "relu", "--epochs", "2", "--batch-size", "32",
-         "--out", str(tmp_path), "--no-progress"])
-    experiments.run(args, lambda bk, v, a: zoo.mlp(bk, v, a), zoo.MLP_VARIANTS, ("relu", "sigmoid"))
+    experiments.main("mlp", ["--variant", "mlpn", "--activation", "relu", "--epochs", "2", "--batch-size", "32",
+                             "--out", str(tmp_path), "--no-progress"])
     pixels(tmp_path / "training_curves.png", 3, 1, plots.PANEL)
     pixels(tmp_path / "sigma_evolution.png", 1, 1, plots.PANEL)
 
@@ -157,7 +149,7 @@ def test_saliency_example_loads_checkpoints_of_cnn_variants(tmp_path, saliency_e
     bk = get_backend("numpy", "float32", 0)
     for variant in zoo.CNN_VARIANTS:
         model = zoo.cnn(bk, variant)
-        Trainer(model, experiments.make_optimizers(model)[0], progress=False).save(
+        Trainer(model, make_optimizers(model)[0], progress=False).save(
             str(tmp_path / "checkpoints" / f"{variant}.npz"))
     path = saliency_example.main(["--family", "cnn", "--checkpoints", str(tmp_path / "checkpoints"),
                                   "--out", str(tmp_path), "--images", "1", "--samples", "2"])

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from manualbp import get_backend
 from manualbp.gradcheck import check_gradients
-from manualbp.layers import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d, Unflatten
+from manualbp.layers import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 
 TOL = 1e-7
 
@@ -145,17 +145,6 @@ def test_flatten_keeps_the_layout_of_its_input_in_the_gradient(bk64):
     assert dx.strides == x.strides
     np.testing.assert_array_equal(bk64.to_host(dx), 2 * bk64.to_host(x))
     assert check_gradients(flat, x.copy())["input"] < TOL
-
-
-def test_unflatten(bk64):
-    layer = Unflatten(bk64, (2, 3, 4))
-    x = bk64.asarray(host_normal(13, (5, 24)))
-    y = layer.forward(x)
-    assert y.shape == (5, 2, 3, 4) and layer.output_shape((24,)) == (2, 3, 4)
-    np.testing.assert_array_equal(bk64.to_host(Flatten(bk64).forward(y)), bk64.to_host(x))
-    assert check_gradients(layer, x)["input"] < TOL
-    with pytest.raises(ValueError, match=r"Unflatten expects an input \(N, 24\)"):
-        layer.forward(bk64.asarray(np.zeros((5, 23))))
 
 
 def test_outputs_keep_the_input_layout():

@@ -210,7 +210,7 @@ def test_resnet_builder_errors(bk32):
         resnet18(bk32, "resnet34-an")
     with pytest.raises(ValueError, match="puts noise on hidden FC layers, but hidden=\\(\\) has none"):
         resnet18(bk32, "resnet18-mlpn", hidden=())
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+    with pytest.raises(ValueError, match="no ResNet set-up for dataset 'mnist'"):
         resnet18(bk32, "resnet18", "mnist")
     with pytest.raises(ValueError, match=r"model input must have shape \(N, 3, 8, 8\)"):
         resnet18(bk32, "resnet18", width=4, input_size=8).forward(bk32.zeros((2, 3, 32, 32)))
@@ -220,8 +220,7 @@ def test_resnet_trains_and_checkpoints(tmp_path):
     """float32 training with augmentation lowers the loss of a small ResNet18-AN on a fixed batch;
     a checkpoint restores the running statistics."""
     from manualbp.data import random_crop_flip
-    from manualbp.experiments import make_optimizers
-    from manualbp.train import Trainer
+    from manualbp.train import Trainer, make_optimizers
     bk = get_backend("numpy", "float32", 0)
     model = resnet18(bk, "resnet18-an", width=4, input_size=8)
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
 """The robustness harness: accuracy over noise draws, batched attacks, the family registry, the
-paper's claims and the sanity checks, the epsilon-sweep plot, and a smoke run of
+paper's claims and the sanity checks, the budget-sweep plot, and a smoke run of
 examples/robustness_table.py writing Markdown, CSV and JSON."""
 import csv
 import json
@@ -12,13 +12,23 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from manualbp import evaluate, get_backend, plots
-from manualbp.attacks import fgsm, preset
+from manualbp import evaluate, get_backend, plots, robustness, zoo
+from manualbp.attacks import fgsm, surrogate_builder
 from manualbp.attacks.published import COLUMNS, TABLES, check_claims, paper_rows
-from manualbp.zoo import mlp
+from manualbp.datasets import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (784, 16, 8, 10)
+
+
+def mlp(bk, variant, activation, **options):
+    """A small MLP that takes 1x28x28 images."""
+    return zoo.mlp(bk, variant, activation, sizes=SIZES, input_shape=(1, 28, 28), **options)
+
+
+def settings_for(dataset, **choices):
+    data = DATASETS[dataset]
+    return robustness.Settings(data.attacks, data.corruptions, log=lambda *_: None, **choices)
 #: run the example against this checkout, whatever copy of manualbp is installed
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 
@@ -31,12 +41,12 @@ def data(bk, n=40, seed=0):
 def test_accuracy_over_draws_deterministic_and_randomised():
     bk = get_backend("numpy", "float32", 0)
     images, y = data(bk)
-    plain = mlp(bk, "mlp", "relu", sizes=SIZES)
-    x = evaluate.as_input(plain, images)
+    plain = mlp(bk, "mlp", "relu")
+    x = images
     cell = evaluate.accuracy_over_draws(plain, x, y, draws=5)
     assert cell["draws"] == 1 and cell["mean"] == cell["min"] == cell["all"]
     assert cell["mean"] == evaluate.accuracy(plain, x, y)
-    noisy = mlp(bk, "mlpn", "relu", sizes=SIZES, sigma0=3.0)
+    noisy = mlp(bk, "mlpn", "relu", sigma0=3.0)
     cell = evaluate.accuracy_over_draws(noisy, x, y, draws=6)
     assert cell["draws"] == 6 and cell["all"] <= cell["min"] <= cell["mean"]
     assert evaluate.accuracy_over_draws(noisy, x, y, draws=6, noise=False)["draws"] == 1
@@ -46,9 +56,9 @@ def test_accuracy_over_draws_deterministic_and_randomised():
 def test_run_attack_in_batches_equals_one_call():
     bk = get_backend("numpy", "float64", 0)
     images, y = data(bk)
-    model = mlp(bk, "mlp", "sigmoid", sizes=SIZES)
-    x = evaluate.as_input(model, images)
-    batched = evaluate.run_attack(model, fgsm, x, y, batch_size=7, eps=0.1)
+    model = mlp(bk, "mlp", "sigmoid")
+    x = images
+    batched = evaluate.run_attack(model, fgsm, x, y, batch_size=7, budget=0.1)
     model.eval()
     np.testing.assert_allclose(batched, fgsm(model, x, y, 0.1), atol=1e-12)
     norms = evaluate.perturbation_norms(x, batched, bk)
@@ -58,16 +68,16 @@ def test_run_attack_in_batches_equals_one_call():
 def test_adversarial_examples_feed_the_image_grid(tmp_path):
     bk = get_backend("numpy", "float32", 0)
     images, y = data(bk, n=12)
-    settings = evaluate.Settings(preset("fashion-mnist"), log=lambda *_: None)
-    models = {"mlp": mlp(bk, "mlp", "relu", sizes=SIZES), "mlpn": mlp(bk, "mlpn", "relu", sizes=SIZES)}
-    rows, predictions = evaluate.adversarial_examples(models, images, y, settings, count=5)
+    settings = settings_for("fashion-mnist")
+    models = {"mlp": mlp(bk, "mlp", "relu"), "mlpn": mlp(bk, "mlpn", "relu")}
+    rows, predictions = robustness.adversarial_examples(models, images, y, settings, count=5)
     assert list(rows) == ["mlp FGSM", "mlp PGD", "mlpn FGSM", "mlpn PGD"]
     assert set(predictions) == {"clean", *rows}
     clean = bk.to_host(images[:5])
     for name, adv in rows.items():
-        eps = settings.preset[name.split()[1].lower()]["eps"]
+        budget = settings.attacks[name.split()[1].lower()]["budget"]
         assert adv.shape == clean.shape and 0 <= adv.min() and adv.max() <= 1
-        assert np.abs(adv - clean).max() <= eps + 1e-6 and np.abs(adv - clean).max() > 0
+        assert np.abs(adv - clean).max() <= budget + 1e-6 and np.abs(adv - clean).max() > 0
         assert predictions[name].shape == (5,)
     path = plots.adversarial_grid(clean, rows, str(tmp_path / "adv.png"), predictions)
     image = matplotlib.image.imread(path)
@@ -77,55 +87,52 @@ def test_adversarial_examples_feed_the_image_grid(tmp_path):
 def test_white_box_cells_and_noise_on_off_columns():
     bk = get_backend("numpy", "float32", 0)
     images, y = data(bk, n=20)
-    settings = evaluate.Settings(preset("fashion-mnist"), draws=2, eot_draws=2, log=lambda *_: None)
-    plain = evaluate.white_box(mlp(bk, "mlp", "relu", sizes=SIZES), images, y, settings)
+    settings = settings_for("fashion-mnist", draws=2, eot_draws=2)
+    plain = robustness.white_box(mlp(bk, "mlp", "relu"), images, y, settings)
     assert set(plain) == {"ori", "fgsm", "lbfgs", "pgd", "eot_pgd", "ori_noise_on", "ori_noise_off",
                           "pgd_noise_on", "pgd_noise_off"}
     assert plain["ori_noise_on"] is plain["ori"] and plain["pgd_noise_off"] is plain["pgd"]
     assert plain["fgsm"]["linf"] == pytest.approx(0.1, abs=1e-6)
-    fixed = evaluate.white_box(mlp(bk, "mlp+", "relu", sizes=SIZES), images, y, settings)
+    fixed = robustness.white_box(mlp(bk, "mlp+", "relu"), images, y, settings)
     assert fixed["ori_noise_off"] is fixed["ori"] and fixed["ori_noise_on"]["draws"] == 2
 
 
-@pytest.mark.skipif(not hasattr(evaluate.zoo, "cnn"), reason="manualbp.zoo.cnn not available yet")
 def test_white_box_on_a_randomised_cnn():
     bk = get_backend("numpy", "float32", 0)
     images, y = data(bk, n=6)
-    settings = evaluate.Settings(preset("mnist"), draws=2, eot_draws=2, log=lambda *_: None)
-    cells = evaluate.white_box(evaluate.get_family("cnn", "mnist").build(bk, "cnn-an"), images, y, settings)
+    settings = settings_for("mnist", draws=2, eot_draws=2)
+    cells = robustness.white_box(zoo.get_family("cnn", "mnist").model(bk, "cnn-an"), images, y, settings)
     assert cells["ori"]["draws"] == 2 and cells["pgd"]["linf"] <= 25 / 255 + 1e-6
     assert cells["ori_noise_on"] is cells["ori"] and cells["ori_noise_off"]["draws"] == 1
 
 
-@pytest.mark.skipif(not hasattr(evaluate.zoo, "resnet18"), reason="manualbp.zoo.resnet18 not available yet")
 def test_white_box_on_a_small_resnet_and_its_surrogate():
     """Attacks run through Normalize, BatchNorm and residual blocks (a narrow ResNet18, CIFAR size)."""
-    from manualbp.attacks import build_surrogate
     bk = get_backend("numpy", "float32", 0)
     rng = np.random.default_rng(0)
     images = bk.asarray(rng.random((4, 3, 32, 32)))
     y = bk.asarray(rng.integers(0, 10, 4), dtype="int64")
-    settings = evaluate.Settings(preset("cifar10"), draws=2, eot_draws=2, log=lambda *_: None)
-    model = evaluate.zoo.resnet18(bk, "resnet18-an", width=4)
-    cells = evaluate.white_box(model, images, y, settings)
-    assert cells["pgd"]["linf"] <= preset("cifar10")["pgd"]["eps"] + 1e-6
+    settings = settings_for("cifar10", draws=2, eot_draws=2)
+    model = zoo.resnet18(bk, "resnet18-an", width=4)
+    cells = robustness.white_box(model, images, y, settings)
+    assert cells["pgd"]["linf"] <= DATASETS["cifar10"].attacks["pgd"]["budget"] + 1e-6
     assert cells["ori_noise_on"]["draws"] == 2 and cells["ori_noise_off"] is cells["ori"]
-    assert list(build_surrogate(bk, "cifar10").children)[-1] == "fc"
+    assert list(surrogate_builder("cifar10")(bk, width=4).children)[-1] == "fc"
 
 
 def test_family_registry_errors_and_rows():
-    family = evaluate.get_family("mlp", "fashion-mnist")
+    family = zoo.get_family("mlp", "fashion-mnist")
     assert [r for r, _, _ in family.rows()] == ["mlp/relu", "mlp/sigmoid", "mlp+/relu", "mlp+/sigmoid",
                                                 "mlpn/relu", "mlpn/sigmoid"]
     with pytest.raises(ValueError, match="unknown family 'vgg'"):
-        evaluate.get_family("vgg", "mnist")
+        zoo.get_family("vgg", "mnist")
     with pytest.raises(ValueError, match="evaluated on cifar10, not 'mnist'"):
-        evaluate.get_family("resnet18", "mnist")
+        zoo.get_family("resnet18", "mnist")
     for name, dataset in (("resnet18", "cifar10"), ("resnet34", "tiny-imagenet")):
-        assert evaluate.get_family(name, dataset).name == name
+        assert zoo.get_family(name, dataset).name == name
     assert set(family.rows()[0][0].split("/")) <= set(family.variants) | set(family.activations)
     for name in TABLES:                                   # the registry's rows are the paper's rows
-        fam = evaluate.FAMILIES[name]
+        fam = zoo.FAMILIES[name]
         assert {r for r, _, _ in fam.rows()} == set(paper_rows(name)[1])
 
 
@@ -172,24 +179,24 @@ def test_a_claim_over_seeds_counts_their_spread():
 
 
 def test_sanity_checks_flag_what_they_should():
-    sweep = {"good": {"eps": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.2, 0.0]},
-             "bad": {"eps": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.5, 0.6]}}
+    sweep = {"good": {"budget": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.2, 0.0]},
+             "bad": {"budget": [0, 0.1, 0.3], "fgsm": [0.9, 0.4, 0.2], "pgd": [0.9, 0.5, 0.6]}}
     values = {"good": {"fgsm": 0.3, "bb_fgsm": 0.6, "pgd": 0.2, "eot_pgd": 0.1},
               "bad": {"fgsm": 0.7, "bb_fgsm": 0.6, "pgd": 0.2, "eot_pgd": 0.4}}
-    checks = evaluate.sanity_checks(values, sweep)
+    checks = robustness.sanity_checks(values, sweep)
     assert all(c["passed"] for c in checks if c["row"] == "good")
     failed = {c["check"] for c in checks if c["row"] == "bad" and not c["passed"]}
-    assert failed == {"iterative >= single step", "accuracy falls as eps grows", "accuracy -> 0 at large eps",
+    assert failed == {"iterative >= single step", "accuracy falls as the budget grows", "accuracy -> 0 at a large budget",
                       "EOT-PGD >= PGD", "white box >= transfer"}
 
 
-def test_epsilon_sweep_and_plot(tmp_path):
+def test_budget_sweep_and_plot(tmp_path):
     bk = get_backend("numpy", "float32", 0)
     images, y = data(bk, n=16)
-    models = {"a": mlp(bk, "mlp", "relu", sizes=SIZES), "b": mlp(bk, "mlpn", "relu", sizes=SIZES)}
-    sweep = evaluate.epsilon_sweep(models, images, y, (0.0, 0.1, 0.5), steps=3, draws=2)
+    models = {"a": mlp(bk, "mlp", "relu"), "b": mlp(bk, "mlpn", "relu")}
+    sweep = robustness.budget_sweep(models, images, y, (0.0, 0.1, 0.5), steps=3, draws=2)
     assert set(sweep) == {"a", "b"} and len(sweep["a"]["pgd"]) == 3
-    path = evaluate.plot_sweep(sweep, tmp_path / "sweep.png")
+    path = plots.budget_sweep(sweep, tmp_path / "sweep.png")
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -202,7 +209,7 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
            "--draws", "2", "--eot-draws", "2", "--sweep-steps", "3", "--seed", "0", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("robustness.md", "robustness.csv", "robustness.json", "eps_sweep.png",
+    for name in ("robustness.md", "robustness.csv", "robustness.json", "budget_sweep.png",
                  "adversarial_examples.png"):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "robustness.json").read_text())

@@ -17,10 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(out, *flags, variant="mlpn"):
-    args = experiments.parser("t", zoo.MLP_VARIANTS, ("relu", "sigmoid")).parse_args(
-        ["--variant", variant, "--activation", "relu", "--epochs", "1", "--batch-size", "32",
-         "--out", str(out), "--no-progress", *flags])
-    return experiments.run(args, lambda bk, v, a: zoo.mlp(bk, v, a), zoo.MLP_VARIANTS, ("relu", "sigmoid"))
+    return experiments.main("mlp", ["--variant", variant, "--activation", "relu", "--epochs", "1", "--batch-size",
+                                    "32", "--out", str(out), "--no-progress", *flags])
 
 
 def accuracies(metrics, variant="mlpn"):
@@ -143,7 +141,7 @@ def test_bad_input_gets_one_clear_error(tmp_path, monkeypatch):
     images = np.zeros((2, 1, 28, 28))
     for severity in (2.5, 2.0):
         with pytest.raises(ValueError, match="severity must be an integer in 1..5"):
-            corrupt(images, "gaussian_noise", severity)
+            corrupt(images, "gaussian_noise", severity, "cifar10-c")
     (tmp_path / "img").write_bytes(bytes([0, 0, 8, 3]) + (0).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
     (tmp_path / "lbl").write_bytes(bytes([0, 0, 8, 1]) + (0).to_bytes(4, "big"))
     with pytest.raises(DataError, match="holds 0 images, expected at least one"):

@@ -306,15 +306,17 @@ def test_missing_data_skips_or_fails_when_required(requirements, monkeypatch, tm
 
 @pytest.fixture(scope="module")
 def fashion_splits(fashion_mnist):
-    """The paper's 5:1:1 split of all 70,000 Fashion-MNIST images, as float32 backend arrays."""
+    """The paper's 5:1:1 split of all 70,000 Fashion-MNIST images (host uint8 images)."""
     splits = split_dataset(fashion_mnist, (5, 1, 1), seed=0)
     assert [len(splits[k][0]) for k in ("train", "val", "test")] == [50000, 10000, 10000]
     return splits
 
 
 def one_epoch(splits, variant):
+    from manualbp.datasets import pixels
     bk = get_backend("numpy", "float32", 0)
-    model = mlp(bk, variant, "relu")
+    splits = {k: (pixels(bk, x), bk.asarray(y, dtype="int64")) for k, (x, y) in splits.items()}
+    model = mlp(bk, variant, "relu", input_shape=(1, 28, 28))
     optimizers = [Adam(model, lr=1e-3, weight_decay=1e-4, select=lambda n: not is_noise_level(n)),
                   noise_level_optimizer(model, lr=1e-3)]
     trainer = Trainer(model, optimizers, batch_size=128, seed=0, progress=False)

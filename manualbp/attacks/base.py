@@ -1,5 +1,5 @@
 """What every attack shares: input checks, the input gradient from the engine's own backward
-pass, the eps box, and holding one noise draw fixed.
+pass, the budget box, and holding one noise draw fixed.
 
 The gradient always comes from ``model.backward`` -- Eq. (2) run down to the input -- seeded by
 the softmax cross-entropy's ``e = (softmax - onehot) / N``. The engine's loss is the batch
@@ -47,7 +47,7 @@ def check_labels(y, n, xp):
                          f"{type(y).__name__} {getattr(y, 'dtype', '')} {getattr(y, 'shape', '')}")
 
 
-def check_budget(value, name="eps"):
+def check_budget(value, name="budget"):
     """A finite number >= 0 (a perturbation budget or step size), as a float."""
     try:
         value = float(value)
@@ -93,9 +93,9 @@ def input_gradient(model, x, y, weights=None):
     return loss.losses, grad
 
 
-def eps_box(x, eps, xp):
-    """Bounds ``(max(x - eps, 0), min(x + eps, 1))``: the L-inf ball intersected with [0, 1]."""
-    return xp.maximum(x - eps, 0), xp.minimum(x + eps, 1)
+def budget_box(x, budget, xp):
+    """Bounds ``(max(x - budget, 0), min(x + budget, 1))``: the L-inf ball intersected with [0, 1]."""
+    return xp.maximum(x - budget, 0), xp.minimum(x + budget, 1)
 
 
 def draws_noise(model):

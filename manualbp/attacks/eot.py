@@ -30,9 +30,9 @@ def expected_gradient(model, x, y, draws=20, max_batch=2048):
 
 
 @in_evaluation_mode
-def eot_pgd(model, x, y, eps, alpha, steps, draws=20, random_start=False, max_batch=2048):
+def eot_pgd(model, x, y, budget, alpha, steps, draws=20, random_start=False, max_batch=2048):
     """PGD whose every step uses :func:`expected_gradient` over ``draws`` noise draws (K = 20 by
     default, as AutoAttack's version for randomised defences)."""
     draws = check_count(draws, "draws")
-    return pgd(model, x, y, eps, alpha, steps, random_start,
+    return pgd(model, x, y, budget, alpha, steps, random_start,
                gradient=lambda m, a, b: expected_gradient(m, a, b, draws, max_batch))

@@ -1,7 +1,7 @@
 """L-BFGS attacks with ``scipy.optimize`` (L-BFGS-B, box bounds), in two forms.
 
 * :func:`lbfgs` -- the paper's form (its released code): maximise the cross-entropy of the true
-  class over ``[0, 1]`` (intersected with an ``eps`` box when one is given), with an iteration
+  class over ``[0, 1]`` (intersected with a ``budget`` box when one is given), with an iteration
   cap (Table 2) and no distance term; the perturbation size is whatever the cap lets through.
 * :func:`lbfgs_targeted` -- Szegedy et al. (2014): minimise ``c |r|^2 + CE(x + r, target)``
   over the box, searching ``c``. It is written here with the constant on the loss,
@@ -18,12 +18,12 @@ the objective the line search sees is deterministic.
 import numpy
 from scipy.optimize import Bounds, minimize
 
-from .base import (check_budget, check_count, check_inputs, eps_box, frozen_noise,
+from .base import (budget_box, check_budget, check_count, check_inputs, frozen_noise,
                    in_evaluation_mode, input_gradient)
 
 
-def _bounds(x, eps, xp, bk):
-    low, high = (xp.zeros_like(x), xp.ones_like(x)) if eps is None else eps_box(x, eps, xp)
+def _bounds(x, budget, xp, bk):
+    low, high = (xp.zeros_like(x), xp.ones_like(x)) if budget is None else budget_box(x, budget, xp)
     return bk.to_host(low).astype(numpy.float64).ravel(), bk.to_host(high).astype(numpy.float64).ravel()
 
 
@@ -34,13 +34,13 @@ def _minimize(objective, start, low, high, max_iter):
 
 
 @in_evaluation_mode
-def lbfgs(model, x, y, max_iter=10, eps=None):
+def lbfgs(model, x, y, max_iter=10, budget=None):
     """The paper's L-BFGS: maximise ``sum_i CE(f(x_i'), y_i)`` over ``x'`` in ``[0, 1]`` (and
-    ``|x' - x|_inf <= eps`` when ``eps`` is given), starting at ``x``, at most ``max_iter``
+    ``|x' - x|_inf <= budget`` when ``budget`` is given), starting at ``x``, at most ``max_iter``
     L-BFGS-B iterations. Returns ``x'`` in the model's dtype."""
     xp = check_inputs(model, x, y)
     max_iter = check_count(max_iter, "max_iter")
-    eps = None if eps is None else check_budget(eps, "eps")
+    budget = None if budget is None else check_budget(budget, "budget")
     bk, shape = model.bk, x.shape
     ones = xp.ones(len(x), dtype=x.dtype)
 
@@ -48,18 +48,18 @@ def lbfgs(model, x, y, max_iter=10, eps=None):
         losses, grad = input_gradient(model, bk.asarray(z.reshape(shape)), y, weights=ones)
         return -float(losses.sum()), -bk.to_host(grad).astype(numpy.float64).ravel()
 
-    low, high = _bounds(x, eps, xp, bk)
+    low, high = _bounds(x, budget, xp, bk)
     with frozen_noise(model, x):
         best = _minimize(objective, bk.to_host(x).astype(numpy.float64).ravel(), low, high, max_iter)
     return bk.asarray(best.reshape(shape))
 
 
 @in_evaluation_mode
-def lbfgs_targeted(model, x, target, c0=0.01, search_steps=10, grow=10.0, max_iter=100, eps=None):
+def lbfgs_targeted(model, x, target, c0=0.01, search_steps=10, grow=10.0, max_iter=100, budget=None):
     """Szegedy et al.'s box-constrained L-BFGS with a per-sample search over ``c``.
 
     Each of ``search_steps`` rounds minimises ``sum_i |r_i|^2 + c_i CE(x_i + r_i, target_i)``
-    with ``x + r`` in ``[0, 1]`` (and the ``eps`` box when given), starting at ``r = 0``. A
+    with ``x + r`` in ``[0, 1]`` (and the ``budget`` box when given), starting at ``r = 0``. A
     sample whose result is classified as its target records it (keeping the smallest ``|r|``)
     and bisects ``c`` down towards the largest failing ``c``; otherwise ``c`` is multiplied by
     ``grow`` until a success, then bisected up. The model's prediction is judged through the
@@ -76,10 +76,10 @@ def lbfgs_targeted(model, x, target, c0=0.01, search_steps=10, grow=10.0, max_it
     c0, grow = check_budget(c0, "c0"), check_budget(grow, "grow")
     if c0 <= 0 or grow <= 1:
         raise ValueError(f"need c0 > 0 and grow > 1, got c0={c0}, grow={grow}")
-    eps = None if eps is None else check_budget(eps, "eps")
+    budget = None if budget is None else check_budget(budget, "budget")
     bk, shape, n = model.bk, x.shape, len(x)
     x_host = bk.to_host(x).astype(numpy.float64).ravel()
-    low, high = _bounds(x, eps, xp, bk)
+    low, high = _bounds(x, budget, xp, bk)
     c = numpy.full(n, c0)
     lower, upper = numpy.zeros(n), numpy.full(n, numpy.inf)
     best = x_host.reshape(n, -1).copy()

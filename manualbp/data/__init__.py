@@ -3,13 +3,13 @@
 from .download import ChecksumError, default_cache_dir, fetch, sha256_of, verify_file
 from .idx import DataError, read_idx
 from .mnist import DATASETS, load_mnist, verify_dataset_dir
-from .split import iterate_batches, split_dataset, split_indices, split_sizes
+from .split import split_dataset, split_indices, split_sizes
 
 __all__ = [
     "DataError", "ChecksumError", "read_idx",
     "default_cache_dir", "sha256_of", "verify_file", "fetch",
     "DATASETS", "load_mnist", "verify_dataset_dir",
-    "split_sizes", "split_indices", "split_dataset", "iterate_batches",
+    "split_sizes", "split_indices", "split_dataset",
 ]
 from .augment import crop_flip, random_crop_flip
 from .cifar10 import load_cifar10, read_cifar10_archive

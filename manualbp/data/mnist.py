@@ -174,7 +174,7 @@ def _pair(directory, img_file, lbl_file):
 def load_mnist(name="mnist", data_dir=None, cache_dir=None, download=True, verify=True):
     """Load all 70,000 images of ``name`` ("mnist" or "fashion-mnist").
 
-    Returns host arrays: ``x`` float32 (N, 784) in [0, 1], ``y`` int64 (N,),
+    Returns host arrays: ``x`` uint8 images (N, 1, 28, 28), ``y`` int64 (N,),
     ``official_test`` bool (N,) marking rows from the official test set
     (the last 10,000: official train rows come first), plus ``name`` and
     ``source`` (the directory read).  ``verify=False`` skips the checksum
@@ -185,9 +185,7 @@ def load_mnist(name="mnist", data_dir=None, cache_dir=None, download=True, verif
     tr_x, tr_y = _pair(directory, FILES[0], FILES[1])
     te_x, te_y = _pair(directory, FILES[2], FILES[3])
     n_tr, n_te = len(tr_x), len(te_x)
-    x = np.concatenate([tr_x.reshape(n_tr, -1), te_x.reshape(n_te, -1)])
-    x = x.astype(np.float32)
-    x /= np.float32(255.0)
+    x = np.concatenate([tr_x, te_x])[:, None]
     y = np.concatenate([tr_y, te_y]).astype(np.int64)
     official_test = np.zeros(n_tr + n_te, dtype=bool)
     official_test[n_tr:] = True

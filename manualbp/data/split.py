@@ -13,7 +13,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-__all__ = ["split_sizes", "split_indices", "split_dataset", "iterate_batches"]
+__all__ = ["split_sizes", "split_indices", "split_dataset"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -71,20 +71,3 @@ def split_dataset(data, ratios=(5, 1, 1), seed=0):
         raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
     parts = split_indices(len(x), ratios, seed)
     return {k: (x[idx], y[idx]) for k, idx in zip(SPLIT_NAMES, parts)}
-
-
-def iterate_batches(n, batch_size, rng=None, drop_last=False):
-    """Yield index arrays of ``batch_size`` covering ``range(n)`` once.
-
-    The order is a fresh permutation drawn from ``rng`` (a
-    ``np.random.Generator``) if given, else ``0..n-1``.  The last, shorter
-    batch is dropped if ``drop_last``.
-    """
-    n = _check_count(n)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if rng is not None and not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    stop = n - n % batch_size if drop_last else n
-    return (order[s:s + batch_size] for s in range(0, stop, batch_size))

@@ -54,9 +54,9 @@ class AdamKernel(_FlatKernel, Adam):
         v *= b2
         v += xp.multiply(xp.multiply(g, g, out=s), 1 - b2, out=s)  # v <- b2 v + (1 - b2) g^2
         denom = xp.sqrt(xp.multiply(v, 1 / (1 - b2 ** self.t), out=s), out=s)
-        denom += self.eps                                           # sqrt(v_hat) + eps
+        denom += self.floor                                         # sqrt(v_hat) + floor
         step = xp.divide(h, denom, out=s)
-        step *= self.lr / (1 - b1 ** self.t)                        # alpha * h_hat / (sqrt(v_hat) + eps)
+        step *= self.lr / (1 - b1 ** self.t)                        # alpha * h_hat / (sqrt(v_hat) + floor)
         p -= step
         if self.keep_positive:
             xp.abs(p, out=p)                                        # Eq. (7)

@@ -13,9 +13,9 @@ from .normalize import Normalize
 __all__ += ["BatchNorm1d", "BatchNorm2d", "Normalize"]
 from .conv import Conv2d
 from .im2col import col2im, conv2d_naive, im2col
-from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d, Unflatten
+from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 
-__all__ += ["AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "MaxPool2d", "Unflatten", "col2im",
+__all__ += ["AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "MaxPool2d", "col2im",
             "conv2d_naive", "im2col"]
 from .residual import BasicBlock, Projection
 

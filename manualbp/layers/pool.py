@@ -129,30 +129,3 @@ class Flatten(Module):
         for s in input_shape:
             size *= int(s)
         return (size,)
-
-
-class Unflatten(Module):
-    """``(N, d)`` -> ``(N, *shape)`` with ``d = prod(shape)``, in C order: e.g. flat 784-pixel
-    MNIST rows to ``(N, 1, 28, 28)`` images in front of a CNN. The inverse of :class:`Flatten`."""
-
-    def __init__(self, bk, shape):
-        super().__init__(bk)
-        self.shape = tuple(int(s) for s in shape)
-        self.size = 1
-        for s in self.shape:
-            self.size *= s
-
-    def forward(self, x):
-        if x.ndim != 2 or x.shape[1] != self.size:
-            raise ValueError(f"Unflatten expects an input (N, {self.size}) to reshape to "
-                             f"(N, {', '.join(map(str, self.shape))}), got shape {tuple(x.shape)}")
-        self.x_shape = tuple(x.shape)
-        return x.reshape(x.shape[0], *self.shape)
-
-    def backward(self, delta, input_grad=True):
-        if not input_grad:
-            return None
-        return delta.reshape(self.x_shape)
-
-    def output_shape(self, input_shape):
-        return self.shape

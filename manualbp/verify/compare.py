@@ -3,6 +3,7 @@ the logits, the loss, every parameter gradient and the input gradient."""
 import importlib
 from dataclasses import dataclass, field
 
+from ..gradcheck import relative_error
 from ..layers import SoftmaxCrossEntropy
 from ..model import noise_layers
 
@@ -82,15 +83,15 @@ def load_framework(against):
 
 
 def compare(name, ours, theirs, rtol, atol):
-    """A :class:`Row`: ``max|a - b|`` and ``max|a - b| / max(1e-30, max(|a| + |b|))`` (the
-    relative error of :mod:`manualbp.gradcheck`, scaled by the largest entry); a reference ``b``
-    that is zero up to round-off (``max|b| <= atol``) is judged by the absolute error alone."""
+    """A :class:`Row`: ``max|a - b|`` and the relative error of
+    :func:`manualbp.gradcheck.relative_error` (scaled by the largest entry, its floor only a guard
+    against dividing by zero); a reference ``b`` that is zero up to round-off (``max|b| <= atol``)
+    is judged by the absolute error alone."""
     a, b = ours.astype("float64"), theirs.astype("float64")          # host arrays
     if a.shape != b.shape:
         return Row(name, a.shape, float("inf"), float("inf"), False)
     diff = float(abs(a - b).max()) if a.size else 0.0
-    scale = float((abs(a) + abs(b)).max()) if a.size else 0.0
-    rel = diff / max(1e-30, scale)
+    rel = relative_error(a, b, floor=1e-30)
     near_zero = bool(b.size) and float(abs(b).max()) <= atol
     return Row(name, a.shape, diff, rel, diff <= atol if near_zero else rel <= rtol, near_zero)
 
