@@ -9,7 +9,7 @@ import pytest
 
 from manualbp import get_backend, held_noise, named_eps
 from manualbp.gradcheck import check_gradients, directional_check, numerical_gradient, relative_error
-from manualbp.layers import GaussianNoise, LeakyReLU, Linear, ReLU, Sigmoid, SoftmaxCrossEntropy
+from manualbp.layers import Dropout, GaussianNoise, LeakyReLU, Linear, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from manualbp.zoo import mlp
 
 TOL = 1e-7
@@ -139,10 +139,35 @@ def test_noise_off_is_identity(bk64):
     assert_all_below(check_gradients(layer, x), ["input"])
 
 
+# --- dropout -------------------------------------------------------------------------------
+
+def test_dropout(bk64):
+    """Training: each element kept with probability 1 - p and scaled by 1 / (1 - p), the same mask
+    in backward (checked by finite differences with the mask held); evaluation: the identity."""
+    layer = Dropout(bk64, p=0.25)
+    x = bk64.asarray(host_normal(3, (400, 50)))
+    y = bk64.to_host(layer.forward(x))
+    kept = y != 0
+    assert abs(kept.mean() - 0.75) < 0.01
+    np.testing.assert_allclose(y[kept], bk64.to_host(x)[kept] / 0.75, rtol=1e-15)
+    delta = bk64.asarray(host_normal(4, (400, 50)))
+    np.testing.assert_array_equal(bk64.to_host(layer.backward(delta)), bk64.to_host(delta) * bk64.to_host(layer.mask))
+    layer.hold_mask = True
+    small = Dropout(bk64, p=0.5)
+    xs = bk64.asarray(host_normal(5, (4, 6)))
+    small.forward(xs)
+    small.hold_mask = True
+    assert_all_below(check_gradients(small, xs), ["input"])
+    layer.eval()
+    assert layer.forward(x) is x and layer.backward(delta) is delta
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\), got 1"):
+        Dropout(bk64, p=1)
+
+
 # --- activations ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make", [ReLU, LeakyReLU, lambda bk: LeakyReLU(bk, slope=0.2), Sigmoid],
-                         ids=["relu", "leaky_relu", "leaky_relu_0.2", "sigmoid"])
+@pytest.mark.parametrize("make", [ReLU, LeakyReLU, lambda bk: LeakyReLU(bk, slope=0.2), Sigmoid, Tanh],
+                         ids=["relu", "leaky_relu", "leaky_relu_0.2", "sigmoid", "tanh"])
 def test_activation(bk64, make):
     layer = make(bk64)
     x_h = away_from_kink(host_normal(13, (5, 7)) * 3)
@@ -157,6 +182,7 @@ def test_activation_values():
     np.testing.assert_array_equal(ReLU(bk).forward(v), [[0, 0, 0.5, 3.0]])
     np.testing.assert_allclose(LeakyReLU(bk, 0.1).forward(v), [[-0.2, -0.05, 0.5, 3.0]], rtol=1e-15)
     np.testing.assert_allclose(Sigmoid(bk).forward(v), 1 / (1 + np.exp(-v)), rtol=1e-14)
+    np.testing.assert_allclose(Tanh(bk).forward(v), np.tanh(v), rtol=1e-15)
     s = Sigmoid(bk)
     s.forward(np.array([[-800.0, 800.0]]))               # no overflow warning, exact limits
     assert np.array_equal(s.y, [[0.0, 1.0]])

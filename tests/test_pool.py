@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from manualbp import get_backend
 from manualbp.gradcheck import check_gradients
-from manualbp.layers import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from manualbp.layers import AdaptiveAvgPool2d, AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 
 TOL = 1e-7
 
@@ -122,6 +122,36 @@ def test_avg_pool(bk64, kernel, stride, hw):
     y = pool.forward(bk64.asarray(x_h))
     np.testing.assert_allclose(bk64.to_host(y), windows(x_h, kernel, stride).mean(axis=-1), rtol=1e-13)
     assert check_gradients(pool, bk64.asarray(x_h))["input"] < TOL
+
+
+@pytest.mark.parametrize("kind", [MaxPool2d, AvgPool2d])
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 1), (2, 2, 1), ((3, 2), 1, (1, 0))])
+def test_padded_pooling(bk64, kind, kernel, stride, padding):
+    """Max-pooling pads with -inf, average pooling with zeros that count (PyTorch's defaults):
+    the same as pooling the padded input by hand; gradients by finite differences."""
+    pool = kind(bk64, kernel, stride, padding)
+    x_h = host_normal(8, (2, 3, 7, 6))
+    ph, pw = (padding, padding) if np.isscalar(padding) else padding
+    fill = -np.inf if kind is MaxPool2d else 0.0
+    padded = np.pad(x_h, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    y = bk64.to_host(pool.forward(bk64.asarray(x_h)))
+    reduce = np.max if kind is MaxPool2d else np.mean
+    np.testing.assert_allclose(y, reduce(windows(padded, kernel, stride), axis=-1), rtol=1e-14)
+    assert y.shape[1:] == pool.output_shape((3, 7, 6))
+    assert check_gradients(pool, bk64.asarray(x_h))["input"] < TOL
+    with pytest.raises(ValueError, match="padding .* must be between 0 and half the kernel"):
+        kind(bk64, 2, 2, 2)
+
+
+def test_adaptive_avg_pool_keeps_four_dimensions(bk64):
+    x = bk64.asarray(host_normal(9, (3, 4, 5, 6)))
+    pool = AdaptiveAvgPool2d(bk64, 1)
+    y = pool.forward(x)
+    assert y.shape == (3, 4, 1, 1) and pool.output_shape((4, 5, 6)) == (4, 1, 1)
+    np.testing.assert_allclose(bk64.to_host(y)[:, :, 0, 0], bk64.to_host(x).mean(axis=(2, 3)), rtol=1e-14)
+    assert check_gradients(pool, x)["input"] < TOL
+    with pytest.raises(ValueError, match="only output_size 1 is supported, got 2"):
+        AdaptiveAvgPool2d(bk64, 2)
 
 
 def test_global_avg_pool_and_flatten(bk64):

@@ -1,21 +1,22 @@
 """Layers: each a forward pass and a hand-written backward pass (Eq. 1 forward, Eq. 2 backward)."""
-from .activations import ACTIVATIONS, LeakyReLU, ReLU, Sigmoid
+from .activations import ACTIVATIONS, LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Module
+from .dropout import Dropout
 from .linear import Linear
 from .losses import SoftmaxCrossEntropy
 from .noise import NOISE_MODES, GaussianNoise
 
-__all__ = ["ACTIVATIONS", "GaussianNoise", "LeakyReLU", "Linear", "Module", "NOISE_MODES", "ReLU",
-           "Sigmoid", "SoftmaxCrossEntropy"]
+__all__ = ["ACTIVATIONS", "Dropout", "GaussianNoise", "LeakyReLU", "Linear", "Module", "NOISE_MODES", "ReLU",
+           "Sigmoid", "SoftmaxCrossEntropy", "Tanh"]
 from .norm import BatchNorm1d, BatchNorm2d
 from .normalize import Normalize
 
 __all__ += ["BatchNorm1d", "BatchNorm2d", "Normalize"]
 from .conv import Conv2d
 from .im2col import col2im, conv2d_naive, im2col
-from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 
-__all__ += ["AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "MaxPool2d", "col2im",
+__all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "MaxPool2d", "col2im",
             "conv2d_naive", "im2col"]
 from .residual import BasicBlock, Projection
 

@@ -43,4 +43,15 @@ class Sigmoid(Module):
         return delta * self.y * (1 - self.y)                 # phi'(v) * delta, Eq. (2)
 
 
-ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "leaky_relu": LeakyReLU}
+class Tanh(Module):
+    """``phi(v) = tanh(v)``, ``phi'(v) = 1 - tanh(v)^2``."""
+
+    def forward(self, v):
+        self.y = self.xp.tanh(v)                                        # x = phi(v), Eq. (1)
+        return self.y
+
+    def backward(self, delta, input_grad=True):
+        return delta * (1 - self.y * self.y)                 # phi'(v) * delta, Eq. (2)
+
+
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "leaky_relu": LeakyReLU, "tanh": Tanh}
