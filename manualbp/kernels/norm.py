@@ -37,7 +37,7 @@ class _BatchNormKernel:
             self.update_running(mean, var, count)
         else:
             var = self._per_feature("running_var", self.buffers)
-        self.inv_std = inv_std = 1.0 / xp.sqrt(var + self.eps)
+        self.inv_std = inv_std = 1.0 / xp.sqrt(var + self.floor)
         self.xhat = xhat
 
         def normalise(i, f):                                  # y = weight * xhat + bias

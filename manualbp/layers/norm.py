@@ -2,7 +2,8 @@
 
 One implementation serves dense and convolutional layers: statistics are taken per feature over
 the batch axis (``BatchNorm1d``, input ``(N, F)``) or per channel over the batch and spatial axes
-(``BatchNorm2d``, input ``(N, C, H, W)``). Conventions follow PyTorch: ``eps = 1e-5``, running
+(``BatchNorm2d``, input ``(N, C, H, W)``). Conventions follow PyTorch: ``floor = 1e-5`` (PyTorch's
+``eps``; here ``eps`` is always the noise draw), running
 statistics ``r <- (1 - momentum) r + momentum * batch statistic`` with ``momentum = 0.1``, and the
 running variance updated with the unbiased batch variance.
 """
@@ -10,7 +11,7 @@ from .base import Module
 
 
 class _BatchNorm(Module):
-    """``y = weight * xhat + bias``, ``xhat = (x - mean) / sqrt(var + eps)``.
+    """``y = weight * xhat + bias``, ``xhat = (x - mean) / sqrt(var + floor)``.
 
     Training mode normalises with the statistics of the batch (biased variance) and updates the
     running statistics; evaluation mode normalises with the running statistics.
@@ -22,9 +23,9 @@ class _BatchNorm(Module):
     axes = None             # the axes reduced over: the batch axis, and the spatial axes of a map
     ndim = None
 
-    def __init__(self, bk, num_features, momentum=0.1, eps=1e-5):
+    def __init__(self, bk, num_features, momentum=0.1, floor=1e-5):
         super().__init__(bk)
-        self.num_features, self.momentum, self.eps = int(num_features), momentum, eps
+        self.num_features, self.momentum, self.floor = int(num_features), momentum, floor
         self.add_param("weight", bk.full((self.num_features,), 1.0))
         self.add_param("bias", bk.zeros((self.num_features,)))
         self.buffers["running_mean"] = bk.zeros((self.num_features,))
@@ -57,8 +58,8 @@ class _BatchNorm(Module):
             self.update_running(mean, var, self.count)
         else:
             mean, var = self._per_feature("running_mean", self.buffers), self._per_feature("running_var", self.buffers)
-        self.inv_std = 1 / self.xp.sqrt(var + self.eps)
-        self.xhat = (x - mean) * self.inv_std                  # xhat = (x - mean) / sqrt(var + eps)
+        self.inv_std = 1 / self.xp.sqrt(var + self.floor)
+        self.xhat = (x - mean) * self.inv_std                  # xhat = (x - mean) / sqrt(var + floor)
         return self._per_feature("weight", self.params) * self.xhat + self._per_feature("bias", self.params)
 
     def backward(self, delta, input_grad=True):

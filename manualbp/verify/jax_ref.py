@@ -79,7 +79,7 @@ def batch_norm(w, m, x, path):
     else:
         mean = w.array(path, "running_mean").reshape(shape)
         var = w.array(path, "running_var").reshape(shape)
-    xhat = (x - mean) / jnp.sqrt(var + m.eps)
+    xhat = (x - mean) / jnp.sqrt(var + m.floor)
     return xhat * w.array(path, "weight").reshape(shape) + w.array(path, "bias").reshape(shape)
 
 
