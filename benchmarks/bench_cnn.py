@@ -4,9 +4,11 @@ against the same models in PyTorch on the CPU, side by side in one run.
     python benchmarks/bench_cnn.py [--rounds 7] [--steps 20] [--kernels fast|reference] [--json out.json]
 
 Each round times ``--steps`` consecutive training steps of every model in both engines, one
-after the other; the median over rounds of the mean step time is reported, with ratios
-manualbp / PyTorch (below 1: manualbp is faster) and per-epoch estimates (50,000 images / 128 =
-391 steps; data shuffling and evaluation not included). PyTorch gets as many threads as NumPy's
+after the other: :meth:`manualbp.train.Trainer.step` in manualbp, :func:`common.torch_train_step`
+on the model's twin (:func:`manualbp.verify.to_torch`, the same initial weights) in PyTorch. The
+median over rounds of the mean step time is reported, with ratios manualbp / PyTorch (below 1:
+manualbp is faster) and per-epoch estimates (50,000 images / 128 = 391 steps; data shuffling and
+evaluation not included). PyTorch gets as many threads as NumPy's
 loops and BLAS have (``MANUALBP_NUM_THREADS``, else the CPUs this process may use).
 
 Then instrumented passes over the same batches (one warm-up pass, then the median of
@@ -36,75 +38,27 @@ import numpy as np
 import torch
 
 from manualbp import get_backend
-from manualbp.experiments import add_kernels_argument, make_optimizers
-from manualbp.layers import SoftmaxCrossEntropy
+from manualbp.experiments import add_kernels_argument
+from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import cnn
-from common import N_TRAIN, same_threads, torch_train_step, training_data
+from common import N_TRAIN, same_threads, torch_twin, training_data
 
 kernel_conv = importlib.import_module("manualbp.kernels.conv")      # the modules, not the classes
 layer_conv = importlib.import_module("manualbp.layers.conv")
 
 BATCH = 128
 STEPS_PER_EPOCH = -(-N_TRAIN // BATCH)
-MODELS = {"cnn": False, "cnn-an": True}          # manualbp variant -> noise on every hidden layer
+MODELS = ("cnn", "cnn-an")
 
 
-class TorchCNN(torch.nn.Module):
-    """The same CNN in PyTorch. Noisy: ``v + sigma * eps + mu`` on both feature maps (one sigma
-    and one mu per element, no conv bias) and ``v + sigma * eps`` on the hidden dense layer."""
-
-    def __init__(self, noisy):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 32, 3, padding=1, bias=not noisy)
-        self.conv2 = torch.nn.Conv2d(32, 64, 3, padding=1, bias=not noisy)
-        self.fc1, self.fc2 = torch.nn.Linear(3136, 128), torch.nn.Linear(128, 10)
-        self.noisy = noisy
-        if noisy:
-            self.sigma = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(s)) for s in
-                                                 ((32, 28, 28), (64, 14, 14), (128,))])
-            self.mu = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(s)) for s in
-                                              ((32, 28, 28), (64, 14, 14))])
-
-    def forward(self, x):
-        F = torch.nn.functional
-        for i, conv in enumerate((self.conv1, self.conv2)):
-            x = conv(x)
-            if self.noisy:
-                x = x + self.sigma[i] * torch.randn_like(x) + self.mu[i]
-            x = F.max_pool2d(F.relu(x), 2)
-        x = self.fc1(torch.flatten(x, 1))
-        if self.noisy:
-            x = x + self.sigma[2] * torch.randn_like(x)
-        return self.fc2(F.relu(x))
-
-
-def torch_stepper(noisy, seed):
-    torch.manual_seed(seed)
-    model = TorchCNN(noisy)
-    weights = [p for n, p in model.named_parameters() if not n.startswith("sigma")]
-    opt = torch.optim.Adam(weights, lr=1e-3, weight_decay=1e-4)
-    sigmas = list(model.sigma) if noisy else []
-    sigma_opt = torch.optim.Adam(sigmas, lr=1e-3) if noisy else None
-
-    def step(x, y):
-        torch_train_step(model, x, y, opt, sigma_opt, sigmas)
-    return step
-
-
-def manualbp_stepper(variant, seed, kernels):
-    bk = get_backend("numpy", "float32", seed, kernels)
-    model = cnn(bk, variant)
+def steppers(variant, seed, kernels):
+    """``{"manualbp": Trainer, "torch": step(x, y)}`` of one manualbp model of ``variant``
+    (initial weights from ``seed``) and its PyTorch twin (the same initial weights)."""
+    model = cnn(get_backend("numpy", "float32", seed, kernels), variant)
+    _, torch_step = torch_twin(model)
     optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
-    optimizers = [o for o in optimizers if o is not None]
-    loss = SoftmaxCrossEntropy(bk)
-
-    def step(x, y):
-        loss.forward(model.forward(x), y)
-        model.backward(loss.backward(), input_grad=False)
-        for opt in optimizers:
-            opt.step()
-    step.bk, step.model = bk, model
-    return step
+    return {"manualbp": Trainer(model, optimizers, batch_size=BATCH, seed=seed, progress=False),
+            "torch": torch_step}
 
 
 def time_steps(step, batches):
@@ -189,15 +143,16 @@ class _Xp:
         return getattr(self._module, name)
 
 
-def breakdown(step, batches, passes):
-    """Seconds per step of each part and of the instrumented step (medians over ``passes`` passes
-    over ``batches``, after one instrumented warm-up pass), and the conv GEMM flops per step."""
-    probe = Instrumented(step.bk, step.model)
+def breakdown(trainer, batches, passes):
+    """Seconds per :meth:`~manualbp.train.Trainer.step` of each part and of the instrumented step
+    (medians over ``passes`` passes over ``batches``, after one instrumented warm-up pass), and
+    the conv GEMM flops per step."""
+    probe = Instrumented(trainer.bk, trainer.model)
     runs = []
     with probe:
         for _ in range(passes + 1):
             probe.reset()
-            total = time_steps(step, batches)
+            total = time_steps(trainer.step, batches)
             runs.append((total, {k: v / len(batches) for k, v in probe.seconds.items()}))
     missed = [k for k in PARTS[:2] if probe.calls[k] == 0]
     if missed:
@@ -264,16 +219,16 @@ def main():
                   for i in range(0, len(order), BATCH)]
     torch_batches = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in np_batches]
 
-    steppers = {v: {"manualbp": manualbp_stepper(v, 0, args.kernels), "torch": torch_stepper(noisy, 0)}
-                for v, noisy in MODELS.items()}
+    torch.manual_seed(0)
+    engines = {v: steppers(v, 0, args.kernels) for v in MODELS}
     for v in MODELS:                                   # warm-up: buffers, thread pools, caches
-        time_steps(steppers[v]["manualbp"], np_batches[:3])
-        time_steps(steppers[v]["torch"], torch_batches[:3])
+        time_steps(engines[v]["manualbp"].step, np_batches[:3])
+        time_steps(engines[v]["torch"], torch_batches[:3])
     times = {v: {"manualbp": [], "torch": []} for v in MODELS}
     for _ in range(args.rounds):
         for v in MODELS:
-            times[v]["torch"].append(time_steps(steppers[v]["torch"], torch_batches))
-            times[v]["manualbp"].append(time_steps(steppers[v]["manualbp"], np_batches))
+            times[v]["torch"].append(time_steps(engines[v]["torch"], torch_batches))
+            times[v]["manualbp"].append(time_steps(engines[v]["manualbp"].step, np_batches))
     med = {v: {k: statistics.median(t) for k, t in times[v].items()} for v in MODELS}
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
@@ -299,7 +254,7 @@ def main():
     parts_all = {}
     for v in MODELS:
         peak = peak_matmul_gflops()                    # just before, in the same conditions
-        total, parts, flops = breakdown(steppers[v]["manualbp"], np_batches, passes)
+        total, parts, flops = breakdown(engines[v]["manualbp"], np_batches, passes)
         gflops = flops / parts["conv GEMM"] / 1e9
         parts_all[v] = {"step_seconds": total, "parts_seconds": parts, "conv_gemm_flops_per_step": flops,
                         "conv_gemm_gflops": gflops, "matmul_gflops_just_before": peak}

@@ -4,8 +4,10 @@ backend against the same models in PyTorch on the CPU, side by side in one run.
     python benchmarks/bench_mlp.py [--repeats 5] [--kernels fast|reference] [--json out.json]
 
 Each epoch is 50,000 images (the paper's training split of Fashion-MNIST when the data is found,
-random images otherwise). Runs alternate between the engines; the median of ``--repeats`` epochs
-is reported, with ratios manualbp / PyTorch (below 1: manualbp is faster). Also reports the cost
+random images otherwise); a step is :meth:`manualbp.train.Trainer.step` in manualbp and
+:func:`common.torch_train_step` on the model's twin (:func:`manualbp.verify.to_torch`, the same
+initial weights) in PyTorch. Runs alternate between the engines; the median of ``--repeats``
+epochs is reported, with ratios manualbp / PyTorch (below 1: manualbp is faster). Also reports the cost
 of learning sigma, MLPN / MLP+ -- measured apart, from rounds of 100 training steps of the two
 alternating (median of the per-round ratios), since a difference of a few per cent drowns in
 the drift between whole epochs -- and the speed of the noise draws.
@@ -20,58 +22,35 @@ import numpy as np
 import torch
 
 from manualbp import get_backend
-from manualbp.experiments import add_kernels_argument, make_optimizers
-from manualbp.train import Trainer
+from manualbp.experiments import add_kernels_argument
+from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import mlp
-from common import same_threads, torch_train_step, training_data
+from common import same_threads, torch_twin, training_data
 
 VARIANTS = ("mlp", "mlp+", "mlpn")
 BATCH = 128
 
 
-class TorchMLP(torch.nn.Module):
-    """The same MLP in PyTorch; noise ``v + sigma * eps`` on both hidden layers."""
-
-    def __init__(self, mode):
-        super().__init__()
-        self.fc = torch.nn.ModuleList([torch.nn.Linear(784, 100), torch.nn.Linear(100, 50),
-                                       torch.nn.Linear(50, 10)])
-        self.mode = mode
-        sigmas = [torch.ones(100), torch.ones(50)]
-        if mode == "learned":
-            self.sigma = torch.nn.ParameterList([torch.nn.Parameter(s) for s in sigmas])
-        else:
-            self.sigma = sigmas
-
-    def forward(self, x):
-        for i, fc in enumerate(self.fc):
-            x = fc(x)
-            if i < 2:
-                if self.mode != "off":
-                    x = x + self.sigma[i] * torch.randn_like(x)
-                x = torch.relu(x)
-        return x
+def build(variant, seed, kernels):
+    """The manualbp model of ``variant`` (initial weights from ``seed``) with its optimisers, and
+    the PyTorch side: the model's twin (the same initial weights) and its training step."""
+    model = mlp(get_backend("numpy", "float32", seed, kernels), variant, "relu")
+    _, torch_step = torch_twin(model)
+    optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
+    return Trainer(model, optimizers, batch_size=BATCH, seed=seed, progress=False), torch_step
 
 
-def torch_epoch(x, y, mode, seed):
+def torch_epoch(step, x, y, seed):
     torch.manual_seed(seed)
-    model = TorchMLP(mode)
-    weights = [p for n, p in model.named_parameters() if not n.startswith("sigma")]
-    opt = torch.optim.Adam(weights, lr=1e-3, weight_decay=1e-4)
-    sigma_opt = torch.optim.Adam(model.sigma.parameters(), lr=1e-3) if mode == "learned" else None
     t0 = time.perf_counter()
     perm = torch.randperm(len(x))
     for i in range(0, len(x), BATCH):
         idx = perm[i:i + BATCH]
-        torch_train_step(model, x[idx], y[idx], opt, sigma_opt, model.sigma)
+        step(x[idx], y[idx])
     return time.perf_counter() - t0
 
 
-def manualbp_epoch(x, y, variant, seed, kernels):
-    bk = get_backend("numpy", "float32", seed, kernels)
-    model = mlp(bk, variant, "relu")
-    optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
-    trainer = Trainer(model, optimizers, batch_size=BATCH, seed=seed, progress=False)
+def manualbp_epoch(trainer, x, y):
     t0 = time.perf_counter()
     trainer.train_epoch(x, y, epoch=0)
     return time.perf_counter() - t0
@@ -130,14 +109,15 @@ def main():
     threads = same_threads()
     x, y, source = training_data()
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    modes = {"mlp": "off", "mlp+": "fixed", "mlpn": "learned"}
     times = {v: {"manualbp": [], "torch": []} for v in VARIANTS}
-    manualbp_epoch(x, y, "mlp", 0, args.kernels)        # warm-up: touch the data once
-    torch_epoch(tx, ty, "off", 0)
+    trainer, torch_step = build("mlp", 0, args.kernels)   # warm-up: touch the data once
+    manualbp_epoch(trainer, x, y)
+    torch_epoch(torch_step, tx, ty, 0)
     for r in range(args.repeats):
         for v in VARIANTS:
-            times[v]["manualbp"].append(manualbp_epoch(x, y, v, r, args.kernels))
-            times[v]["torch"].append(torch_epoch(tx, ty, modes[v], r))
+            trainer, torch_step = build(v, r, args.kernels)
+            times[v]["manualbp"].append(manualbp_epoch(trainer, x, y))
+            times[v]["torch"].append(torch_epoch(torch_step, tx, ty, r))
     med = {v: {k: statistics.median(t) for k, t in times[v].items()} for v in VARIANTS}
     print(f"data: {source}, {len(x)} images, batch {BATCH}; kernels: {args.kernels}; threads: {threads}; "
           f"torch {torch.__version__}, numpy {np.__version__}; median of {args.repeats} epochs")

@@ -4,9 +4,10 @@ same attack on the same model (same weights) in PyTorch on the CPU, side by side
     python benchmarks/bench_pgd.py [--repeats 3] [--images 10000] [--batch 500]
                                    [--kernels fast|reference] [--json out.json]
 
-manualbp takes every input gradient from ``model.backward`` inside ``input_gradient_only``
-(the layers skip their parameter gradients). PyTorch runs the attack two ways:
-``torch.autograd.grad(loss, x)`` (input gradient only, as torchattacks does) and
+PyTorch attacks the model's twin (:func:`manualbp.verify.to_torch`: the same weights, in
+evaluation mode). manualbp takes every input gradient from ``model.backward`` inside
+``input_gradient_only`` (the layers skip their parameter gradients). PyTorch runs the attack two
+ways: ``torch.autograd.grad(loss, x)`` (input gradient only, as torchattacks does) and
 ``loss.backward()`` (parameter gradients too, as the paper's released code does). Runs alternate
 between the engines; medians of ``--repeats`` are reported, with ratios manualbp / PyTorch, and
 the ratios of the fastest runs (on a shared machine, the runs least disturbed by other load).
@@ -24,47 +25,30 @@ from manualbp import get_backend, zoo
 from manualbp.attacks import pgd
 from manualbp.experiments import add_kernels_argument
 from manualbp.model import evaluating
+from manualbp.verify import to_torch
 from common import same_threads
 
-EPS, ALPHA, STEPS = 25 / 255, 5 / 255, 10
+BUDGET, ALPHA, STEPS = 25 / 255, 5 / 255, 10
 
 
 def images(n):
+    """The last ``n`` Fashion-MNIST images as rows of pixels in [0, 1] and their labels (random
+    images when the data is missing), and the source's name."""
     try:
         from manualbp.data import load_mnist
         data = load_mnist("fashion-mnist", download=False)
-        return data["x"][-n:], data["y"][-n:], "Fashion-MNIST test images"
     except Exception:
         rng = np.random.default_rng(0)
         return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n), "random images"
-
-
-def torch_model(name, model):
-    """The same network in PyTorch, with manualbp's weights copied in."""
-    if name == "mlp":
-        net = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 50),
-                                  torch.nn.ReLU(), torch.nn.Linear(50, 10))
-        names = ["fc1", None, "fc2", None, "fc3"]
-    else:
-        net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                                  torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                                  torch.nn.Flatten(), torch.nn.Linear(3136, 128), torch.nn.ReLU(),
-                                  torch.nn.Linear(128, 10))
-        names = ["conv1", None, None, "conv2", None, None, None, "fc1", None, "fc2"]
-    params = model.named_parameters()
-    with torch.no_grad():
-        for layer, prefix in zip(net, names):
-            if prefix:
-                layer.weight.copy_(torch.from_numpy(np.array(params[f"{prefix}.weight"])))
-                layer.bias.copy_(torch.from_numpy(np.array(params[f"{prefix}.bias"])))
-    return net.eval()
+    x = data["x"][-n:]
+    return (x.reshape(len(x), -1) / np.float32(255)).astype(np.float32), data["y"][-n:], "Fashion-MNIST test images"
 
 
 def torch_pgd(net, x, y, batch, input_only):
     out = []
     for i in range(0, len(x), batch):
         x0, yb = x[i:i + batch], y[i:i + batch]
-        low, high = (x0 - EPS).clamp(min=0), (x0 + EPS).clamp(max=1)
+        low, high = (x0 - BUDGET).clamp(min=0), (x0 + BUDGET).clamp(max=1)
         adv = x0.clone()
         for _ in range(STEPS):
             adv.requires_grad_(True)
@@ -82,7 +66,7 @@ def torch_pgd(net, x, y, batch, input_only):
 
 def manualbp_pgd(model, x, y, batch):
     with evaluating(model):
-        return model.xp.concatenate([pgd(model, x[i:i + batch], y[i:i + batch], EPS, ALPHA, STEPS)
+        return model.xp.concatenate([pgd(model, x[i:i + batch], y[i:i + batch], BUDGET, ALPHA, STEPS)
                                      for i in range(0, len(x), batch)])
 
 
@@ -109,7 +93,7 @@ def main():
         model = zoo.mlp(bk, "mlp", "relu") if name == "mlp" else zoo.cnn(bk, "cnn")
         shape = (-1,) + tuple(model.input_shape)
         xm, ym = bk.asarray(x.reshape(shape)), bk.asarray(y, dtype="int64")
-        net = torch_model(name, model)
+        net = to_torch(model).eval()
         tx, ty = torch.from_numpy(x.reshape(shape)), torch.from_numpy(y.astype(np.int64))
         check = manualbp_pgd(model, xm[:200], ym[:200], args.batch)     # also the warm-up
         reference = torch_pgd(net, tx[:200], ty[:200], args.batch, True).numpy()
@@ -129,7 +113,7 @@ def main():
                          "ratio_vs_loss_backward": med["manualbp"] / med["torch loss.backward"],
                          "best_ratio_vs_input_grad": best["manualbp"] / best["torch input grad"],
                          "best_ratio_vs_loss_backward": best["manualbp"] / best["torch loss.backward"]}
-    print(f"PGD-{STEPS} (eps {EPS:.4f}, alpha {ALPHA:.4f}) on {args.images} {source}, batch {args.batch}; "
+    print(f"PGD-{STEPS} (budget {BUDGET:.4f}, alpha {ALPHA:.4f}) on {args.images} {source}, batch {args.batch}; "
           f"kernels: {args.kernels}; threads: {threads}; torch {torch.__version__}, numpy {np.__version__}; "
           f"median of {args.repeats}")
     print(f"{'model':5s} {'manualbp s':>11s} {'torch grad(x) s':>16s} {'ratio':>6s} {'torch backward() s':>19s} "

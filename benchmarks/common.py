@@ -1,15 +1,37 @@
-"""What every benchmark shares: the PyTorch side of a training step (cross-entropy, backward, the
-weights' Adam, and for learned noise the Eq. (7) update: Adam on sigma, then the absolute value),
-the same thread count for both engines, and the Fashion-MNIST training images."""
+"""What every benchmark shares: the PyTorch side of a model -- its twin from
+:func:`manualbp.verify.to_torch`, with the optimisers of :func:`manualbp.train.make_optimizers` --
+and of a training step (cross-entropy, backward, the weights' Adam, and for learned noise the
+Eq. (7) update: Adam on sigma, then the absolute value), the same thread count for both engines,
+and the Fashion-MNIST training images."""
 import numpy as np
 import torch
 
+from manualbp.optim import is_noise_level
 from manualbp.parallel import num_threads
+from manualbp.verify import to_torch
 
 N_TRAIN = 50000
 
 
+def torch_twin(model, lr=1e-3, weight_decay=1e-4, sigma_lr=1e-3, device="cpu"):
+    """The PyTorch side of ``model`` (a manualbp model, before it trains): its float32 twin on
+    ``device`` and a ``step(x, y)`` of :func:`torch_train_step` with the optimisers the manualbp
+    side gets: Adam on the weights (``lr``, ``weight_decay``), and for learned sigma a separate
+    Adam (``sigma_lr``, no weight decay) followed by the absolute value."""
+    twin = to_torch(model, "float32", device)
+    params = dict(twin.named_parameters())
+    sigmas = [p for name, p in params.items() if is_noise_level(name)]
+    opt = torch.optim.Adam([p for name, p in params.items() if not is_noise_level(name)], lr=lr,
+                           weight_decay=weight_decay)
+    sigma_opt = torch.optim.Adam(sigmas, lr=sigma_lr) if sigmas else None
+
+    def step(x, y):
+        return torch_train_step(twin, x, y, opt, sigma_opt, sigmas)
+    return twin, step
+
+
 def torch_train_step(model, x, y, opt, sigma_opt=None, sigmas=()):
+    """One training step of a PyTorch ``model``; returns the batch loss."""
     loss = torch.nn.functional.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     if sigma_opt:
@@ -38,7 +60,7 @@ def training_data(shape=(784,)):
     try:
         from manualbp.data import load_mnist, split_dataset
         x, y = split_dataset(load_mnist("fashion-mnist", download=False), (5, 1, 1), seed=0)["train"]
-        return x.reshape(-1, *shape), y.astype(np.int64), "Fashion-MNIST"
+        return (x.reshape(-1, *shape) / np.float32(255)).astype(np.float32), y.astype(np.int64), "Fashion-MNIST"
     except Exception:
         rng = np.random.default_rng(0)
         return (rng.random((N_TRAIN, *shape), dtype=np.float32), rng.integers(0, 10, N_TRAIN),

@@ -71,7 +71,6 @@ def check_gradients(module, x, loss=None, labels=None, h=1e-5, seed=0):
     """Compare every hand-written gradient of ``module`` (parameters and the input) with centred
     finite differences. Without ``loss`` the checked scalar is ``sum(output * r)`` for a fixed
     random ``r``. Returns ``{name: relative error}``, the input under ``"input"``."""
-    bk = module.bk
     with held_noise(module):
         projection, analytic = _hand_written(module, x, loss, labels, seed)
         targets = dict(module.named_parameters(), input=x)

@@ -1,11 +1,14 @@
-"""``python -m manualbp.verify``: compare zoo models with PyTorch or JAX, one table per model.
+"""``python -m manualbp.verify``: compare zoo models with PyTorch or JAX, or your own PyTorch
+model with its manualbp import, one table per model.
 
     python -m manualbp.verify --against torch --model mlpn-relu --dtype float64
+    python -m manualbp.verify --torch-model mypackage.models:make_net --input-shape 3 32 32 --train
 
 Exit status: 0 when every array of every model agrees, 1 when one does not, 2 when the check
 cannot run (reference framework missing, a layer without a conversion rule).
 """
 import argparse
+import importlib
 import sys
 
 from ..backend import get_backend
@@ -41,7 +44,17 @@ def parse_args(argv, models):
     parser.add_argument("--resnet-width", type=int, default=64,
                         help="channels of the ResNets' first stage (64 in the paper)")
     parser.add_argument("--json", default=None, help="also write the reports to this file")
+    parser.add_argument("--torch-model", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                        help="compare the torch.nn.Module that FACTORY() returns with its manualbp import")
+    parser.add_argument("--input-shape", type=int, nargs="+", default=None,
+                        help="with --torch-model: the shape of one input, e.g. 3 32 32")
+    parser.add_argument("--train", action="store_true", help="with --torch-model: compare in training mode")
     args = parser.parse_args(argv)
+    if args.torch_model is not None:
+        if ":" not in args.torch_model:
+            raise SystemExit(f"error: --torch-model {args.torch_model}: expected package.module:factory")
+        if not args.input_shape or min(args.input_shape) < 1:
+            raise SystemExit("error: --torch-model needs --input-shape, positive sizes of one input")
     for flag, value, ok, expected in (("--batch", args.batch, args.batch >= 1, "at least 1"),
                                       ("--resnet-width", args.resnet_width, args.resnet_width >= 1, "at least 1"),
                                       ("--rtol", args.rtol, args.rtol is None or args.rtol >= 0, "a tolerance >= 0"),
@@ -51,8 +64,35 @@ def parse_args(argv, models):
     return args
 
 
+def torch_model_main(args):
+    """``--torch-model``: build the user's module, compare it with its import, print the report."""
+    import torch
+
+    from .torch_import import compare_torch
+    module_name, factory = args.torch_model.split(":", 1)
+    module = getattr(importlib.import_module(module_name), factory)()
+    module.train(args.train)
+    generator = torch.Generator().manual_seed(args.seed)
+    x = torch.rand((args.batch, *args.input_shape), generator=generator, dtype=getattr(torch, args.dtype))
+    with torch.no_grad():
+        classes = module.eval()(x.to(next(module.parameters()).dtype)).shape[1]
+    module.train(args.train)
+    y = torch.randint(0, classes, (args.batch,), generator=generator)
+    try:
+        report = compare_torch(module, x, y, args.dtype, args.rtol, args.atol, args.kernels)
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.format())
+    if args.json:
+        write_json(args.json, [report.to_dict()])
+    return 0 if report.passed else 1
+
+
 def main(argv=None):
     args = parse_args(argv, zoo_models())
+    if args.torch_model is not None:
+        return torch_model_main(args)
     models = zoo_models(args.resnet_width)
     names = list(models) if args.model == "all" else [args.model]
     reports = []

@@ -30,7 +30,9 @@ def conv2d(w, m, x, path):
 
 def _pool(x, m, init, op):
     window, strides = (1, 1) + tuple(m.kernel_size), (1, 1) + tuple(m.stride)
-    return lax.reduce_window(x, jnp.asarray(init, dtype=x.dtype), op, window, strides, "VALID")
+    (ph, pw) = m.padding
+    return lax.reduce_window(x, jnp.asarray(init, dtype=x.dtype), op, window, strides,
+                             [(0, 0), (0, 0), (ph, ph), (pw, pw)])
 
 
 @register("jax", "MaxPool2d")
@@ -47,6 +49,11 @@ def avg_pool2d(w, m, x, path):
 @register("jax", "GlobalAvgPool2d")
 def global_avg_pool2d(w, m, x, path):
     return x.mean(axis=(2, 3))
+
+
+@register("jax", "AdaptiveAvgPool2d")
+def adaptive_avg_pool2d(w, m, x, path):
+    return x.mean(axis=(2, 3), keepdims=True)
 
 
 @register("jax", "Flatten")
@@ -67,6 +74,17 @@ def leaky_relu(w, m, x, path):
 @register("jax", "Sigmoid")
 def sigmoid(w, m, x, path):
     return jax.nn.sigmoid(x)
+
+
+@register("jax", "Tanh")
+def tanh(w, m, x, path):
+    return jnp.tanh(x)
+
+
+@register("jax", "Dropout")
+def dropout(w, m, x, path):
+    mask = w.mask(m, path)
+    return x if mask is None else x * jnp.asarray(mask, dtype=x.dtype)
 
 
 @register("jax", "BatchNorm1d", "BatchNorm2d")

@@ -1,15 +1,48 @@
-"""The PyTorch reference: each manualbp layer as a ``torch.nn.functional`` computation on the same
-arrays, differentiated by autograd. Imported only when a torch comparison is asked for."""
+"""The PyTorch rules, both directions in one table: for each layer type, the manualbp layer as a
+``torch.nn.functional`` computation on the same arrays (``@register("torch", kind)``, what
+:func:`~manualbp.verify.verify_model` and :func:`~manualbp.verify.to_torch` run, differentiated
+by autograd), and next to it the rule that imports the torch module of that type into manualbp
+(``@imports(torch type)``, what :func:`~manualbp.verify.from_torch` runs). Imported only when
+torch is asked for."""
 import torch
 import torch.nn.functional as F
 
-from .walk import Walker, register
+from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BasicBlock, BatchNorm1d, BatchNorm2d, Conv2d, Dropout,
+                      Flatten, LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid, Tanh)
+from ..model import Sequential
+from .walk import ConversionError, Walker, register
+
+#: torch module type name -> ``rule(importer, module, path, where) -> manualbp layer``: the
+#: import rules (:class:`manualbp.verify.torch_import.Importer` runs them; ``path`` is the torch
+#: module's path, ``where`` the manualbp layer's)
+IMPORTS = {}
+
+
+def imports(*type_names):
+    """Decorator: the function is the import rule for torch modules of the named types."""
+    def decorate(rule):
+        for name in type_names:
+            IMPORTS[name] = rule
+        return rule
+    return decorate
+
+
+def refuse(path, module, what):
+    """Stop an import: the module at ``path`` has a setting manualbp does not compute."""
+    raise ConversionError(f"cannot import {path or '<model>'!r} of type {type(module).__name__}: {what}")
 
 
 @register("torch", "Linear")
 def linear(w, m, x, path):
     v = F.linear(x, w.array(path, "weight"), w.array(path, "bias") if "bias" in m.params else None)
     return w.noise(m, v, path)
+
+
+@imports("Linear")
+def import_linear(imp, m, path, where):
+    layer = Linear(imp.bk, m.in_features, m.out_features, bias=m.bias is not None)
+    imp.weights(layer, m, path, where)
+    return layer
 
 
 @register("torch", "Conv2d")
@@ -19,14 +52,39 @@ def conv2d(w, m, x, path):
     return w.noise(m, v, path)
 
 
+@imports("Conv2d")
+def import_conv2d(imp, m, path, where):
+    if isinstance(m.padding, str) or m.padding_mode != "zeros":
+        refuse(path, m, f"padding {m.padding!r} / padding_mode {m.padding_mode!r}; expected integer zero padding")
+    if tuple(m.dilation) != (1, 1) or m.groups != 1:
+        refuse(path, m, f"dilation {m.dilation} and groups {m.groups}; expected dilation 1 and groups 1")
+    layer = Conv2d(imp.bk, m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                   bias=m.bias is not None)
+    imp.weights(layer, m, path, where)
+    return layer
+
+
 @register("torch", "MaxPool2d")
 def max_pool2d(w, m, x, path):
-    return F.max_pool2d(x, m.kernel_size, m.stride)
+    return F.max_pool2d(x, m.kernel_size, m.stride, m.padding)
 
 
 @register("torch", "AvgPool2d")
 def avg_pool2d(w, m, x, path):
-    return F.avg_pool2d(x, m.kernel_size, m.stride)
+    return F.avg_pool2d(x, m.kernel_size, m.stride, m.padding)
+
+
+@imports("MaxPool2d", "AvgPool2d")
+def import_pool(imp, m, path, where):
+    if m.ceil_mode:
+        refuse(path, m, "ceil_mode=True; expected ceil_mode=False")
+    if type(m).__name__ == "MaxPool2d":
+        if m.dilation not in (1, (1, 1)) or m.return_indices:
+            refuse(path, m, "dilation or return_indices; expected dilation 1 and no indices")
+        return MaxPool2d(imp.bk, m.kernel_size, m.stride, m.padding)
+    if not m.count_include_pad or m.divisor_override is not None:
+        refuse(path, m, "expected count_include_pad=True and no divisor_override")
+    return AvgPool2d(imp.bk, m.kernel_size, m.stride, m.padding)
 
 
 @register("torch", "GlobalAvgPool2d")
@@ -34,9 +92,28 @@ def global_avg_pool2d(w, m, x, path):
     return x.mean(dim=(2, 3))
 
 
+@register("torch", "AdaptiveAvgPool2d")
+def adaptive_avg_pool2d(w, m, x, path):
+    return F.adaptive_avg_pool2d(x, 1)
+
+
+@imports("AdaptiveAvgPool2d")
+def import_adaptive_avg_pool2d(imp, m, path, where):
+    if m.output_size not in (1, (1, 1)):
+        refuse(path, m, f"output_size {m.output_size!r}; expected 1")
+    return AdaptiveAvgPool2d(imp.bk, 1)
+
+
 @register("torch", "Flatten")
 def flatten(w, m, x, path):
     return torch.flatten(x, 1)
+
+
+@imports("Flatten")
+def import_flatten(imp, m, path, where):
+    if (m.start_dim, m.end_dim) != (1, -1):
+        refuse(path, m, f"start_dim {m.start_dim}, end_dim {m.end_dim}; expected 1 and -1")
+    return Flatten(imp.bk)
 
 
 @register("torch", "ReLU")
@@ -54,11 +131,101 @@ def sigmoid(w, m, x, path):
     return torch.sigmoid(x)
 
 
+@register("torch", "Tanh")
+def tanh(w, m, x, path):
+    return torch.tanh(x)
+
+
+@imports("ReLU", "Sigmoid", "Tanh", "LeakyReLU")
+def import_activation(imp, m, path, where):
+    kind = type(m).__name__
+    if kind == "LeakyReLU":
+        return LeakyReLU(imp.bk, m.negative_slope)
+    return {"ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}[kind](imp.bk)
+
+
+@register("torch", "Dropout")
+def dropout(w, m, x, path):
+    """The mask the manualbp layer applied, or (the PyTorch twin) a fresh one drawn by torch."""
+    if not w.training(m, path) or m.p == 0:
+        return x
+    mask = w.mask(m, path)
+    return F.dropout(x, m.p, training=True) if mask is None else x * torch.as_tensor(mask, dtype=x.dtype)
+
+
+@imports("Dropout")
+def import_dropout(imp, m, path, where):
+    return Dropout(imp.bk, m.p)
+
+
 @register("torch", "BatchNorm1d", "BatchNorm2d")
 def batch_norm(w, m, x, path):
-    return F.batch_norm(x, w.array(path, "running_mean").clone(), w.array(path, "running_var").clone(),
-                        w.array(path, "weight"), w.array(path, "bias"), training=m.training,
-                        momentum=m.momentum, eps=m.eps)
+    return F.batch_norm(x, w.array(path, "running_mean"), w.array(path, "running_var"),
+                        w.array(path, "weight"), w.array(path, "bias"), training=w.training(m, path),
+                        momentum=m.momentum, eps=m.floor)
+
+
+@imports("BatchNorm1d", "BatchNorm2d")
+def import_batch_norm(imp, m, path, where):
+    if not (m.affine and m.track_running_stats) or m.momentum is None:
+        refuse(path, m, "expected affine=True, track_running_stats=True and a momentum (not None)")
+    kind = BatchNorm1d if type(m).__name__ == "BatchNorm1d" else BatchNorm2d
+    layer = kind(imp.bk, m.num_features, momentum=m.momentum, floor=m.eps)
+    imp.weights(layer, m, path, where)
+    for key in ("running_mean", "running_var"):
+        imp.copy(layer, "buffers", key, getattr(m, key), where, path)
+    return layer
+
+
+# --- containers (their forward rules, shared by every framework, are in containers.py) --------
+@imports("Identity")
+def import_identity(imp, m, path, where):
+    return Sequential(imp.bk, [])
+
+
+@imports("Sequential")
+def import_sequential(imp, m, path, where):
+    return Sequential(imp.bk, [(name, imp.layer(child, f"{path}.{name}" if path else name,
+                                                f"{where}.{name}" if where else name))
+                               for name, child in m.named_children() if type(child).__name__ != "Identity"])
+
+
+@imports("BasicBlock")
+def import_basic_block(imp, m, path, where):
+    """torchvision's ``BasicBlock``: conv1 (3x3, stride s), bn1, relu, conv2 (3x3), bn2, and a
+    ``downsample`` of a 1x1 convolution with stride s and batch norm, or none."""
+    conv1, conv2, down = m.conv1, m.conv2, m.downsample
+    shaped = (tuple(conv1.kernel_size) == tuple(conv2.kernel_size) == (3, 3) and conv1.bias is None
+              and conv2.bias is None and tuple(conv1.padding) == tuple(conv2.padding) == (1, 1)
+              and tuple(conv2.stride) == (1, 1) and conv1.stride[0] == conv1.stride[1])
+    if down is not None:
+        shaped = shaped and (len(down) == 2 and tuple(down[0].kernel_size) == (1, 1) and down[0].bias is None
+                             and tuple(down[0].stride) == tuple(conv1.stride))
+    if not shaped or type(m.relu).__name__ != "ReLU":
+        refuse(path, m, "expected torchvision's shape: 3x3 convolutions without bias (padding 1, the first "
+                        "with the block's stride), ReLU, and a downsample of a 1x1 convolution and batch norm")
+    block = BasicBlock(imp.bk, conv1.in_channels, conv1.out_channels, conv1.stride[0])
+    if (down is None) != ("shortcut" not in block.children):
+        refuse(path, m, f"a block from {conv1.in_channels} to {conv1.out_channels} channels with stride "
+                        f"{conv1.stride[0]} needs a downsample exactly when the shape changes")
+    parts = {"conv1": (conv1, "conv1"), "bn1": (m.bn1, "bn1"), "conv2": (conv2, "conv2"), "bn2": (m.bn2, "bn2")}
+    if down is not None:
+        parts.update({"shortcut.conv": (down[0], "downsample.0"), "shortcut.bn": (down[1], "downsample.1")})
+    for name, (module, torch_name) in parts.items():
+        imp.fill(block, where, name, module, f"{path}.{torch_name}" if path else torch_name)
+    return block
+
+
+@imports("ResNet")
+def import_resnet(imp, m, path, where):
+    """torchvision's ``ResNet``: its children in order, with the ``flatten`` its forward applies
+    between ``avgpool`` and ``fc``."""
+    layers = []
+    for name, child in m.named_children():
+        if name == "fc":
+            layers.append(("flatten", Flatten(imp.bk)))
+        layers.append((name, imp.layer(child, f"{path}.{name}" if path else name, f"{where}.{name}" if where else name)))
+    return Sequential(imp.bk, layers)
 
 
 def version():
@@ -66,8 +233,9 @@ def version():
 
 
 def reference(model, x, y, arrays, trainable, eps):
-    """Forward and backward in PyTorch. ``arrays``: host arrays by full name (parameters and
-    buffers), ``trainable``: the parameter names, ``eps``: ``{noise layer path: host draw}``.
+    """Forward and backward in PyTorch on copies of ``arrays``: host arrays by full name
+    (parameters and buffers); ``trainable``: the parameter names, ``eps``: ``{noise layer path:
+    host draw}``.
     Returns host arrays ``{"logits", "loss", "input", "grads": {name: dL/dparam}}``."""
     tensors = {name: torch.from_numpy(a.copy()).requires_grad_(name in trainable)
                for name, a in arrays.items()}

@@ -2,8 +2,11 @@
 
 A rule is ``rule(walker, module, x, path) -> output``: it computes the layer's forward pass from
 the same arrays the manualbp layer holds (``walker.array(path, key)``, its parameters or buffers)
-and the same noise draw (``walker.eps(path)``), and recurses into children with
-``walker.child(module, name, x, path)``. The framework then differentiates the result itself.
+and the same noise draw (``walker.eps(path)``), in the mode ``walker.training(module, path)``,
+and recurses into children with ``walker.child(module, name, x, path)``. The framework then
+differentiates the result itself. A subclass of :class:`Walker` may answer the mode and the
+draws otherwise (the PyTorch twin of :mod:`manualbp.verify.torch_module`: its own torch mode,
+fresh draws).
 
 Rules are keyed by the exact class name (a subclass may compute something else, so it needs its own
 rule); a fast kernel takes the rule of the reference layer it is proven equal to
@@ -33,26 +36,34 @@ def register(framework, *type_names):
     return decorate
 
 
+def rule_of(framework, module, path=""):
+    """The ``framework`` rule of the layer ``module`` at ``path``; :class:`ConversionError` when
+    there is none."""
+    name = module.kind
+    rule = RULES[framework].get(name)
+    if rule is None:
+        raise ConversionError(
+            f"cannot convert layer {path or '<model>'!r} of type {name}: no {framework} rule "
+            f"for it (rules exist for {', '.join(sorted(RULES[framework]))}); add one with "
+            f"manualbp.verify.register({framework!r}, {name!r})")
+    return rule
+
+
 class Walker:
     """Runs a model's forward pass with the rules of ``framework``.
 
     ``arrays``: the framework's arrays by full name (parameters as differentiable leaves, buffers
-    as constants); ``eps``: ``{noise layer path: draw}`` of every noise layer that drew noise.
+    as constants; batch norm's running statistics are updated in place in training mode, as the
+    framework's batch norm does); ``eps``: ``{noise layer path: draw}`` of every noise layer that
+    drew noise.
     """
 
     def __init__(self, framework, arrays, eps):
-        self.framework, self.rules = framework, RULES[framework]
+        self.framework = framework
         self.arrays, self.draws = arrays, eps
 
     def run(self, module, x, path=""):
-        name = module.kind
-        rule = self.rules.get(name)
-        if rule is None:
-            raise ConversionError(
-                f"cannot verify layer {path or '<model>'!r} of type {name}: no {self.framework} rule "
-                f"for it (rules exist for {', '.join(sorted(self.rules))}); add one with "
-                f"manualbp.verify.register({self.framework!r}, {name!r})")
-        return rule(self, module, x, path)
+        return rule_of(self.framework, module, path)(self, module, x, path)
 
     def child(self, module, name, x, path):
         return self.run(module.children[name], x, join(path, name))
@@ -64,5 +75,16 @@ class Walker:
     def array(self, path, key):
         return self.arrays[join(path, key)]
 
+    def training(self, module, path):
+        """Whether the layer at ``path`` runs in training mode (batch statistics): the manualbp
+        layer's own mode."""
+        return module.training
+
     def eps(self, path):
+        """The draw of the noise layer at ``path``, ``None`` when it draws no noise."""
         return self.draws.get(path)
+
+    def mask(self, module, path):
+        """The scaled mask the dropout layer at ``path`` applied in its last forward pass (host),
+        ``None`` when it applied none (evaluation mode)."""
+        return None if module.applied is None else module.bk.to_host(module.applied)
