@@ -58,8 +58,10 @@ def training_data(shape=(784,)):
     """The paper's 50,000 training images of Fashion-MNIST (5:1:1 split, seed 0) shaped
     ``(N, *shape)``, int64 labels and the source's name; random images when the data is missing."""
     try:
-        from manualbp.data import load_mnist, split_dataset
-        x, y = split_dataset(load_mnist("fashion-mnist", download=False), (5, 1, 1), seed=0)["train"]
+        from manualbp.data import split_dataset
+        from manualbp.datasets import DATASETS
+        data = DATASETS["fashion-mnist"]
+        x, y = split_dataset(data.load(download=False), data.split, seed=0)["train"]
         return (x.reshape(-1, *shape) / np.float32(255)).astype(np.float32), y.astype(np.int64), "Fashion-MNIST"
     except Exception:
         rng = np.random.default_rng(0)

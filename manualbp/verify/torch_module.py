@@ -12,7 +12,6 @@ every noise layer that is not ``"off"``, in evaluation mode those whose ``eval_n
 (copied from the model; an attribute of the layer's submodule). The layers' types and settings
 (strides, ``abs_sigma``, ...) are read from the model itself, which the twin walks.
 """
-import numpy as np
 import torch
 
 from . import torch_ref  # noqa: F401  (registers the torch rules)
@@ -43,7 +42,7 @@ class Layer(torch.nn.Module):
             self.eval_noise = layer.eval_noise
 
         def copy(array):
-            return torch.tensor(np.ascontiguousarray(layer.bk.to_host(array)), dtype=dtype, device=device)
+            return torch.tensor(layer.bk.to_host(array), dtype=dtype, device=device).contiguous()
 
         for key, array in layer.params.items():
             self.register_parameter(key, torch.nn.Parameter(copy(array)))
