@@ -60,10 +60,6 @@ class Dataset:
     std: tuple = None
     augment: bool = False
 
-    def attack_settings(self):
-        """A copy of the Table 2 settings (safe to change)."""
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.attacks.items()}
-
 
 DATASETS = {
     "mnist": Dataset("mnist", (1, 28, 28), 10, (5, 1, 1), _MNIST_TRAINING, _MNIST_ATTACKS, "cifar10-c",

@@ -27,18 +27,18 @@ FINAL_EVAL_STREAM = 0xE7A1
 #: ``--help`` shows every flag's default.
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
+#: The flags of a training set-up (Table 1 and the noise-level update), as ``train_model`` takes it.
+TRAINING = ("optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma", "sigma_lr",
+            "sigma_update", "epochs", "batch_size")
 #: The flags that define a training run, recorded in its checkpoints (``--resume`` with another
-#: value is refused); ``--epochs`` is not among them: a finished run may be trained further.
-RUN_SETTINGS = ("dataset", "optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma",
-                "sigma_lr", "sigma_update", "width", "augment", "limit_train")
+#: value is refused): the set-up but ``--epochs`` (a finished run may be trained further) and the
+#: batch size (the trainer records it), the data and the family's options.
+RUN_SETTINGS = ("dataset", *TRAINING[:-2], "width", "augment", "limit_train")
 
 
 def training_setup(args):
-    """The training set-up of ``args``: the Table 1 keys with this run's values."""
-    return {"optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay,
-            "momentum": args.momentum, "decay_every": args.decay_every, "decay_gamma": args.decay_gamma,
-            "epochs": args.epochs, "batch_size": args.batch_size, "sigma_lr": args.sigma_lr,
-            "sigma_update": args.sigma_update}
+    """The training set-up of ``args``: the keys of :data:`TRAINING` with this run's values."""
+    return {key: getattr(args, key) for key in TRAINING}
 
 
 def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=None, log=print):

@@ -74,9 +74,8 @@ def adversarial_examples(models, images, y, settings, count=8):
     return rows, predictions
 
 
-def white_box(model, images, y, settings):
+def white_box(model, x, y, settings):
     """Clean and white-box cells of one model, plus EOT-PGD and Ori / PGD with noise on and off."""
-    x = images
     cells = {"ori": accuracy_over_draws(model, x, y, settings.draws)}
     with evaluating(model):
         randomised = draws_noise(model)
@@ -107,8 +106,7 @@ def corruption_cells(models, images, y, settings):
         for severity in SEVERITIES:
             corrupted = bk.asarray(corrupt(host, name, severity, settings.corruptions, seed=settings.seed))
             for row, model in models.items():
-                per_model[row].append(accuracy_over_draws(model, corrupted, y,
-                                                          settings.draws))
+                per_model[row].append(accuracy_over_draws(model, corrupted, y, settings.draws))
         for row, cells in per_model.items():
             out[row][name] = {"severities": cells, "mean": float(np.mean([c["mean"] for c in cells]))}
     return out

@@ -53,14 +53,13 @@ def model_options(training):
     return {"abs_sigma": True} if training.get("sigma_update") == "weights" else {}
 
 
-def train_model(bk, build, splits, training, seed, epochs=None, checkpoint_path=None, resume=False,
-                log=print, **trainer_options):
+def train_model(bk, build, splits, training, seed, checkpoint_path=None, resume=False, log=print,
+                **trainer_options):
     """Build a model and train it as every script does; returns ``(model, trainer)``.
 
     ``build(bk, **options) -> model`` is called after seeding the initial weights from
     ``(seed, INIT_STREAM)``, with :func:`model_options` of ``training`` (the Table 1 set-up:
-    optimiser, lr, ..., ``epochs`` and ``batch_size``; ``epochs`` overrides its epochs). The
-    model is then trained on ``splits`` by a :class:`Trainer` (``trainer_options``: ``augment``,
+    optimiser, lr, ..., ``epochs`` and ``batch_size``). The model is then trained on ``splits`` by a :class:`Trainer` (``trainer_options``: ``augment``,
     ``limit_batches``, ``eval_batch_size``, ``progress``, ``settings``), writing a checkpoint to
     ``checkpoint_path`` after each epoch and continuing from it with ``resume``."""
     bk.seed([seed, INIT_STREAM])
@@ -69,8 +68,7 @@ def train_model(bk, build, splits, training, seed, epochs=None, checkpoint_path=
     trainer_options.setdefault("progress", False)
     trainer = Trainer(model, optimizers, schedule, batch_size=training.get("batch_size", 128), seed=seed,
                       **trainer_options)
-    trainer.fit(splits, training["epochs"] if epochs is None else epochs, checkpoint_path=checkpoint_path,
-                resume=resume, log=log)
+    trainer.fit(splits, training["epochs"], checkpoint_path=checkpoint_path, resume=resume, log=log)
     return model, trainer
 
 

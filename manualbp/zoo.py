@@ -231,15 +231,16 @@ def model_name(variant, activation=None):
 @dataclass(frozen=True)
 class Family:
     """A model family of the paper: its builder ``build(bk, variant, **options)``, variants (x
-    activations), the datasets it is trained on, what it takes from the dataset
-    (``input_shape`` and ``classes``, or the dataset's name), its extra command-line options
-    (``{name: (type, default, help)}``, passed to the builder) and its evaluation batch size."""
+    activations), the datasets it is trained on, the builder options it takes from the dataset
+    (``from_dataset``: ``"input_shape"``, ``"classes"``, ``"dataset"`` -- its name), its extra
+    command-line options (``{name: (type, default, help)}``, passed to the builder) and its
+    evaluation batch size."""
     name: str
     build: object
     variants: tuple
     datasets: tuple
     activations: tuple = (None,)
-    takes_dataset_name: bool = False
+    from_dataset: tuple = ("input_shape", "classes")
     options: tuple = ()
     eval_batch_size: int = 1000
 
@@ -254,12 +255,9 @@ class Family:
     def model(self, bk, variant, activation=None, dataset=None, **options):
         """``build(bk, variant, **options)`` for images of ``dataset`` (default: the family's first)."""
         data = get_dataset(dataset or self.datasets[0])
-        if self.takes_dataset_name:
-            options.setdefault("dataset", data.name)
-        else:
-            options.setdefault("input_shape", data.image_shape)
-            if self.name != "mlp":
-                options.setdefault("classes", data.classes)
+        facts = {"input_shape": data.image_shape, "classes": data.classes, "dataset": data.name}
+        for key in self.from_dataset:
+            options.setdefault(key, facts[key])
         if activation is not None:
             options["activation"] = activation
         return self.build(bk, variant, **options)
@@ -268,11 +266,12 @@ class Family:
 _WIDTH = (("width", (int, 64, "channels of the first stage")),)
 
 FAMILIES = {
-    "mlp": Family("mlp", mlp, tuple(MLP_VARIANTS), ("mnist", "fashion-mnist"), ("relu", "sigmoid")),
+    "mlp": Family("mlp", mlp, tuple(MLP_VARIANTS), ("mnist", "fashion-mnist"), ("relu", "sigmoid"),
+                  from_dataset=("input_shape",)),            # its sizes fix the classes
     "cnn": Family("cnn", cnn, tuple(CNN_VARIANTS), ("mnist", "fashion-mnist")),
-    "resnet18": Family("resnet18", resnet18, RESNET18_VARIANTS, ("cifar10",), takes_dataset_name=True,
+    "resnet18": Family("resnet18", resnet18, RESNET18_VARIANTS, ("cifar10",), from_dataset=("dataset",),
                        options=_WIDTH, eval_batch_size=250),
-    "resnet34": Family("resnet34", resnet34, RESNET34_VARIANTS, ("tiny-imagenet",), takes_dataset_name=True,
+    "resnet34": Family("resnet34", resnet34, RESNET34_VARIANTS, ("tiny-imagenet",), from_dataset=("dataset",),
                        options=_WIDTH, eval_batch_size=250),
 }
 

@@ -19,7 +19,7 @@ import numpy as np
 from .archive import locate_archive
 from .idx import DataError
 
-__all__ = ["ARCHIVE", "CHECKSUMS", "CLASSES", "MEAN", "STD", "load_cifar10", "read_cifar10_archive",
+__all__ = ["ARCHIVE", "CHECKSUMS", "CLASSES", "load_cifar10", "read_cifar10_archive",
            "read_cifar10_folder"]
 
 ARCHIVE = "cifar-10-binary.tar.gz"
@@ -31,9 +31,6 @@ TEST_FILE = "test_batch.bin"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SHAPE = (3, 32, 32)
 RECORD = 1 + 3 * 32 * 32
-#: per-channel mean and standard deviation of the 50,000 official training images, in [0, 1]
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
 
 
 def parse_records(raw, name):

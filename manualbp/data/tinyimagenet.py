@@ -26,7 +26,7 @@ from .archive import locate_archive
 from .download import _digests_of
 from .idx import DataError
 
-__all__ = ["ARCHIVE", "CHECKSUMS", "MEAN", "STD", "load_tiny_imagenet", "read_tiny_imagenet_archive"]
+__all__ = ["ARCHIVE", "CHECKSUMS", "load_tiny_imagenet", "read_tiny_imagenet_archive"]
 
 ARCHIVE = "tiny-imagenet-200.zip"
 MIRRORS = ("http://cs231n.stanford.edu/",)
@@ -34,9 +34,6 @@ CHECKSUMS = ("90528d7ca1a48142e341f4ef8d21d0de",)
 ROOT = "tiny-imagenet-200"
 SIZE = 64
 CACHE_VERSION = 2
-#: per-channel mean and standard deviation of the 100,000 official training images, in [0, 1]
-MEAN = (0.4802, 0.4481, 0.3975)
-STD = (0.2770, 0.2691, 0.2821)
 
 
 def decode_jpeg(data, name):

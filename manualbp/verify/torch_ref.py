@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BasicBlock, BatchNorm1d, BatchNorm2d, Conv2d, Dropout,
                       Flatten, LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid, Tanh)
 from ..model import Sequential
-from .walk import ConversionError, Walker, register
+from .walk import ConversionError, Walker, join, register
 
 #: torch module type name -> ``rule(importer, module, path, where) -> manualbp layer``: the
 #: import rules (:class:`manualbp.verify.torch_import.Importer` runs them; ``path`` is the torch
@@ -185,8 +185,7 @@ def import_identity(imp, m, path, where):
 
 @imports("Sequential")
 def import_sequential(imp, m, path, where):
-    return Sequential(imp.bk, [(name, imp.layer(child, f"{path}.{name}" if path else name,
-                                                f"{where}.{name}" if where else name))
+    return Sequential(imp.bk, [(name, imp.layer(child, join(path, name), join(where, name)))
                                for name, child in m.named_children() if type(child).__name__ != "Identity"])
 
 
@@ -212,7 +211,7 @@ def import_basic_block(imp, m, path, where):
     if down is not None:
         parts.update({"shortcut.conv": (down[0], "downsample.0"), "shortcut.bn": (down[1], "downsample.1")})
     for name, (module, torch_name) in parts.items():
-        imp.fill(block, where, name, module, f"{path}.{torch_name}" if path else torch_name)
+        imp.fill(block, where, name, module, join(path, torch_name))
     return block
 
 
@@ -224,7 +223,7 @@ def import_resnet(imp, m, path, where):
     for name, child in m.named_children():
         if name == "fc":
             layers.append(("flatten", Flatten(imp.bk)))
-        layers.append((name, imp.layer(child, f"{path}.{name}" if path else name, f"{where}.{name}" if where else name)))
+        layers.append((name, imp.layer(child, join(path, name), join(where, name))))
     return Sequential(imp.bk, layers)
 
 
