@@ -28,19 +28,19 @@ import torch
 
 from manualbp import get_backend
 from manualbp.experiments import add_kernels_argument
-from manualbp.model import evaluating
+from manualbp.datasets import get_dataset
 from manualbp.train import Trainer, make_optimizers
-from manualbp.zoo import resnet18, resnet34
+from manualbp.zoo import get_family
 from common import same_threads, torch_twin
-
-MODELS = {"resnet18": resnet18, "resnet34": resnet34}
 
 
 def build(name, suffix, backend, kernels):
-    """The manualbp model ``name + suffix`` (float32, initial weights from seed 0) and its optimisers."""
-    model = MODELS[name](get_backend(backend, "float32", 0, kernels), name + suffix)
+    """The manualbp model ``name + suffix`` of the registry (float32, initial weights from seed 0),
+    its optimisers and the number of classes of its dataset."""
+    family = get_family(name)
+    model = family.model(get_backend(backend, "float32", 0, kernels), name + suffix)
     optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
-    return model, optimizers
+    return model, optimizers, get_dataset(family.datasets[0]).classes
 
 
 def manualbp_stepper(model, optimizers, x, y):
@@ -69,9 +69,7 @@ def timed(step, sync, steps):
 def bench(name, suffix, batch, backend, kernels, rounds, steps, device):
     """Median step times of both engines and the median ratio of adjacent rounds; ``device``:
     PyTorch's, ``None`` to time manualbp alone."""
-    model, optimizers = build(name, suffix, backend, kernels)
-    with evaluating(model, noise=False):
-        classes = model.forward(model.bk.zeros((1, *model.input_shape))).shape[1]
+    model, optimizers, classes = build(name, suffix, backend, kernels)
     rng = np.random.default_rng(0)
     x = rng.random((batch, *model.input_shape), dtype=np.float32)
     y = rng.integers(0, classes, batch).astype(np.int64)
