@@ -48,6 +48,8 @@ class Backend:
         fast kernel on this backend are built as that kernel (a subclass computing the same
         thing); ``"reference"``: every layer and optimiser is the plain code of
         :mod:`manualbp.layers` and :mod:`manualbp.optim`.
+    device : the GPU that CuPy uses, counted modulo the GPUs this process sees (rank ``r`` of
+        a data-parallel job passes ``r``); ``None``: CuPy's current device. NumPy ignores it.
     """
 
     #: Independent streams (children of the seed) that fill large float32 draws in pieces.
@@ -55,7 +57,7 @@ class Backend:
     #: Draws per stream piece at least: smaller draws come from one stream.
     STREAM_PIECE = 1 << 17
 
-    def __init__(self, name="numpy", dtype="float32", seed=0, kernels="fast"):
+    def __init__(self, name="numpy", dtype="float32", seed=0, kernels="fast", device=None):
         if name not in BACKENDS:
             raise BackendError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
         if str(dtype) not in DTYPES:
@@ -64,6 +66,8 @@ class Backend:
             raise BackendError(f"unknown kernels {kernels!r}: expected one of {', '.join(KERNELS)}")
         self.name = name
         self.xp = numpy if name == "numpy" else _import_cupy()
+        if name == "cupy" and device is not None:
+            self.xp.cuda.Device(device % self.xp.cuda.runtime.getDeviceCount()).use()
         self.dtype = self.xp.dtype(str(dtype))
         self.kernels = kernels
         self.seed(seed)
@@ -189,6 +193,6 @@ class Backend:
             self.xp.cuda.get_current_stream().synchronize()
 
 
-def get_backend(name="numpy", dtype="float32", seed=0, kernels="fast"):
+def get_backend(name="numpy", dtype="float32", seed=0, kernels="fast", device=None):
     """Build a :class:`Backend`; the single entry point used by examples and tests."""
-    return Backend(name, dtype, seed, kernels)
+    return Backend(name, dtype, seed, kernels, device)

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from . import checkpoint, datasets
+from . import checkpoint, datasets, distributed
 from .backend import BACKENDS, KERNELS, get_backend
 from .data import random_crop_flip
 from .model import noise_layers, sigma_summary
@@ -41,8 +41,9 @@ def training_setup(args):
     return {key: getattr(args, key) for key in TRAINING}
 
 
-def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=None, log=print):
-    """Train one model variant and evaluate it; returns its entry of ``metrics.json``."""
+def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=None, log=print, comm=None):
+    """Train one model variant and evaluate it; returns its entry of ``metrics.json``. With
+    ``comm`` (a :class:`~manualbp.distributed.Communicator`) it trains and evaluates data-parallel."""
     options = {name: getattr(args, name) for name, _ in family.options}
     settings = {"variant": variant, "activation": activation,
                 **{k: getattr(args, k) for k in RUN_SETTINGS if hasattr(args, k)}}
@@ -54,9 +55,11 @@ def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=No
         bk, lambda b, **more: family.model(b, variant, activation, args.dataset, **options, **more), splits,
         training_setup(args), args.seed, checkpoint_path=path, resume=args.resume, log=log, augment=augment,
         limit_batches=args.limit_batches, eval_batch_size=args.eval_batch_size, progress=args.progress,
-        settings=settings)
+        settings=settings, comm=comm)
     history = trainer.history
     bk.seed([args.seed, FINAL_EVAL_STREAM])
+    if comm is not None:
+        comm.own_stream(bk, [args.seed, FINAL_EVAL_STREAM])
     x, y = splits["test"]
     on = trainer.evaluate(x, y, noise=True)[1]
     off = trainer.evaluate(x, y, noise=False)[1]
@@ -144,6 +147,8 @@ def add_arguments(parser, family, out):
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints in OUT")
     parser.add_argument("--overwrite", action="store_true",
                         help="train again a variant whose finished results are already in OUT")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over the ranks of mpiexec -n K (docs/distributed.md)")
     return add_quick_run_arguments(parser)
 def add_quick_run_arguments(parser, evaluation="validation and test images"):
     """The quick-run flags every script shares (``--limit-batches``, ``--limit-train``,
@@ -186,10 +191,11 @@ def check_at_least_one(args, *flags):
 
 def check_out(args):
     """``--out`` exists or can be made, and a file can be written there."""
+    probe = os.path.join(args.out, f".write-test-{os.getpid()}")     # one per process (MPI ranks)
     try:
         os.makedirs(args.out, exist_ok=True)
-        checkpoint.write_atomically(os.path.join(args.out, ".write-test"), lambda f: f.write(b""))
-        os.remove(os.path.join(args.out, ".write-test"))
+        checkpoint.write_atomically(probe, lambda f: f.write(b""))
+        os.remove(probe)
     except OSError as err:
         raise SettingError(f"--out {args.out!r}: cannot write there ({err.strerror or err})") from None
 
@@ -217,10 +223,14 @@ def cli(main):
     from .data import DataError
     try:
         main()
-    except (SettingError, DataError, checkpoint.CheckpointError, FloatingPointError) as err:
+    except (SettingError, DataError, checkpoint.CheckpointError, FloatingPointError,
+            distributed.DistributedError) as err:
         if "--debug" in sys.argv:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        comm = distributed.active()
+        rank = f" (rank {comm.rank} of {comm.size})" if comm is not None and comm.size > 1 else ""
+        print(f"error{rank}: {err}", file=sys.stderr)
+        distributed.abort(2)                 # the other ranks may be waiting for this one
         sys.exit(2)
 
 
@@ -228,8 +238,12 @@ def run(args, family):
     """Train and evaluate every requested variant (x activation) of ``family``. After each, its
     results are merged into ``OUT/metrics.json`` (written atomically; other variants' results are
     kept) and the figures are redrawn with all of them. A variant whose finished results are
-    already there is refused unless ``--resume`` (continue from its checkpoint) or ``--overwrite``."""
+    already there is refused unless ``--resume`` (continue from its checkpoint) or ``--overwrite``.
+    With ``--distributed`` every rank of the MPI job runs this; rank 0 alone prints and writes."""
     check_arguments(args)
+    comm = distributed.connect() if args.distributed else None
+    root = comm is None or comm.is_root
+    say = print if root else (lambda *_, **__: None)
     start = time.perf_counter()
     chosen = list(family.variants) if args.variant == "all" else [args.variant]
     activations = family.activations
@@ -243,20 +257,23 @@ def run(args, family):
                                f"{' '.join(k for k in key if k)}: pass --resume to keep them (and "
                                "continue from the checkpoint) or --overwrite to train again")
     checkpoint_dir = os.path.join(args.out, "checkpoints")
-    checkpoint.remove_temporary_files(checkpoint_dir)
-    checkpoint.remove_temporary_files(args.out)
-    bk = get_backend(args.backend, args.dtype, args.seed, args.kernels)
+    if root:
+        checkpoint.remove_temporary_files(checkpoint_dir)
+        checkpoint.remove_temporary_files(args.out)
+    bk = get_backend(args.backend, args.dtype, args.seed, args.kernels, device=None if comm is None else comm.rank)
     splits = datasets.load_splits(bk, args.dataset, args.data_dir, args.seed, args.limit_train, args.limit_eval)
     results = []
     for variant in chosen:
         for activation in activations:
-            print(f"== {variant}" + (f" ({activation})" if activation else ""))
-            results.append(run_variant(bk, family, variant, activation, splits, args, checkpoint_dir))
-            metrics = write_metrics(metrics_path, args, splits, results[-1])
-            from .plots import training_figures     # matplotlib is loaded only when figures are drawn
-            training_figures(metrics["results"], args.out, args.dataset)   # training_curves.png, sigma_evolution.png
-    print(format_table(results))
-    print(f"total run time {time.perf_counter() - start:.1f} s; results in {metrics_path}")
+            say(f"== {variant}" + (f" ({activation})" if activation else ""))
+            results.append(run_variant(bk, family, variant, activation, splits, args, checkpoint_dir, say, comm))
+            metrics = merged_metrics(metrics_path, args, splits, results[-1], comm)
+            if root:
+                checkpoint.write_json(metrics_path, metrics)
+                from .plots import training_figures     # matplotlib is loaded only when figures are drawn
+                training_figures(metrics["results"], args.out, args.dataset)   # training_curves.png, sigma_evolution.png
+    say(format_table(results))
+    say(f"total run time {time.perf_counter() - start:.1f} s; results in {metrics_path}")
     return metrics
 
 
@@ -293,16 +310,16 @@ def read_metrics(path, ignore_damaged=False):
                            "--overwrite") from None
 
 
-def write_metrics(path, args, splits, result):
-    """Merge ``result`` into the ``metrics.json`` at ``path`` (replacing that variant's earlier
-    entry) and write it atomically; returns the merged metrics."""
+def merged_metrics(path, args, splits, result, comm=None):
+    """The ``metrics.json`` at ``path`` with ``result`` merged in (replacing that variant's
+    earlier entry); ``comm``: the ranks that trained it, if data-parallel."""
     kept = [r for r in read_metrics(path, args.overwrite)["results"]
             if (r["variant"], r["activation"]) != (result["variant"], result["activation"])]
     metrics = {"dataset": args.dataset, "backend": args.backend, "kernels": args.kernels,
                "dtype": args.dtype, "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
+               "ranks": 1 if comm is None else comm.size,
                "split_sizes": {k: int(len(v[1])) for k, v in splits.items()},
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": kept + [result]}
-    checkpoint.write_json(path, metrics)
     return metrics
 
 

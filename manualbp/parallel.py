@@ -4,7 +4,9 @@ NumPy releases the GIL inside copies, ufuncs and the random generators' fills, s
 pieces of one large operation run on separate cores when handed to a few threads. Every user
 here splits its work into pieces that write disjoint memory and do not depend on how many
 threads run them: results are the same bit for bit with one thread or many.
-``MANUALBP_NUM_THREADS`` sets the number of threads (``1`` turns threading off).
+``MANUALBP_NUM_THREADS`` sets the number of threads (``1`` turns threading off). Under
+``mpiexec`` the ranks on one machine share its cores: each takes its part of them, for these
+threads and OpenBLAS's (:func:`share_cores_among_local_ranks`).
 
 OpenBLAS's threads keep spinning on their cores for a while after each matrix product (about
 2^28 cycles by default), and a loop started on threads right after a product then shares those
@@ -35,8 +37,32 @@ def let_blas_threads_sleep():
     return True
 
 
+#: Where MPI launchers say how many ranks run on this machine (MPICH's Hydra, Open MPI).
+LOCAL_RANKS_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
+def local_ranks():
+    """How many ranks of an MPI job run on this machine (1 outside ``mpiexec``)."""
+    for name in LOCAL_RANKS_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return max(1, int(os.environ[name]))
+    return 1
+
+
+def share_cores_among_local_ranks():
+    """Under ``mpiexec`` with several ranks on this machine, give OpenBLAS each rank's share
+    of the cores (``OPENBLAS_NUM_THREADS``) unless the environment sets it; acts only before
+    NumPy loads OpenBLAS, as :func:`let_blas_threads_sleep`. Returns whether it acted."""
+    if local_ranks() == 1 or "numpy" in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ \
+            or "OMP_NUM_THREADS" in os.environ:
+        return False
+    os.environ["OPENBLAS_NUM_THREADS"] = str(num_threads())
+    return True
+
+
 def num_threads():
-    """``MANUALBP_NUM_THREADS`` if set, else the CPUs this process may run on."""
+    """``MANUALBP_NUM_THREADS`` if set, else the CPUs this process may run on (shared among
+    the ranks of an MPI job on this machine)."""
     value = os.environ.get("MANUALBP_NUM_THREADS")
     if value:
         if not value.strip().isdigit() or int(value) < 1:
@@ -44,9 +70,10 @@ def num_threads():
                              "(1 turns manualbp's threads off)")
         return int(value)
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:                                      # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // local_ranks())
 
 
 def run_all(calls):

@@ -55,3 +55,9 @@ class ParameterStore:
                 if module.grads[key] is not view:
                     view[...] = module.grads[key]
         return self.grad
+
+    def bind_gradients(self):
+        """Make every layer's ``grads[key]`` the view of ``grad`` again (after ``grad`` was
+        changed as a whole, e.g. all-reduced over ranks), so layers and optimisers see it."""
+        for name, module, key in self.slots:
+            module.grads[key] = self.grad_views[name]

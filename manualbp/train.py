@@ -5,6 +5,10 @@ Table 1 optimisers; and :func:`train_model`, the one way every script trains a m
 Reproducibility: the backend's generator is re-seeded from ``(seed, epoch)`` at the start of
 every epoch, and it alone shuffles the data and draws the noise. A run resumed from the
 checkpoint of epoch ``k`` therefore continues exactly as the uninterrupted run would have.
+
+Data parallelism: given a :class:`~manualbp.distributed.Communicator` (``comm``), each rank trains
+on its shard of every batch, the gradients are averaged by one all-reduce per step and the test
+images are split over the ranks (:mod:`manualbp.distributed`); rank 0 alone logs and writes.
 """
 import math
 import os
@@ -105,12 +109,13 @@ class Trainer:
         buffers of this size).
     progress : show a progress bar per epoch (when standard error is a terminal).
     settings : what else defines the run (dataset, variant, optimiser settings, ...: JSON-able
-        values by name). Checkpoints record them with the seed, batch size, dtype and kernels,
-        and resuming from a checkpoint written with other values is refused.
+        values by name). Checkpoints record them with the seed, batch size, dtype, kernels and
+        number of ranks, and resuming from a checkpoint written with other values is refused.
+    comm : a :class:`~manualbp.distributed.Communicator` to train data-parallel on its ranks.
     """
 
     def __init__(self, model, optimizers, schedule=None, batch_size=128, seed=0, augment=None,
-                 limit_batches=None, eval_batch_size=1000, progress=True, settings=None):
+                 limit_batches=None, eval_batch_size=1000, progress=True, settings=None, comm=None):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model, self.bk = model, model.bk
@@ -118,16 +123,28 @@ class Trainer:
         self.schedule, self.batch_size, self.seed = schedule, int(batch_size), seed
         self.augment, self.limit_batches, self.progress = augment, limit_batches, progress
         self.eval_batch_size = int(eval_batch_size)
+        self.comm = comm
+        self.is_root = comm is None or comm.is_root
         self.settings = {"seed": seed, "batch_size": self.batch_size, "dtype": self.bk.dtype.name,
                          "kernels": self.bk.kernels, "limit_batches": limit_batches, **(settings or {})}
+        if comm is not None and comm.size > 1:
+            self.settings["ranks"] = comm.size
         self.loss = SoftmaxCrossEntropy(self.bk)
         self.history = []
 
     # --- one step and one epoch ----------------------------------------------------------
-    def step(self, x, y):
-        """One iteration of Algorithm 1; returns the batch loss (a 0-d device array)."""
-        loss = self.loss.forward(self.model.forward(x), y)         # Eq. (1) forward, then L
-        self.model.backward(self.loss.backward(), input_grad=False)  # Eq. (2) and (3)
+    def step(self, x, y, share=1):
+        """One iteration of Algorithm 1; returns the batch loss (a 0-d device array). With
+        ``comm``, ``(x, y)`` is this rank's shard and ``share`` its fraction of the batch."""
+        if len(y):
+            loss = self.loss.forward(self.model.forward(x), y)         # Eq. (1) forward, then L
+            self.model.backward(self.loss.backward(), input_grad=False)  # Eq. (2) and (3)
+        else:                                        # an empty shard: a last batch smaller than K
+            loss = 0.0
+            self.model.parameter_store().bind_gradients()
+            self.model.parameter_store().grad[...] = 0
+        if self.comm is not None:
+            self.comm.average_gradients(self.model, share)          # sum_r share_r * grad_r
         for opt in self.optimizers:                                 # weights, then Eq. (7)
             opt.step()
         return loss
@@ -146,32 +163,51 @@ class Trainer:
         if self.schedule is not None:
             self.schedule.set_epoch(epoch)
         self.model.train()
-        batches = self.batches(len(x))
+        batches = self.batches(len(x))                         # the same on every rank
+        if self.comm is not None:
+            self.comm.own_stream(self.bk, [self.seed, epoch])  # noise and augmentation per rank
         losses = []                                            # device scalars: no sync per step
         for idx in self._progress(batches, f"epoch {epoch + 1}"):
+            share = 1
+            if self.comm is not None:
+                part = self.comm.shard(len(idx))
+                share, idx = (part.stop - part.start) / len(idx), idx[part]
             xb = x[idx]
-            if self.augment is not None:
+            if self.augment is not None and len(idx):
                 xb = self.augment(xb, self.bk)
-            losses.append(self.step(xb, y[idx]))
-        mean = self.bk.scalar(sum(losses)) / len(batches)
+            loss = self.step(xb, y[idx], share)
+            losses.append(loss * share if share != 1 else loss)
+        total = self.bk.scalar(sum(losses))
+        if self.comm is not None:
+            total = self.comm.sum([total])[0]
+        mean = total / len(batches)
         if not math.isfinite(mean):
-            step = next(i for i, loss in enumerate(losses) if not math.isfinite(self.bk.scalar(loss)))
-            raise FloatingPointError(f"epoch {epoch + 1}, step {step + 1} of {len(batches)}: the training "
-                                     f"loss is {self.bk.scalar(losses[step])}; lower --lr or check the data")
+            step = next((i for i, loss in enumerate(losses) if not math.isfinite(self.bk.scalar(loss))), None)
+            where = "on another rank" if step is None else (
+                f"step {step + 1} of {len(batches)}: the training loss is {self.bk.scalar(losses[step])}")
+            raise FloatingPointError(f"epoch {epoch + 1}, {where}; lower --lr or check the data")
         return mean
 
     def evaluate(self, x, y, noise=None, batch_size=None):
         """``(mean loss, accuracy)`` on ``(x, y)`` in evaluation mode; ``noise`` as in
-        :func:`manualbp.model.evaluating` (``None``: each noise layer's own ``eval_noise``)."""
+        :func:`manualbp.model.evaluating` (``None``: each noise layer's own ``eval_noise``).
+        With ``comm`` each rank evaluates its shard of the images and the sums are added."""
         total_loss, correct = 0.0, 0
         batch_size = batch_size or self.eval_batch_size
+        n = len(x)
+        if self.comm is not None:
+            part = self.comm.shard(n)
+            x, y = x[part], y[part]
         with evaluating(self.model, noise):
             for i in range(0, len(x), batch_size):
                 logits = self.model.forward(x[i:i + batch_size])
                 yb = y[i:i + batch_size]
                 total_loss = total_loss + self.loss.forward(logits, yb) * len(yb)
                 correct = correct + (logits.argmax(axis=1) == yb).sum()
-        return self.bk.scalar(total_loss) / len(x), self.bk.scalar(correct) / len(x)
+        total_loss, correct = self.bk.scalar(total_loss), self.bk.scalar(correct)
+        if self.comm is not None:
+            total_loss, correct = self.comm.sum([total_loss, correct])
+        return total_loss / n, correct / n
 
     def _progress(self, items, label):
         if not self.progress or not sys.stderr.isatty():     # no bars in logs and pipes
@@ -189,11 +225,21 @@ class Trainer:
         start = 0
         if resume and checkpoint_path is not None:
             start = self.load(checkpoint_path, missing_ok=True)
+        log = log if self.is_root else None
+        if self.comm is not None:
+            self.comm.check_identical(self.model, "before training")
+            if log:
+                log(f"data parallel on {self.comm.size} ranks: batches of {self.batch_size} in shards of "
+                    f"about {self.batch_size // self.comm.size}, gradients all-reduced by "
+                    f"{self.comm.transport_for(self.bk)}")
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             train_loss = self.train_epoch(*splits["train"], epoch=epoch)
             self.bk.synchronize()
             seconds = time.perf_counter() - t0
+            if self.comm is not None:
+                self.comm.average_running_statistics(self.model)
+                self.comm.check_identical(self.model, f"after epoch {epoch + 1}")
             val_loss, val_acc = self.evaluate(*splits["val"])
             _, test_acc = self.evaluate(*splits["test"])
             record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
@@ -203,7 +249,7 @@ class Trainer:
             if log:
                 log(f"epoch {epoch + 1:3d}/{epochs}  train loss {train_loss:.4f}  val loss "
                     f"{val_loss:.4f}  val acc {val_acc:.4f}  test acc {test_acc:.4f}  {seconds:.2f} s")
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and self.is_root:
                 self.save(checkpoint_path)
         return self.history
 
@@ -231,6 +277,10 @@ class Trainer:
             if key not in meta:
                 raise checkpoint.CheckpointError(f"checkpoint {path} has no {key!r} in its metadata: "
                                                  "not written by this version of manualbp")
+        if meta["settings"].get("ranks", 1) != self.settings.get("ranks", 1):
+            raise checkpoint.CheckpointError(
+                f"checkpoint {path} was written by {meta['settings'].get('ranks', 1)} ranks, this run has "
+                f"{self.settings.get('ranks', 1)}: resuming would not continue the same run")
         for key, value in self.settings.items():
             if key not in meta["settings"]:
                 raise checkpoint.CheckpointError(

@@ -7,10 +7,12 @@ Environment switches (set by CI so that nothing it needs is silently skipped):
 * ``MANUALBP_REQUIRE_TORCH=1`` -- a missing ``torch`` fails the parity tests instead of skipping them;
 * ``MANUALBP_REQUIRE_JAX=1`` -- likewise for ``jax`` and the JAX parity tests;
 * ``MANUALBP_REQUIRE_DATA=1``  -- missing Fashion-MNIST files fail the real-data tests instead of
-  skipping them.
+  skipping them;
+* ``MANUALBP_REQUIRE_MPI=1`` -- a missing ``mpi4py`` or ``mpiexec`` fails the data-parallel tests.
 """
 import importlib
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,6 +98,19 @@ def require_jax():
     return _require_module("jax")
 
 
+def require_mpi():
+    """The path of ``mpiexec``, with mpi4py importable (the data-parallel tests), see
+    :func:`_require_module`."""
+    _require_module("mpi4py")
+    path = shutil.which("mpiexec")
+    if path is None:
+        if _env_flag("MANUALBP_REQUIRE_MPI"):
+            pytest.fail("MANUALBP_REQUIRE_MPI=1 but mpiexec is not on PATH; install MPICH's with "
+                        "pip install -e '.[mpi]'", pytrace=False)
+        pytest.skip("mpiexec not on PATH")
+    return path
+
+
 def require_fashion_mnist():
     """Load all 70,000 Fashion-MNIST images from local files (never downloads); skip when they
     are missing, or fail under MANUALBP_REQUIRE_DATA=1."""
@@ -119,6 +134,12 @@ def torch():
 def jax():
     """The ``jax`` module (see :func:`require_jax`)."""
     return require_jax()
+
+
+@pytest.fixture
+def mpiexec():
+    """The path of ``mpiexec`` (see :func:`require_mpi`)."""
+    return require_mpi()
 
 
 @pytest.fixture(scope="session")

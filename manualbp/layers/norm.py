@@ -21,6 +21,7 @@ class _BatchNorm(Module):
     """
 
     axes = None             # the axes reduced over: the batch axis, and the spatial axes of a map
+    running_statistics = ("running_mean", "running_var")   # buffers estimated from training batches
     ndim = None
 
     def __init__(self, bk, num_features, momentum=0.1, floor=1e-5):
