@@ -13,11 +13,12 @@ from manualbp.verify import to_torch
 N_TRAIN = 50000
 
 
-def torch_twin(model, lr=1e-3, weight_decay=1e-4, sigma_lr=1e-3, device="cpu"):
+def torch_twin(model, lr=1e-3, weight_decay=1e-4, sigma_lr=1e-3, device="cpu", wrap=None):
     """The PyTorch side of ``model`` (a manualbp model, before it trains): its float32 twin on
     ``device`` and a ``step(x, y)`` of :func:`torch_train_step` with the optimisers the manualbp
     side gets: Adam on the weights (``lr``, ``weight_decay``), and for learned sigma a separate
-    Adam (``sigma_lr``, no weight decay) followed by the absolute value."""
+    Adam (``sigma_lr``, no weight decay) followed by the absolute value. ``wrap``: what the
+    step runs instead of the twin itself (e.g. ``DistributedDataParallel``)."""
     twin = to_torch(model, "float32", device)
     params = dict(twin.named_parameters())
     sigmas = [p for name, p in params.items() if is_noise_level(name)]
@@ -25,8 +26,10 @@ def torch_twin(model, lr=1e-3, weight_decay=1e-4, sigma_lr=1e-3, device="cpu"):
                            weight_decay=weight_decay)
     sigma_opt = torch.optim.Adam(sigmas, lr=sigma_lr) if sigmas else None
 
+    runs = twin if wrap is None else wrap(twin)
+
     def step(x, y):
-        return torch_train_step(twin, x, y, opt, sigma_opt, sigmas)
+        return torch_train_step(runs, x, y, opt, sigma_opt, sigmas)
     return twin, step
 
 

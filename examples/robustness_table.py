@@ -14,6 +14,11 @@ model once per seed (checkpoints under OUT/seed-<s>/, loaded from DIR/seed-<s>/)
 shows the mean and the spread over seeds, and a claim is decided only beyond both its binomial
 and its seed uncertainty. Attack settings: Table 2 in pixel units (manualbp.datasets,
 docs/robustness.md).
+
+``mpiexec -n K python examples/robustness_table.py --distributed ...`` spreads the work over K
+ranks: each trains its share of the models (whole models, one rank each), each measures the
+white-box cells of its share of the variants, and rank 0 gathers them, adds the corruption and
+transfer cells and writes one table -- the table one process writes, cell for cell.
 """
 import argparse
 import csv
@@ -24,11 +29,12 @@ import time
 
 import numpy as np
 
-from manualbp import datasets, experiments, get_backend, plots, robustness
+from manualbp import datasets, distributed, experiments, get_backend, plots, robustness
 from manualbp.attacks import surrogate_builder, surrogate_training
 from manualbp.attacks.published import COLUMNS, Z, check_claims, paper_rows
 from manualbp.checkpoint import write_json, write_text
 from manualbp.model import sigma_summary
+from manualbp.train import load_model
 from manualbp.zoo import FAMILIES, get_family, model_name
 
 HEADERS = {"ori": "Ori", "fgsm": "WB FGSM", "lbfgs": "WB L-BFGS", "pgd": "WB PGD",
@@ -56,6 +62,8 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, nargs="+", default=[0],
                    help="one or more seeds of the split, training and attacks (several: mean and spread)")
     p.add_argument("--out", default="runs/robustness", help="folder of the tables, figures and checkpoints/")
+    p.add_argument("--distributed", action="store_true",
+                   help="spread the models and the white-box cells over the ranks of mpiexec -n K")
     experiments.add_quick_run_arguments(p, evaluation="test images")
     args = p.parse_args(argv)
     check(args)
@@ -72,6 +80,7 @@ def check(args):
         get_family(args.family, args.dataset)
     except ValueError as err:
         raise experiments.SettingError(f"--family {args.family!r}: {err}") from None
+    experiments.check_distributed(args)
     experiments.check_out(args)
 
 
@@ -80,30 +89,38 @@ def seed_folder(folder, args, seed):
     return folder if len(args.seed) == 1 else os.path.join(folder, f"seed-{seed}")
 
 
-def models_for(args, bk, family, splits, seed):
+def models_for(args, bk, family, splits, seed, comm=None):
     """Every variant of ``family`` and the surrogate for ``seed``, loaded from ``--checkpoints``
-    or trained (their checkpoints then go to OUT[/seed-<s>]/checkpoints). Returns
+    or trained (their checkpoints then go to OUT[/seed-<s>]/checkpoints). With ``comm`` each
+    rank obtains its share of the models and loads the others' checkpoints. Returns
     ``(models, surrogate, how)``."""
     source = checkpoint_folder(seed_folder(args.checkpoints, args, seed)) if args.checkpoints else None
     out = os.path.join(seed_folder(args.out, args, seed), "checkpoints")
     data = datasets.get_dataset(args.dataset)
     epochs = {} if args.epochs is None else {"epochs": args.epochs}
-
-    def obtain(build, name, training, seed):
-        return experiments.load_or_train(bk, build, name, splits, {**training, **epochs}, seed, source, out,
-                                         limit_batches=args.limit_batches)
-
-    models, how = {}, {}
+    units = {}                                     # key -> (builder, checkpoint name, set-up, seed)
     for row, variant, activation in family.rows():
         name = model_name(variant, activation)
         if source and not os.path.exists(os.path.join(source, f"{name}.npz")):
             raise experiments.SettingError(f"--checkpoints: {os.path.join(source, name)}.npz not found (expected "
                                            "one checkpoint per variant, named as the example scripts write them)")
         build = lambda b, v=variant, a=activation, **more: family.model(b, v, a, args.dataset, **more)  # noqa: E731
-        models[row], how[row] = obtain(build, name, data.training, seed)
-    surrogate, how["surrogate"] = obtain(surrogate_builder(args.dataset), "surrogate",
-                                         surrogate_training(args.dataset), seed + 1)
-    return models, surrogate, how
+        units[row] = (build, name, data.training, seed)
+    units["surrogate"] = (surrogate_builder(args.dataset), "surrogate", surrogate_training(args.dataset), seed + 1)
+    mine = list(units) if comm is None else list(units)[comm.rank::comm.size]
+    models, how = {}, {}
+    for key in mine:
+        build, name, training, unit_seed = units[key]
+        models[key], how[key] = experiments.load_or_train(bk, build, name, splits, {**training, **epochs},
+                                                          unit_seed, source, out, limit_batches=args.limit_batches)
+    if comm is not None:                           # once every rank has written its checkpoints
+        how = {k: v for part in comm.gather(how) for k, v in part.items()}
+        for key in set(units) - set(mine):
+            build, name = units[key][:2]
+            folder = source if source and os.path.exists(os.path.join(source, f"{name}.npz")) else out
+            models[key] = load_model(bk, build, os.path.join(folder, f"{name}.npz"))
+    surrogate = models.pop("surrogate")
+    return {row: models[row] for row in units if row != "surrogate"}, surrogate, how
 
 
 def checkpoint_folder(directory):
@@ -209,16 +226,26 @@ def write_csv(path, family, values, spread, paper):
     write_text(path, f.getvalue())
 
 
-def evaluate_seed(args, bk, family, seed, figures):
+def evaluate_seed(args, bk, family, seed, figures, comm=None):
     """Train (or load) and evaluate every model for ``seed``; with ``figures``, also the budget
-    sweep and the adversarial grid. Returns the run's record and the sweep."""
+    sweep and the adversarial grid. Returns the run's record and the sweep. With ``comm`` the
+    models and the white-box cells are spread over the ranks; rank 0 does the rest and the
+    other ranks return ``(None, {})``."""
     splits = datasets.load_splits(bk, args.dataset, args.data_dir, seed, args.limit_train, args.limit_eval)
     images, y = splits["test"]
-    models, surrogate, how = models_for(args, bk, family, splits, seed)
+    models, surrogate, how = models_for(args, bk, family, splits, seed, comm)
     data = datasets.get_dataset(args.dataset)
+    root = comm is None or comm.is_root
     settings = robustness.Settings(data.attacks, data.corruptions, draws=args.draws, eot_draws=args.eot_draws,
-                                   batch_size=args.attack_batch, lbfgs_batch=args.lbfgs_batch, seed=seed)
-    rows, own = robustness.robustness_table(models, surrogate, images, y, settings)
+                                   batch_size=args.attack_batch, lbfgs_batch=args.lbfgs_batch, seed=seed,
+                                   log=print if root else (lambda *_: None))
+    white = None
+    if comm is not None:
+        share = robustness.white_box_rows(models, images, y, settings, only=list(models)[comm.rank::comm.size])
+        white = {row: cells for part in comm.gather(share) for row, cells in part.items()}
+        if not root:
+            return None, {}
+    rows, own = robustness.robustness_table(models, surrogate, images, y, settings, white)
     run = {"seed": seed, "test_images": int(len(y)), "models": how, "cells": rows,
            "values": robustness.table_values(rows), "surrogate": own,
            "sigma": {row: sigma_summary(model) for row, model in models.items()}}
@@ -244,13 +271,16 @@ def main(argv=None):
     args = parse(argv)
     family = get_family(args.family, args.dataset)
     data = datasets.get_dataset(args.dataset)
-    bk = get_backend(args.backend, "float32", args.seed[0], args.kernels)
+    comm = distributed.connect() if args.distributed else None
+    bk = get_backend(args.backend, "float32", args.seed[0], args.kernels, device=None if comm is None else comm.rank)
     t0 = time.perf_counter()
     runs, sweep = [], {}
     for i, seed in enumerate(args.seed):
-        run, seed_sweep = evaluate_seed(args, bk, family, seed, figures=i == 0)
+        run, seed_sweep = evaluate_seed(args, bk, family, seed, figures=i == 0, comm=comm)
         runs.append(run)
         sweep = sweep or seed_sweep
+    if comm is not None and not comm.is_root:
+        return None
     values, spread = over_seeds(runs)
     checks = robustness.sanity_checks(values, sweep)
     caption, paper = paper_rows(args.family)
@@ -259,7 +289,7 @@ def main(argv=None):
     meta = {"dataset": args.dataset, "family": args.family, "seeds": list(args.seed),
             "test_images": runs[0]["test_images"], "draws": args.draws, "eot_draws": args.eot_draws,
             "attacks": data.attacks, "lbfgs_batch": args.lbfgs_batch, "surrogate": data.surrogate_description,
-            "seconds": time.perf_counter() - t0}
+            "ranks": 1 if comm is None else comm.size, "seconds": time.perf_counter() - t0}
     text = markdown(args, family, values, spread, runs, claims, checks, caption, paper, meta)
     write_text(os.path.join(args.out, "robustness.md"), text)
     write_csv(os.path.join(args.out, "robustness.csv"), family, values, spread, paper)

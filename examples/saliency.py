@@ -63,6 +63,7 @@ def check(args):
         get_family(args.family, args.dataset)
     except ValueError as err:
         raise experiments.SettingError(f"--dataset {args.dataset!r}: {err}") from None
+    experiments.check_distributed(args)
     experiments.check_out(args)
 
 

@@ -47,6 +47,7 @@ def check(args):
     sizes = args.sizes.split(",")
     require(args, len(sizes) >= 2 and all(s.strip().isdigit() and int(s) >= 1 for s in sizes), "sizes",
             "two or more positive integers separated by commas, e.g. 8,6,4,3")
+    experiments.check_distributed(args)
     experiments.check_out(args)
 
 

@@ -24,13 +24,28 @@ keeps the shared one, so one process gives the run it gives without MPI.
 """
 import ctypes
 import hashlib
+import os
 import sys
 
 #: How the gradient all-reduce moves arrays (the run log names it): NumPy arrays through MPI;
 #: CuPy arrays through a CUDA-aware MPI, else CuPy's NCCL, else copied to the host and back.
 TRANSPORTS = ("mpi", "cuda-aware mpi", "nccl", "mpi via host copies")
 
+#: What MPI launchers (MPICH's Hydra, Open MPI) tell each process they start: its rank, the
+#: number of ranks of the job, and how many of them run on this machine.
+LAUNCHER_VARIABLES = {"rank": ("PMI_RANK", "OMPI_COMM_WORLD_RANK"), "ranks": ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"),
+                      "local ranks": ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")}
+
 _active = None                 # the communicator of this process once :func:`connect` made it
+
+
+def launched(what="ranks"):
+    """What the MPI launcher told this process, read without starting MPI: its ``"rank"``, the
+    job's ``"ranks"`` or the ``"local ranks"`` on this machine (outside mpiexec: rank 0 of 1)."""
+    for name in LAUNCHER_VARIABLES[what]:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0 if what == "rank" else 1
 
 
 class DistributedError(RuntimeError):

@@ -189,6 +189,16 @@ def check_at_least_one(args, *flags):
             require(args, getattr(args, flag) >= 1, flag, "at least 1")
 
 
+def check_distributed(args):
+    """Under ``mpiexec`` with several ranks, the script was given ``--distributed`` (a script
+    without that flag runs in one process): else every rank would run the whole job alone and
+    write the same files."""
+    ranks = distributed.launched()
+    if ranks > 1 and not getattr(args, "distributed", False):
+        remedy = "pass --distributed" if hasattr(args, "distributed") else "this script runs in one process"
+        raise SettingError(f"started by mpiexec on {ranks} ranks without --distributed: {remedy}")
+
+
 def check_out(args):
     """``--out`` exists or can be made, and a file can be written there."""
     probe = os.path.join(args.out, f".write-test-{os.getpid()}")     # one per process (MPI ranks)
@@ -214,6 +224,7 @@ def check_arguments(args):
             "a number in [0, 1)")
     check_at_least_one(args, "epochs", "batch_size", "decay_every", "limit_batches", "limit_train", "limit_eval",
                        "width", "eval_batch_size")
+    check_distributed(args)
     check_out(args)
 
 
@@ -228,6 +239,8 @@ def cli(main):
         if "--debug" in sys.argv:
             raise
         comm = distributed.active()
+        if comm is None and distributed.launched("rank") > 0:
+            sys.exit(2)         # before MPI starts, every rank refuses the same flags: rank 0 says why
         rank = f" (rank {comm.rank} of {comm.size})" if comm is not None and comm.size > 1 else ""
         print(f"error{rank}: {err}", file=sys.stderr)
         distributed.abort(2)                 # the other ranks may be waiting for this one

@@ -19,6 +19,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from .distributed import launched
+
 #: Element count above which im2col, col2im, pooling and noise layers split their work.
 PARALLEL_MIN_SIZE = 1 << 20
 #: Blocks per thread in :func:`parallel_blocks`.
@@ -37,23 +39,11 @@ def let_blas_threads_sleep():
     return True
 
 
-#: Where MPI launchers say how many ranks run on this machine (MPICH's Hydra, Open MPI).
-LOCAL_RANKS_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
-
-
-def local_ranks():
-    """How many ranks of an MPI job run on this machine (1 outside ``mpiexec``)."""
-    for name in LOCAL_RANKS_VARIABLES:
-        if os.environ.get(name, "").isdigit():
-            return max(1, int(os.environ[name]))
-    return 1
-
-
 def share_cores_among_local_ranks():
     """Under ``mpiexec`` with several ranks on this machine, give OpenBLAS each rank's share
     of the cores (``OPENBLAS_NUM_THREADS``) unless the environment sets it; acts only before
     NumPy loads OpenBLAS, as :func:`let_blas_threads_sleep`. Returns whether it acted."""
-    if local_ranks() == 1 or "numpy" in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ \
+    if launched("local ranks") <= 1 or "numpy" in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ \
             or "OMP_NUM_THREADS" in os.environ:
         return False
     os.environ["OPENBLAS_NUM_THREADS"] = str(num_threads())
@@ -73,7 +63,7 @@ def num_threads():
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:                                      # not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, cpus // local_ranks())
+    return max(1, cpus // max(1, launched("local ranks")))
 
 
 def run_all(calls):

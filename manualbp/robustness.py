@@ -128,16 +128,28 @@ def transfer_cells(surrogate, models, images, y, settings):
     return cells, own
 
 
-def robustness_table(models, surrogate, images, y, settings):
+def white_box_rows(models, images, y, settings, only=None):
+    """:func:`white_box` cells of each model (of the rows in ``only``, default all), each model
+    drawing from its own stream seeded by its place in ``models``: a subset measured apart (on
+    another rank) gets the cells the whole table gets."""
+    bk = next(iter(models.values())).bk
+    cells = {}
+    for i, (row, model) in enumerate(models.items()):
+        if only is None or row in only:
+            settings.log(f"white box: {row}")
+            bk.seed([settings.seed, 0xA77AC, i])
+            cells[row] = white_box(model, images, y, settings)
+    return cells
+
+
+def robustness_table(models, surrogate, images, y, settings, white=None):
     """Every cell of the paper's layout for each model: ``{row: {column: cell}}`` where a cell
     is the dict of :func:`accuracy_over_draws` (attacks add ``l2``, ``linf``; corruptions hold
-    their five severities), and the surrogate's own cells."""
+    their five severities), and the surrogate's own cells. ``white``: the white-box cells of
+    every model when already measured (:func:`white_box_rows` spread over ranks)."""
     bk = next(iter(models.values())).bk
-    rows = {}
-    for i, (row, model) in enumerate(models.items()):
-        settings.log(f"white box: {row}")
-        bk.seed([settings.seed, 0xA77AC, i])
-        rows[row] = white_box(model, images, y, settings)
+    white = white_box_rows(models, images, y, settings) if white is None else white
+    rows = {row: dict(white[row]) for row in models}
     settings.log("corruptions")
     bk.seed([settings.seed, 0xC022])
     for row, cells in corruption_cells(models, images, y, settings).items():

@@ -118,6 +118,9 @@ class Trainer:
                  limit_batches=None, eval_batch_size=1000, progress=True, settings=None, comm=None):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if comm is not None and batch_size < comm.size:
+            raise ValueError(f"batch_size {batch_size} is smaller than the {comm.size} ranks: each rank "
+                             "needs a part of every batch")
         self.model, self.bk = model, model.bk
         self.optimizers = [o for o in optimizers if o is not None]
         self.schedule, self.batch_size, self.seed = schedule, int(batch_size), seed
@@ -136,18 +139,24 @@ class Trainer:
     def step(self, x, y, share=1):
         """One iteration of Algorithm 1; returns the batch loss (a 0-d device array). With
         ``comm``, ``(x, y)`` is this rank's shard and ``share`` its fraction of the batch."""
-        if len(y):
-            loss = self.loss.forward(self.model.forward(x), y)         # Eq. (1) forward, then L
-            self.model.backward(self.loss.backward(), input_grad=False)  # Eq. (2) and (3)
-        else:                                        # an empty shard: a last batch smaller than K
-            loss = 0.0
-            self.model.parameter_store().bind_gradients()
-            self.model.parameter_store().grad[...] = 0
+        loss = self.loss.forward(self.model.forward(x), y)         # Eq. (1) forward, then L
+        self.model.backward(self.loss.backward(), input_grad=False)  # Eq. (2) and (3)
         if self.comm is not None:
             self.comm.average_gradients(self.model, share)          # sum_r share_r * grad_r
         for opt in self.optimizers:                                 # weights, then Eq. (7)
             opt.step()
         return loss
+
+    def idle_step(self):
+        """This rank's part of a step whose shard is empty (a last batch smaller than the
+        number of ranks): zero gradients into the all-reduce, then the update every rank takes."""
+        store = self.model.parameter_store()
+        store.bind_gradients()
+        store.grad[...] = 0
+        self.comm.average_gradients(self.model, 0)
+        for opt in self.optimizers:
+            opt.step()
+        return 0.0
 
     def batches(self, n):
         """Index arrays of one shuffled epoch (at most ``limit_batches`` of them)."""
@@ -172,8 +181,11 @@ class Trainer:
             if self.comm is not None:
                 part = self.comm.shard(len(idx))
                 share, idx = (part.stop - part.start) / len(idx), idx[part]
+            if not len(idx):
+                losses.append(self.idle_step())
+                continue
             xb = x[idx]
-            if self.augment is not None and len(idx):
+            if self.augment is not None:
                 xb = self.augment(xb, self.bk)
             loss = self.step(xb, y[idx], share)
             losses.append(loss * share if share != 1 else loss)

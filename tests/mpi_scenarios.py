@@ -59,15 +59,25 @@ def host(model):
     return {k: model.bk.to_host(v) for k, v in model.state_dict().items()}
 
 
-def equivalence(comm, bk, out):
-    """Plain MLP (no noise): 3 steps of the global batch, then an evaluation."""
+#: Plain-MLP runs compared with one process: (training images, batches): 3 full batches; and a
+#: whole epoch of 25 images, whose last batch of 1 leaves the second rank without images.
+EQUIVALENCE = {"equivalence": (60, 3), "uneven": (25, None)}
+
+
+def equivalence(comm, bk, out, name="equivalence"):
+    """Plain MLP (no noise): the steps of :data:`EQUIVALENCE`, then an evaluation."""
+    n, limit = EQUIVALENCE[name]
     model = mlp_model(bk, "mlp")
-    t = trainer(model, comm, limit_batches=3)
-    x, y = on_device(bk, *data())
+    t = trainer(model, comm, limit_batches=limit)
+    x, y = on_device(bk, *data(n))
     loss = t.train_epoch(x, y)
     tx, ty = on_device(bk, *data(TEST_IMAGES, seed=4))
     test_loss, test_acc = t.evaluate(tx, ty)
     return {"loss": loss, "test_loss": test_loss, "test_accuracy": test_acc, **host(model)}
+
+
+def uneven(comm, bk, out):
+    return equivalence(comm, bk, out, "uneven")
 
 
 def sigma_gradient(comm, bk, out):
@@ -159,7 +169,7 @@ def raises(comm, bk, out):
     return {}
 
 
-SCENARIOS = {f.__name__: f for f in (equivalence, sigma_gradient, batch_norm, resume, diverged, raises)}
+SCENARIOS = {f.__name__: f for f in (equivalence, uneven, sigma_gradient, batch_norm, resume, diverged, raises)}
 
 
 def main(name, out, dtype="float64"):

@@ -58,6 +58,68 @@ def test_shards_cover_the_batch_once(n, size):
     assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
 
 
+class TwoRanksAlike:
+    """The collectives of two ranks that hold the same values (a sum doubles them)."""
+    IN_PLACE, SUM = object(), "sum"
+
+    def Allreduce(self, where, array, op):
+        assert where is self.IN_PLACE and op == self.SUM
+        array *= 2
+
+    def allgather(self, value):
+        return [value, value]
+
+
+class DeviceStandIn:
+    """A backend named "cupy" whose arrays live on the host, counting its transfers."""
+    name = "cupy"
+
+    def __init__(self):
+        self.copies = 0
+
+    def to_host(self, a):
+        self.copies += 1
+        return np.array(a)
+
+    def asarray(self, a, dtype=None):
+        self.copies += 1
+        return np.asarray(a, dtype=dtype)
+
+    def synchronize(self):
+        pass
+
+
+def alike_comm():
+    comm = FakeComm(0, 2)
+    comm.comm = comm.MPI = TwoRanksAlike()
+    comm.transport = None
+    return comm
+
+
+@pytest.mark.parametrize("cuda_aware, nccl, expected", [(True, True, "cuda-aware mpi"), (False, True, "nccl"),
+                                                        (False, False, "mpi via host copies")])
+def test_device_arrays_take_the_first_transport_every_rank_offers(monkeypatch, cuda_aware, nccl, expected):
+    monkeypatch.setattr(distributed, "mpi_has_cuda", lambda: cuda_aware)
+    monkeypatch.setattr(distributed.Communicator, "_nccl_ready", lambda self, bk: nccl)
+    comm, bk = alike_comm(), DeviceStandIn()
+    assert comm.transport_for(bk) == expected
+    assert alike_comm().transport_for(get_backend("numpy")) == "mpi"
+
+
+def test_host_copies_sum_in_place(monkeypatch):
+    monkeypatch.setattr(distributed, "mpi_has_cuda", lambda: False)
+    monkeypatch.setattr(distributed.Communicator, "_nccl_ready", lambda self, bk: False)
+    comm, bk = alike_comm(), DeviceStandIn()
+    grad = np.arange(5, dtype=np.float32)
+    assert comm.allreduce(bk, grad) is grad
+    np.testing.assert_array_equal(grad, 2 * np.arange(5))
+    assert bk.copies == 2 and comm.transport == "mpi via host copies"
+
+
+def test_mpi_reports_whether_it_reads_device_memory():
+    assert distributed.mpi_has_cuda() in (True, False)
+
+
 def test_connect_without_mpi4py_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     monkeypatch.setattr(distributed, "_active", None)
@@ -65,14 +127,17 @@ def test_connect_without_mpi4py_names_the_extra(monkeypatch):
         distributed.connect()
 
 
-def test_two_ranks_take_the_steps_of_one_process(scenario):
+@pytest.mark.parametrize("name", sorted(sc.EQUIVALENCE))
+def test_two_ranks_take_the_steps_of_one_process(scenario, name):
     """Noise off, float64: K = 2 with B/2 images per rank gives the parameters of K = 1 with B
-    images after 3 steps, and the evaluation's sums over both shards give the same accuracy."""
-    result = scenario("equivalence")
+    images after 3 steps (and after an epoch whose last batch leaves one rank without images),
+    and the evaluation's sums over both shards give the same accuracy."""
+    result = scenario(name)
+    n, limit = sc.EQUIVALENCE[name]
     bk = get_backend("numpy", "float64", 0)
     model = sc.mlp_model(bk, "mlp")
-    t = sc.trainer(model, None, limit_batches=3)
-    loss = t.train_epoch(*sc.on_device(bk, *sc.data()))
+    t = sc.trainer(model, None, limit_batches=limit)
+    loss = t.train_epoch(*sc.on_device(bk, *sc.data(n)))
     test_loss, test_acc = t.evaluate(*sc.on_device(bk, *sc.data(sc.TEST_IMAGES, seed=4)))
     for name, value in model.state_dict().items():
         np.testing.assert_allclose(result[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
@@ -168,3 +233,23 @@ def test_training_example_under_mpiexec(launch, fashion_mnist, tmp_path):
     one, _ = run(1, tmp_path / "one", "--epochs", "1")
     alone, _ = run(None, tmp_path / "alone", "--epochs", "1")
     same_run(one, alone)
+
+
+def test_robustness_table_spread_over_ranks_is_the_table_of_one_process(launch, fashion_mnist, tmp_path):
+    """``robustness_table.py --distributed`` on 2 ranks: every model trained by one rank, the
+    white-box cells split by variant, one table from rank 0 -- equal to one process's, cell for cell."""
+    quick = ["--family", "mlp", "--epochs", "1", "--limit-train", "300", "--limit-eval", "40", "--draws", "2",
+             "--eot-draws", "2", "--sweep-steps", "2", "--no-progress"]
+    tables = {}
+    for ranks, flag in ((None, []), (2, ["--distributed"])):
+        out = tmp_path / str(ranks)
+        done = launch(ranks, "examples/robustness_table.py", *quick, "--out", out, *flag, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        with open(out / "robustness.json") as f:
+            tables[ranks] = json.load(f)
+        assert sorted(os.listdir(out / "checkpoints")) == sorted(
+            ["surrogate.npz"] + [f"{v}-{a}.npz" for v in ("mlp", "mlp+", "mlpn") for a in ("relu", "sigmoid")])
+    one, two = tables[None], tables[2]
+    assert two["meta"]["ranks"] == 2
+    for key in ("values", "claims", "sanity_checks", "sweep", "runs"):
+        assert one[key] == two[key], key
