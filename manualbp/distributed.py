@@ -196,20 +196,24 @@ class Communicator:
             return "mpi"
         if all(self.gather(mpi_has_cuda())):
             return "cuda-aware mpi"
-        if all(self.gather(self._nccl_ready(bk))):
+        if self._nccl_ready(bk):
             return "nccl"
         return "mpi via host copies"
 
     def _nccl_ready(self, bk):
-        """Set up CuPy's NCCL communicator over these ranks; whether it worked."""
+        """Set up CuPy's NCCL communicator over the ranks when every rank has NCCL (its set-up
+        is collective); whether it did."""
+        from importlib import import_module
         try:
-            from importlib import import_module
             nccl = import_module(bk.xp.__name__ + ".cuda.nccl")
-            uid = self.comm.bcast(nccl.get_unique_id() if self.is_root else None)
-            self._nccl = (nccl, nccl.NcclCommunicator(self.size, uid, self.rank))
-            return True
-        except Exception:
+            usable = getattr(nccl, "available", True)
+        except ImportError:
+            usable = False
+        if not all(self.gather(usable)):
             return False
+        uid = self.comm.bcast(nccl.get_unique_id() if self.is_root else None)
+        self._nccl = (nccl, nccl.NcclCommunicator(self.size, uid, self.rank))
+        return True
 
     def _nccl_allreduce(self, bk, array):
         nccl, comm = self._nccl

@@ -240,10 +240,10 @@ class Trainer:
         log = log if self.is_root else None
         if self.comm is not None:
             self.comm.check_identical(self.model, "before training")
-            if log:
+            transport = self.comm.transport_for(self.bk)     # chosen by all ranks together
+            if log and self.comm.size > 1:
                 log(f"data parallel on {self.comm.size} ranks: batches of {self.batch_size} in shards of "
-                    f"about {self.batch_size // self.comm.size}, gradients all-reduced by "
-                    f"{self.comm.transport_for(self.bk)}")
+                    f"about {self.batch_size // self.comm.size}, gradients all-reduced by {transport}")
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             train_loss = self.train_epoch(*splits["train"], epoch=epoch)
