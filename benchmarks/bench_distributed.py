@@ -4,13 +4,15 @@ manualbp and, side by side in the same run, PyTorch (DistributedDataParallel ove
 all-reduce's share of a step.
 
     python benchmarks/bench_distributed.py [--ranks 2] [--models mlpn cnn-an] [--steps 40]
-        [--kernels fast|reference] [--json out.json]
+        [--repeats 3] [--kernels fast|reference] [--json out.json]
 
 Each step trains on a global batch of 128 random images (a rank takes its shard of it): forward,
 backward, one all-reduce of every gradient, the weights' Adam and the Eq. (7) update. The
 all-reduce's share is the time of that all-reduce alone (the same number of floats, timed apart)
 over the time of a step. The PyTorch side is each model's twin (:func:`common.torch_twin`);
 DistributedDataParallel overlaps its all-reduce with the backward pass, manualbp runs it after.
+The two set-ups run ``--repeats`` times, alternating, and each figure is the median over them
+(a machine's speed drifts between minutes).
 """
 import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
@@ -114,6 +116,7 @@ def main():
     parser.add_argument("--ranks", type=int, default=2, help="processes (and threads of the one process)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--steps", type=int, default=40, help="batches per timed pass")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each set-up, alternating")
     add_kernels_argument(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -123,7 +126,12 @@ def main():
         return worker(args)
     if shutil.which("mpiexec") is None:
         sys.exit("bench_distributed.py needs mpiexec: pip install -e '.[mpi]'")
-    runs = {"one": launch(1, args.ranks, args), "many": launch(args.ranks, 1, args), "kernels": args.kernels}
+    repeats = [{"one": launch(1, args.ranks, args), "many": launch(args.ranks, 1, args)}
+               for _ in range(args.repeats)]
+    runs = {setup: {"models": {name: {key: statistics.median(r[setup]["models"][name][key] for r in repeats)
+                                      for key in repeats[0][setup]["models"][name]} for name in args.models}}
+            for setup in ("one", "many")}
+    runs.update(kernels=args.kernels, repeats=repeats)
     print(f"global batch {BATCH}; one process with {args.ranks} threads against {args.ranks} processes with "
           f"1 thread each; kernels: {args.kernels}; torch {torch.__version__} (DistributedDataParallel, gloo), "
           f"numpy {np.__version__}")

@@ -30,6 +30,10 @@ HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 #: The flags of a training set-up (Table 1 and the noise-level update), as ``train_model`` takes it.
 TRAINING = ("optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma", "sigma_lr",
             "sigma_update", "epochs", "batch_size")
+#: The remedies for collapsing noise (:mod:`manualbp.remedies`): ``train_model``'s keys, and the
+#: flags of their arguments.
+REMEDIES = {"adversarial": {"budget": "adv_budget", "alpha": "adv_alpha", "steps": "adv_steps", "mix": "adv_mix"},
+            "sigma_penalty": {"strength": "sigma_penalty", "target": "sigma_target"}}
 #: The flags that define a training run, recorded in its checkpoints (``--resume`` with another
 #: value is refused): the set-up but ``--epochs`` (a finished run may be trained further) and the
 #: batch size (the trainer records it), the data and the family's options.
@@ -37,8 +41,17 @@ RUN_SETTINGS = ("dataset", *TRAINING[:-2], "width", "augment", "limit_train")
 
 
 def training_setup(args):
-    """The training set-up of ``args``: the keys of :data:`TRAINING` with this run's values."""
-    return {key: getattr(args, key) for key in TRAINING}
+    """The training set-up of ``args``: the keys of :data:`TRAINING` with this run's values,
+    and each remedy of :data:`REMEDIES` asked for (``--adversarial pgd``: PGD with the
+    dataset's Table 2 settings where no ``--adv-*`` flag is given; ``--sigma-penalty``)."""
+    setup = {key: getattr(args, key) for key in TRAINING}
+    if getattr(args, "adversarial", "none") == "pgd":
+        pgd = datasets.get_dataset(args.dataset).attacks["pgd"]
+        given = {key: getattr(args, flag) for key, flag in REMEDIES["adversarial"].items()}
+        setup["adversarial"] = {key: pgd[key] if value is None else value for key, value in given.items()}
+    if getattr(args, "sigma_penalty", None) is not None:
+        setup["sigma_penalty"] = {key: getattr(args, flag) for key, flag in REMEDIES["sigma_penalty"].items()}
+    return setup
 
 
 def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=None, log=print, comm=None):
@@ -70,7 +83,7 @@ def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=No
             "test_accuracy": default, "test_accuracy_noise_on": on, "test_accuracy_noise_off": off,
             "eval_noise_default": any(eval_noise.values()), "noise_modes": noise_modes,
             "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, len(history)),
-            "history": history, "sigma": sigma_summary(model), "checkpoint": path}
+            "history": history, "sigma": sigma_summary(model), "checkpoint": path, "training": trainer.settings}
 
 
 def load_or_train(bk, build, name, splits, training, seed, source=None, out=None, log=print, **trainer_options):
@@ -132,7 +145,9 @@ def add_arguments(parser, family, out):
     parser.add_argument("--sigma-lr", type=float, default=1e-3, help="learning rate of Eq. (7)")
     parser.add_argument("--sigma-update", choices=list(SIGMA_UPDATES), default="eq7",
                         help="eq7: the paper's separate Adam + abs; weights: the released code's way "
-                             "(sigma in the weights' optimiser, |sigma| in the forward pass)")
+                             "(sigma in the weights' optimiser, |sigma| in the forward pass); released: "
+                             "that code exactly as it runs (sigma from N(0, 1), no sign(sigma) in its gradient)")
+    add_remedy_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights, shuffling and noise")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="working precision")
@@ -150,6 +165,22 @@ def add_arguments(parser, family, out):
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel over the ranks of mpiexec -n K (docs/distributed.md)")
     return add_quick_run_arguments(parser)
+def add_remedy_arguments(parser):
+    """The flags of the remedies for collapsing noise (:data:`REMEDIES`)."""
+    parser.add_argument("--adversarial", choices=["none", "pgd"], default="none",
+                        help="train on PGD examples (Madry et al.), crafted by the engine's own backward")
+    parser.add_argument("--adv-budget", type=float, default=None,
+                        help="adversarial training's L-inf budget (pixels; default: the dataset's Table 2 PGD)")
+    parser.add_argument("--adv-alpha", type=float, default=None, help="its PGD step size (default: Table 2)")
+    parser.add_argument("--adv-steps", type=int, default=None, help="its PGD steps (default: Table 2)")
+    parser.add_argument("--adv-mix", type=float, default=1.0,
+                        help="weight of the adversarial loss; below 1 the clean loss gets the rest")
+    parser.add_argument("--sigma-penalty", type=float, default=None,
+                        help="strength of the prior (s/2) sum (log sigma - log target)^2 on learned sigma")
+    parser.add_argument("--sigma-target", type=float, default=1.0, help="the noise level the prior pulls towards")
+    return parser
+
+
 def add_quick_run_arguments(parser, evaluation="validation and test images"):
     """The quick-run flags every script shares (``--limit-batches``, ``--limit-train``,
     ``--limit-eval``), ``--no-progress`` and ``--debug``; ``evaluation`` names what
@@ -189,6 +220,19 @@ def check_at_least_one(args, *flags):
             require(args, getattr(args, flag) >= 1, flag, "at least 1")
 
 
+def check_remedies(args):
+    """The remedies' flags: given only with their remedy, and in range."""
+    for flag in ("adv_budget", "adv_alpha", "adv_steps"):
+        require(args, getattr(args, flag) is None or args.adversarial == "pgd", flag, "no value without --adversarial pgd")
+    for flag in ("adv_budget", "adv_alpha"):
+        require(args, getattr(args, flag) is None or (finite(getattr(args, flag)) and getattr(args, flag) > 0),
+                flag, "a positive finite number (pixel units)")
+    require(args, finite(args.adv_mix) and 0 < args.adv_mix <= 1, "adv_mix", "a number in (0, 1]")
+    require(args, args.sigma_penalty is None or (finite(args.sigma_penalty) and args.sigma_penalty > 0),
+            "sigma_penalty", "a positive finite number")
+    require(args, finite(args.sigma_target) and args.sigma_target > 0, "sigma_target", "a positive finite number")
+
+
 def check_distributed(args):
     """Under ``mpiexec`` with several ranks, the script was given ``--distributed`` (a script
     without that flag runs in one process): else every rank would run the whole job alone and
@@ -223,7 +267,8 @@ def check_arguments(args):
     require(args, args.momentum is None or (finite(args.momentum) and 0 <= args.momentum < 1), "momentum",
             "a number in [0, 1)")
     check_at_least_one(args, "epochs", "batch_size", "decay_every", "limit_batches", "limit_train", "limit_eval",
-                       "width", "eval_batch_size")
+                       "width", "eval_batch_size", "adv_steps")
+    check_remedies(args)
     check_distributed(args)
     check_out(args)
 

@@ -61,11 +61,12 @@ def noise_layers(model):
 
 
 def sigma_summary(model):
-    """``{noise layer: {"mean", "std", "min", "max"}}`` of every noise level ``sigma`` (host floats)."""
+    """``{noise layer: {"mean", "std", "min", "max"}}`` of every noise level as the forward pass
+    uses it (``|sigma|`` with ``abs_sigma``; host floats)."""
     summary = {}
     for name, layer in noise_layers(model).items():
-        sigma = layer.sigma
-        if sigma is not None:
+        if layer.sigma is not None:
+            sigma = layer.noise_level()
             summary[name] = {stat: float(getattr(sigma, stat)()) for stat in ("mean", "std", "min", "max")}
     return summary
 

@@ -19,11 +19,13 @@ from . import checkpoint
 from .layers import SoftmaxCrossEntropy
 from .model import evaluating, sigma_summary
 from .optim import SGD, Adam, StepLR, is_noise_level, noise_level_optimizer
+from .remedies import AdversarialTraining, SigmaPenalty
 
 #: Seeds the initial weights and noise levels: ``bk.seed([seed, INIT_STREAM])`` before a model is built.
 INIT_STREAM = 0xC0DE
-#: How sigma is updated: the paper's Eq. (7), or the released code's way (see :func:`make_optimizers`).
-SIGMA_UPDATES = ("eq7", "weights")
+#: How sigma is updated: the paper's Eq. (7), the released code's way with the correct gradient,
+#: or the released code exactly as it runs (see :func:`make_optimizers`).
+SIGMA_UPDATES = ("eq7", "weights", "released")
 
 
 def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=None,
@@ -33,6 +35,8 @@ def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentu
     ``sigma_update="eq7"`` (the paper): ``sigma`` gets its own Adam followed by ``abs`` (Eq. 7).
     ``"weights"`` (the paper's released code): ``sigma`` is trained by the weights' optimiser,
     with its weight decay (the model should then use ``|sigma|``: :func:`model_options`).
+    ``"released"``: the same optimisers, for a model that also starts ``sigma`` from N(0, 1)
+    and leaves ``sign(sigma)`` out of its gradient, as the released code does.
     ``momentum`` (SGD only) defaults to 0.9. Returns ``(optimizers, schedule)``.
     """
     if sigma_update not in SIGMA_UPDATES:
@@ -51,10 +55,15 @@ def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentu
     return optimizers, schedule
 
 
+#: The builder options of each ``sigma_update`` that is not the paper's Eq. (7).
+SIGMA_UPDATE_OPTIONS = {"weights": {"abs_sigma": True}, "released": {"released": True}}
+
+
 def model_options(training):
     """The builder options a training set-up asks for: the released code's ``sigma_update``
-    (``"weights"``) uses ``|sigma|`` in the forward pass (``abs_sigma``)."""
-    return {"abs_sigma": True} if training.get("sigma_update") == "weights" else {}
+    ``"weights"`` uses ``|sigma|`` in the forward pass (``abs_sigma``); ``"released"`` is that
+    code exactly as it runs (the noise layers' ``released``)."""
+    return dict(SIGMA_UPDATE_OPTIONS.get(training.get("sigma_update"), {}))
 
 
 def train_model(bk, build, splits, training, seed, checkpoint_path=None, resume=False, log=print,
@@ -63,13 +72,20 @@ def train_model(bk, build, splits, training, seed, checkpoint_path=None, resume=
 
     ``build(bk, **options) -> model`` is called after seeding the initial weights from
     ``(seed, INIT_STREAM)``, with :func:`model_options` of ``training`` (the Table 1 set-up:
-    optimiser, lr, ..., ``epochs`` and ``batch_size``). The model is then trained on ``splits`` by a :class:`Trainer` (``trainer_options``: ``augment``,
-    ``limit_batches``, ``eval_batch_size``, ``progress``, ``settings``), writing a checkpoint to
+    optimiser, lr, ..., ``epochs`` and ``batch_size``; and the remedies ``adversarial`` and
+    ``sigma_penalty``, the arguments of :class:`~manualbp.remedies.AdversarialTraining` and
+    :class:`~manualbp.remedies.SigmaPenalty`, or ``None``). The model is then trained on
+    ``splits`` by a :class:`Trainer` (``trainer_options``: ``augment``, ``limit_batches``,
+    ``eval_batch_size``, ``progress``, ``settings``, ``comm``), writing a checkpoint to
     ``checkpoint_path`` after each epoch and continuing from it with ``resume``."""
     bk.seed([seed, INIT_STREAM])
     model = build(bk, **model_options(training))
     optimizers, schedule = make_optimizers(model, **training)
     trainer_options.setdefault("progress", False)
+    remedies = {"adversarial": AdversarialTraining, "sigma_penalty": SigmaPenalty}
+    for key, remedy in remedies.items():
+        if training.get(key):
+            trainer_options[key] = remedy(**training[key])
     trainer = Trainer(model, optimizers, schedule, batch_size=training.get("batch_size", 128), seed=seed,
                       **trainer_options)
     trainer.fit(splits, training["epochs"], checkpoint_path=checkpoint_path, resume=resume, log=log)
@@ -112,10 +128,13 @@ class Trainer:
         values by name). Checkpoints record them with the seed, batch size, dtype, kernels and
         number of ranks, and resuming from a checkpoint written with other values is refused.
     comm : a :class:`~manualbp.distributed.Communicator` to train data-parallel on its ranks.
+    adversarial : an :class:`~manualbp.remedies.AdversarialTraining`: train on its PGD examples.
+    sigma_penalty : a :class:`~manualbp.remedies.SigmaPenalty`: add its prior's gradient to sigma's.
     """
 
     def __init__(self, model, optimizers, schedule=None, batch_size=128, seed=0, augment=None,
-                 limit_batches=None, eval_batch_size=1000, progress=True, settings=None, comm=None):
+                 limit_batches=None, eval_batch_size=1000, progress=True, settings=None, comm=None,
+                 adversarial=None, sigma_penalty=None):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if comm is not None and batch_size < comm.size:
@@ -132,6 +151,10 @@ class Trainer:
                          "kernels": self.bk.kernels, "limit_batches": limit_batches, **(settings or {})}
         if comm is not None and comm.size > 1:
             self.settings["ranks"] = comm.size
+        self.adversarial, self.sigma_penalty = adversarial, sigma_penalty
+        for key, remedy in (("adversarial", adversarial), ("sigma_penalty", sigma_penalty)):
+            if remedy is not None:
+                self.settings[key] = remedy.settings()
         self.loss = SoftmaxCrossEntropy(self.bk)
         self.history = []
 
@@ -139,8 +162,13 @@ class Trainer:
     def step(self, x, y, share=1):
         """One iteration of Algorithm 1; returns the batch loss (a 0-d device array). With
         ``comm``, ``(x, y)`` is this rank's shard and ``share`` its fraction of the batch."""
-        loss = self.loss.forward(self.model.forward(x), y)         # Eq. (1) forward, then L
+        weights = None
+        if self.adversarial is not None:                           # PGD examples (Madry et al.)
+            x, y, weights = self.adversarial.batch(self.model, x, y)
+        loss = self.loss.forward(self.model.forward(x), y, weights)  # Eq. (1) forward, then L
         self.model.backward(self.loss.backward(), input_grad=False)  # Eq. (2) and (3)
+        if self.sigma_penalty is not None:
+            self.sigma_penalty.add_gradient(self.model)             # + dR/dsigma, the prior on sigma
         if self.comm is not None:
             self.comm.average_gradients(self.model, share)          # sum_r share_r * grad_r
         for opt in self.optimizers:                                 # weights, then Eq. (7)

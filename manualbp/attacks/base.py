@@ -84,10 +84,8 @@ def input_gradient(model, x, y, weights=None):
     ``(N,)``, are the loss layer's (a stable log-sum-exp of the logits).
     """
     loss = SoftmaxCrossEntropy(model.bk)
-    loss.forward(model.forward(x), y)
+    loss.forward(model.forward(x), y, None if weights is None else len(x) * weights)
     seed = loss.backward()
-    if weights is not None:
-        seed *= (len(x) * weights)[:, None]
     with input_gradient_only(model):                    # no parameter gradients needed
         grad = model.backward(seed)
     return loss.losses, grad

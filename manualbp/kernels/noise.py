@@ -49,7 +49,7 @@ class GaussianNoiseKernel(GaussianNoise):
             grad_sigma = self.grads["sigma"]
             if self.draws:
                 grad_sigma[...] = xp.einsum("n...,n...->...", delta, self.eps)   # Eq. (3)
-                if self.abs_sigma:
+                if self.abs_sigma and not self.released:
                     grad_sigma *= xp.sign(self.params["sigma"])
             else:
                 grad_sigma[...] = 0

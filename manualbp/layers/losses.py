@@ -8,13 +8,17 @@ class SoftmaxCrossEntropy:
     0-d array (no host synchronisation); ``backward()`` returns ``e = (softmax - onehot) / N``
     of shape ``(N, K)``, so ``delta`` already carries the ``1/N`` of the mean and Eq. (3) sums
     over the batch.
+
+    ``weights`` (optional, ``(N,)``): the loss is ``(1/N) sum_n w_n CE_n`` instead, and each
+    row of ``e`` is scaled by its ``w_n`` (a mix of clean and adversarial images, the
+    per-image constants of L-BFGS).
     """
 
     def __init__(self, bk):
         self.bk = bk
         self.xp = bk.xp
 
-    def forward(self, logits, labels):
+    def forward(self, logits, labels, weights=None):
         xp = self.xp
         if logits.ndim != 2:
             raise ValueError(f"logits must be (N, classes), got shape {tuple(logits.shape)}")
@@ -33,7 +37,8 @@ class SoftmaxCrossEntropy:
         self.p = xp.exp(log_p)
         self.labels = labels
         self.losses = -log_p[xp.arange(n), labels]           # per sample, (N,)
-        return self.losses.mean()
+        self.weights = weights
+        return self.losses.mean() if weights is None else (weights * self.losses).mean()
 
     def backward(self):
         """``e = dL/dlogits = (softmax(logits) - onehot(labels)) / N`` -- the seed of Eq. (2)."""
@@ -41,4 +46,6 @@ class SoftmaxCrossEntropy:
         e = self.p.copy()                                               # e = dL/dx_tau, the seed of Eq. (2):
         e[self.xp.arange(n), self.labels] -= 1                          # softmax - onehot
         e /= n                                                          # of the mean over the batch
+        if self.weights is not None:
+            e *= self.weights[:, None]                                  # of (1/N) sum_n w_n CE_n
         return e

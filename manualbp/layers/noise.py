@@ -21,6 +21,10 @@ class GaussianNoise(Module):
     abs_sigma : use ``|sigma|`` in the forward pass, as the paper's released code does when it
         trains ``sigma`` with the weights' own optimiser; the paper's Eq. (7) keeps ``sigma > 0``
         in the update instead, so this is off by default.
+    released : (learned noise) the paper's released code exactly as it runs: ``sigma`` drawn
+        from N(0, 1), ``|sigma|`` in the forward pass, and Eq. (3) *without* the factor
+        ``sign(sigma)`` that the derivative of ``|sigma|`` needs -- a wrong gradient for every
+        negative ``sigma``, kept to reproduce where the paper's numbers come from.
 
     After ``forward``, ``eps`` holds the last draw (``None`` when no noise was drawn). While
     ``hold_eps`` is true, forward reuses that draw instead of drawing anew (gradient checks,
@@ -28,18 +32,19 @@ class GaussianNoise(Module):
     """
 
     def __init__(self, bk, shape, mode="learned", sigma0=1.0, learn_mean=False, eval_noise=False,
-                 abs_sigma=False):
+                 abs_sigma=False, released=False):
         super().__init__(bk)
         if mode not in NOISE_MODES:
             raise ValueError(f"unknown noise mode {mode!r}: expected one of {', '.join(NOISE_MODES)}")
         self.shape = tuple(int(s) for s in shape)
         self.mode = mode
         self.eval_noise = eval_noise
-        self.abs_sigma = abs_sigma
+        self.released = released and mode == "learned"
+        self.abs_sigma = abs_sigma or self.released
         self.hold_eps = False
         self.eps = None
         if mode != "off":
-            sigma = bk.full(self.shape, sigma0)
+            sigma = bk.normal(self.shape) if self.released else bk.full(self.shape, sigma0)
             if mode == "learned":
                 self.add_param("sigma", sigma)
             else:
@@ -89,7 +94,7 @@ class GaussianNoise(Module):
                 self.grads["sigma"] = (delta * self.eps).sum(axis=0)   # sum_n delta * eps, Eq. (3)
             else:
                 self.grads["sigma"] = self.xp.zeros_like(self.params["sigma"])   # no noise drawn
-            if self.abs_sigma:
+            if self.abs_sigma and not self.released:
                 self.grads["sigma"] *= self.xp.sign(self.params["sigma"])    # d|sigma| / dsigma
         if "mu" in self.params:
             self.grads["mu"] = delta.sum(axis=0)
