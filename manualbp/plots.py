@@ -229,6 +229,26 @@ def budget_sweep(sweep, path, title=""):
     return _save(fig, path)
 
 
+def noise_study(curves, path, title=""):
+    """Robustness and the learned noise level against training epochs: one panel per measure,
+    one line per run (``curves``: ``{label: {"epoch": [...], measure: [...]}}`` with the
+    measures ``ori``, ``pgd``, ``eot_pgd`` and ``sigma``; a missing measure is left out)."""
+    measures = {"ori": "clean accuracy", "pgd": "PGD accuracy", "eot_pgd": "EOT-PGD accuracy",
+                "sigma": "mean learned sigma"}
+    fig, axes = _figure(len(measures), 1, (4.6, 3.8))
+    for ax, (key, name) in zip(axes[0], measures.items()):
+        for label, curve in curves.items():
+            if curve.get(key) is not None:
+                ax.plot(curve["epoch"], curve[key], marker="o", ms=3, label=label)
+        ax.set_title(f"{name} {title}".strip(), fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][-1].set_yscale("log")
+    axes[0][0].legend(fontsize=6)
+    return _save(fig, path)
+
+
 def estimator_comparison(estimates, path, level=0.99):
     """Left: each estimator's mean of ``d E[L] / d sigma_i`` with its ``level`` confidence
     interval, per noise level. Right: each estimator's variance per draw (log scale).

@@ -74,16 +74,26 @@ def adversarial_examples(models, images, y, settings, count=8):
     return rows, predictions
 
 
-def white_box(model, x, y, settings):
-    """Clean and white-box cells of one model, plus EOT-PGD and Ori / PGD with noise on and off."""
-    cells = {"ori": accuracy_over_draws(model, x, y, settings.draws)}
+def attack_cells(model, x, y, settings, columns=("fgsm", "lbfgs", "pgd", "eot_pgd")):
+    """The white-box cells ``columns`` of one model (accuracy on its adversarial examples, with
+    the perturbation norms); EOT-PGD is PGD itself when the model draws no noise."""
     with evaluating(model):
         randomised = draws_noise(model)
+    cells = {}
     for name, (attack, params, batch) in _attacks(settings).items():
-        if name == "eot_pgd" and not randomised and not params.get("random_start"):
+        if name not in columns:
+            continue
+        if name == "eot_pgd" and not randomised and not params.get("random_start") and "pgd" in cells:
             cells[name] = cells["pgd"]                 # no noise to average over: EOT-PGD is PGD
         else:
             cells[name] = _attacked(model, attack, params, batch, x, y, settings)
+    return cells
+
+
+def white_box(model, x, y, settings):
+    """Clean and white-box cells of one model, plus EOT-PGD and Ori / PGD with noise on and off."""
+    cells = {"ori": accuracy_over_draws(model, x, y, settings.draws)}
+    cells.update(attack_cells(model, x, y, settings))
     same = noise_defaults(model)
     for noise, tag in ((True, "on"), (False, "off")):
         if same in ("both", noise):
