@@ -25,6 +25,7 @@ Writes OUT/noise_study.md, .csv, .json and OUT/noise_study.png; each finished ru
 OUT/runs/ (a run interrupted goes on from its checkpoint under OUT/checkpoints/).
 ``mpiexec -n K ... --distributed`` deals the runs out to K ranks.
 """
+import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
 import csv
 import io
@@ -42,7 +43,7 @@ from manualbp.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from manualbp.evaluate import accuracy_over_draws
 from manualbp.model import sigma_summary
 from manualbp.train import load_model, train_model
-from manualbp.zoo import FAMILIES, get_family, model_name
+from manualbp.zoo import get_family
 
 TRAININGS = ("eq7", "released", "adversarial", "penalty")
 #: The training rules that act on learned noise only.
@@ -54,17 +55,12 @@ COLUMNS = {"ori": "clean", "ori_worst": "clean worst-of-K", "fgsm": "FGSM", "pgd
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=experiments.HELP_FORMAT)
-    p.add_argument("--dataset", choices=list(datasets.DATASETS), default="fashion-mnist")
-    p.add_argument("--family", choices=list(FAMILIES), default="mlp")
+    experiments.add_study_arguments(p, seeds=[0, 1, 2], out="runs/noise-study", spread="the runs")
     p.add_argument("--variants", nargs="+", default=None, help="the family's variants to train (default: all)")
     p.add_argument("--activation", default="relu", help="the hidden activation (families that have one)")
     p.add_argument("--trainings", nargs="+", choices=TRAININGS, default=list(TRAININGS))
     p.add_argument("--at", type=int, nargs="+", default=[1, 2, 5, 10, 20, 30],
                    help="evaluate after these epochs (the last is the length of training)")
-    p.add_argument("--seed", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--draws", type=int, default=5, help="noise draws per accuracy (worst-of-K: K)")
-    p.add_argument("--eot-draws", type=int, default=20, help="noise draws per EOT-PGD step")
-    p.add_argument("--attack-batch", type=int, default=500, help="images per attack call")
     p.add_argument("--adv-steps", type=int, default=3, help="PGD steps of adversarial training")
     p.add_argument("--adv-alpha", type=float, default=None,
                    help="their step size (pixels; default 2.5 budget / steps, as Madry et al.)")
@@ -72,11 +68,6 @@ def parse(argv=None):
     p.add_argument("--penalty-target", type=float, default=1.0, help="the level the prior pulls towards")
     p.add_argument("--no-corruptions", dest="corruptions", action="store_false",
                    help="skip the corruption accuracy at the last epoch")
-    experiments.add_backend_arguments(p)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="runs/noise-study")
-    p.add_argument("--distributed", action="store_true", help="deal the runs out to the ranks of mpiexec -n K")
-    experiments.add_quick_run_arguments(p, evaluation="test images (attacks and corruptions)")
     args = p.parse_args(argv)
     check(args)
     return args
@@ -84,21 +75,14 @@ def parse(argv=None):
 
 def check(args):
     """Refuse bad flags before any work (one line each, see :func:`manualbp.experiments.cli`)."""
-    experiments.check_at_least_one(args, "draws", "eot_draws", "attack_batch", "adv_steps", "limit_batches",
-                                   "limit_train", "limit_eval")
+    family = experiments.check_study(args, "adv_steps")
     experiments.require(args, min(args.at) >= 1 and args.at == sorted(set(args.at)), "at",
                         "increasing epochs, each at least 1")
-    experiments.require(args, min(args.seed) >= 0 and len(set(args.seed)) == len(args.seed), "seed",
-                        "distinct non-negative integers")
     experiments.require(args, experiments.finite(args.penalty) and args.penalty > 0, "penalty", "a positive number")
     experiments.require(args, args.adv_alpha is None or (experiments.finite(args.adv_alpha) and args.adv_alpha > 0),
                         "adv_alpha", "a positive number (pixel units)")
     experiments.require(args, experiments.finite(args.penalty_target) and args.penalty_target > 0,
                         "penalty_target", "a positive number")
-    try:
-        family = get_family(args.family, args.dataset)
-    except ValueError as err:
-        raise experiments.SettingError(f"--family {args.family!r}: {err}") from None
     variants = args.variants or list(family.variants)
     experiments.require(args, set(variants) <= set(family.variants), "variants",
                         f"variants of {args.family}: {', '.join(family.variants)}")
@@ -106,7 +90,6 @@ def check(args):
     experiments.require(args, activations == (None,) or args.activation in activations, "activation",
                         f"one of {', '.join(a for a in activations if a)}")
     args.variants = variants
-    experiments.check_distributed(args)
     experiments.check_out(args)
 
 

@@ -20,6 +20,7 @@ ranks: each trains its share of the models (whole models, one rank each), each m
 white-box cells of its share of the variants, and rank 0 gathers them, adds the corruption and
 transfer cells and writes one table -- the table one process writes, cell for cell.
 """
+import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
 import csv
 import io
@@ -35,7 +36,7 @@ from manualbp.attacks.published import COLUMNS, Z, check_claims, paper_rows
 from manualbp.checkpoint import write_json, write_text
 from manualbp.model import sigma_summary
 from manualbp.train import load_model
-from manualbp.zoo import FAMILIES, get_family, model_name
+from manualbp.zoo import get_family, model_name
 
 HEADERS = {"ori": "Ori", "fgsm": "WB FGSM", "lbfgs": "WB L-BFGS", "pgd": "WB PGD",
            "gaussian_noise": "BB Gaussian", "impulse_noise": "BB Impulse", "glass_blur": "BB Glass Blur",
@@ -46,25 +47,13 @@ HEADERS = {"ori": "Ori", "fgsm": "WB FGSM", "lbfgs": "WB L-BFGS", "pgd": "WB PGD
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=experiments.HELP_FORMAT)
-    p.add_argument("--dataset", choices=list(datasets.DATASETS), default="fashion-mnist")
-    p.add_argument("--family", choices=list(FAMILIES), default="mlp")
+    experiments.add_study_arguments(p, seeds=[0], out="runs/robustness", spread="the models and the white-box cells")
     p.add_argument("--checkpoints", default=None, help="load trained variants from this directory")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: Table 1)")
-    p.add_argument("--draws", type=int, default=5, help="noise draws per accuracy of a randomised model")
-    p.add_argument("--eot-draws", type=int, default=20, help="noise draws per EOT-PGD step")
-    p.add_argument("--attack-batch", type=int, default=500, help="images per attack call")
     p.add_argument("--lbfgs-batch", type=int, default=128,
                    help="images per L-BFGS objective (the paper's code: test batches of 128)")
     p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the budget sweep")
     p.add_argument("--sweep-steps", type=int, default=10, help="PGD steps in the budget sweep")
-    experiments.add_backend_arguments(p)
-    p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
-    p.add_argument("--seed", type=int, nargs="+", default=[0],
-                   help="one or more seeds of the split, training and attacks (several: mean and spread)")
-    p.add_argument("--out", default="runs/robustness", help="folder of the tables, figures and checkpoints/")
-    p.add_argument("--distributed", action="store_true",
-                   help="spread the models and the white-box cells over the ranks of mpiexec -n K")
-    experiments.add_quick_run_arguments(p, evaluation="test images")
     args = p.parse_args(argv)
     check(args)
     return args
@@ -72,15 +61,7 @@ def parse(argv=None):
 
 def check(args):
     """Refuse bad flags before any work (one line each, see :func:`manualbp.experiments.cli`)."""
-    experiments.check_at_least_one(args, "epochs", "draws", "eot_draws", "attack_batch", "lbfgs_batch",
-                                   "sweep_steps", "limit_batches", "limit_train", "limit_eval")
-    experiments.require(args, min(args.seed) >= 0, "seed", "non-negative integers")
-    experiments.require(args, len(set(args.seed)) == len(args.seed), "seed", "distinct seeds")
-    try:
-        get_family(args.family, args.dataset)
-    except ValueError as err:
-        raise experiments.SettingError(f"--family {args.family!r}: {err}") from None
-    experiments.check_distributed(args)
+    experiments.check_study(args, "epochs", "lbfgs_batch", "sweep_steps")
     experiments.check_out(args)
 
 

@@ -17,7 +17,7 @@ from .backend import BACKENDS, KERNELS, get_backend
 from .data import random_crop_flip
 from .model import noise_layers, sigma_summary
 from .train import SIGMA_UPDATES, load_model, train_model
-from .zoo import get_family, model_name
+from .zoo import FAMILIES, get_family, model_name
 
 #: Seeds the final test evaluations: ``bk.seed([seed, FINAL_EVAL_STREAM])``, so a finished run and
 #: the same run resumed draw the same noise.
@@ -179,6 +179,42 @@ def add_remedy_arguments(parser):
                         help="strength of the prior (s/2) sum (log sigma - log target)^2 on learned sigma")
     parser.add_argument("--sigma-target", type=float, default=1.0, help="the noise level the prior pulls towards")
     return parser
+
+
+def add_study_arguments(parser, seeds, out, spread):
+    """The flags of the scripts that train and attack a whole family (the robustness table, the
+    noise study): ``--dataset``, ``--family``, ``--seed N [N ...]`` (default ``seeds``),
+    ``--draws``, ``--eot-draws``, ``--attack-batch``, the backend, ``--data-dir``, ``--out``
+    (default ``out``), ``--distributed`` (``spread``: what it deals out to the ranks) and the
+    quick-run flags."""
+    parser.add_argument("--dataset", choices=list(datasets.DATASETS), default="fashion-mnist")
+    parser.add_argument("--family", choices=list(FAMILIES), default="mlp")
+    parser.add_argument("--seed", type=int, nargs="+", default=list(seeds),
+                        help="one or more seeds of the split, training and attacks (several: mean and spread)")
+    parser.add_argument("--draws", type=int, default=5,
+                        help="noise draws per accuracy of a randomised model (worst-of-K: K)")
+    parser.add_argument("--eot-draws", type=int, default=20, help="noise draws per EOT-PGD step")
+    parser.add_argument("--attack-batch", type=int, default=500, help="images per attack call")
+    add_backend_arguments(parser)
+    parser.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
+    parser.add_argument("--out", default=out, help="folder of the tables, figures and checkpoints")
+    parser.add_argument("--distributed", action="store_true", help=f"deal {spread} out to the ranks of mpiexec -n K")
+    return add_quick_run_arguments(parser, evaluation="test images")
+
+
+def check_study(args, *counts):
+    """Refuse bad flags of :func:`add_study_arguments` (and the ``counts``, each at least 1)
+    before any work; returns the family (on its dataset)."""
+    check_at_least_one(args, "draws", "eot_draws", "attack_batch", "limit_batches", "limit_train", "limit_eval",
+                       *counts)
+    require(args, min(args.seed) >= 0 and len(set(args.seed)) == len(args.seed), "seed",
+            "distinct non-negative integers")
+    try:
+        family = get_family(args.family, args.dataset)
+    except ValueError as err:
+        raise SettingError(f"--family {args.family!r}: {err}") from None
+    check_distributed(args)
+    return family
 
 
 def add_quick_run_arguments(parser, evaluation="validation and test images"):

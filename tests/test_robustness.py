@@ -261,8 +261,8 @@ def test_robustness_table_over_seeds_reports_mean_and_spread(tmp_path, tiny_mnis
 @pytest.mark.parametrize("script, flags, words", [
     ("robustness_table", ["--draws", "0"], "--draws 0: expected at least 1"),
     ("robustness_table", ["--limit-eval", "0"], "--limit-eval 0: expected at least 1"),
-    ("robustness_table", ["--seed", "1", "1"], r"--seed \[1, 1\]: expected distinct seeds"),
-    ("robustness_table", ["--seed", "-2"], r"--seed \[-2\]: expected non-negative integers"),
+    ("robustness_table", ["--seed", "1", "1"], r"--seed \[1, 1\]: expected distinct non-negative integers"),
+    ("robustness_table", ["--seed", "-2"], r"--seed \[-2\]: expected distinct non-negative integers"),
     ("robustness_table", ["--family", "resnet18"], "--family 'resnet18': family 'resnet18' is evaluated on "
                                                    "cifar10, not 'fashion-mnist'"),
     ("saliency", ["--samples", "0"], "--samples 0: expected at least 1"),
