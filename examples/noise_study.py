@@ -214,6 +214,8 @@ def questions(table, learned, plain):
             out.append({"question": f"Does Eq. (7) on the clean loss shrink {n}'s sigma from its start of 1?",
                         "answer": "yes" if mean + half < 1 else "no" if mean - half > 1 else "not decided",
                         "comparisons": [f"mean sigma {mean:.3f} ± {half:.3f} after the last epoch"]})
+        ask(f"Does the prior keep {n}'s sigma above Eq. (7)'s?", [((n, "penalty"), (n, "eq7"), "sigma")])
+        ask(f"Does adversarial training keep {n}'s sigma above Eq. (7)'s?", [((n, "adversarial"), (n, "eq7"), "sigma")])
         ask(f"Does {n} trained by Eq. (7) resist PGD better than {plain}?", [((n, "eq7"), (plain, "eq7"), "pgd")])
         ask(f"Does the released rule reproduce the paper's pattern for {n} (more robust than {plain} to FGSM "
             "and PGD)?", [((n, "released"), (plain, "eq7"), "fgsm"), ((n, "released"), (plain, "eq7"), "pgd")])
@@ -296,7 +298,8 @@ def main(argv=None):
     plain = family.variants[0]                         # the model without noise
     units = [(rule, variant, seed) for seed in args.seed for variant in args.variants for rule in args.trainings
              if variant in learned or rule not in NOISE_ONLY]
-    mine = units if comm is None else units[comm.rank::comm.size]
+    costliest_first = sorted(units, key=lambda u: u[0] != "adversarial")    # deals the ranks equal shares
+    mine = units if comm is None else costliest_first[comm.rank::comm.size]
     records, splits_of = [], {}
     for unit in mine:
         rule, variant, seed = unit

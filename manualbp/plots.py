@@ -234,7 +234,7 @@ def noise_study(curves, path, title=""):
     one line per run (``curves``: ``{label: {"epoch": [...], measure: [...]}}`` with the
     measures ``ori``, ``pgd``, ``eot_pgd`` and ``sigma``; a missing measure is left out)."""
     measures = {"ori": "clean accuracy", "pgd": "PGD accuracy", "eot_pgd": "EOT-PGD accuracy",
-                "sigma": "mean learned sigma"}
+                "sigma": "mean noise level sigma"}
     fig, axes = _figure(len(measures), 1, (4.6, 3.8))
     for ax, (key, name) in zip(axes[0], measures.items()):
         for label, curve in curves.items():
