@@ -90,6 +90,8 @@ def check(args):
     experiments.require(args, activations == (None,) or args.activation in activations, "activation",
                         f"one of {', '.join(a for a in activations if a)}")
     args.variants = variants
+    if activations == (None,):
+        args.activation = None                          # the family has no choice of activation
     experiments.check_out(args)
 
 

@@ -54,6 +54,14 @@ def test_study_writes_every_row_and_reuses_finished_runs(study, tiny_mnist, tmp_
         study.main([*QUICK, "--eot-draws", "3", "--out", str(tmp_path)])
 
 
+def test_a_family_without_activations(study, tiny_mnist, tmp_path):
+    result = study.main(["--family", "cnn", "--variants", "cnn", "cnn-an", "--trainings", "eq7", "released",
+                         "--at", "1", "--seed", "0", "1", "--limit-eval", "16", "--draws", "2", "--eot-draws", "2",
+                         "--no-corruptions", "--limit-batches", "1", "--out", str(tmp_path)])
+    assert set(result["table"]) == {("cnn", "eq7"), ("cnn-an", "eq7"), ("cnn-an", "released")}
+    assert (tmp_path / "runs" / "cnn-an-released-seed1.json").exists()
+
+
 @pytest.mark.parametrize("flags, words", [(["--at", "2", "1"], "--at [2, 1]: expected increasing epochs"),
                                           (["--variants", "cnn"], "--variants ['cnn']: expected variants of mlp"),
                                           (["--penalty", "0"], "--penalty 0.0: expected a positive number"),
