@@ -18,7 +18,8 @@ docs/robustness.md).
 ``mpiexec -n K python examples/robustness_table.py --distributed ...`` spreads the work over K
 ranks: each trains its share of the models (whole models, one rank each), each measures the
 white-box cells of its share of the variants, and rank 0 gathers them, adds the corruption and
-transfer cells and writes one table -- the table one process writes, cell for cell.
+transfer cells and writes one table -- the table one process writes, cell for cell (with the
+same number of threads per process).
 """
 import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
