@@ -37,7 +37,7 @@ import time
 import numpy as np
 from scipy import stats
 
-from manualbp import datasets, distributed, experiments, get_backend, plots, robustness
+from manualbp import datasets, experiments, get_backend, plots, robustness
 from manualbp.checkpoint import write_json, write_text
 from manualbp.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from manualbp.evaluate import accuracy_over_draws
@@ -291,8 +291,7 @@ def main(argv=None):
     args = parse(argv)
     family = get_family(args.family, args.dataset)
     data = datasets.get_dataset(args.dataset)
-    comm = distributed.connect() if args.distributed else None
-    bk = get_backend(args.backend, "float32", args.seed[0], args.kernels, device=None if comm is None else comm.rank)
+    comm, bk = experiments.study_setup(args)
     root = comm is None or comm.is_root
     say = print if root else (lambda *_: None)
     t0 = time.perf_counter()

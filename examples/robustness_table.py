@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from manualbp import datasets, distributed, experiments, get_backend, plots, robustness
+from manualbp import datasets, experiments, plots, robustness
 from manualbp.attacks import surrogate_builder, surrogate_training
 from manualbp.attacks.published import COLUMNS, Z, check_claims, paper_rows
 from manualbp.checkpoint import write_json, write_text
@@ -253,8 +253,7 @@ def main(argv=None):
     args = parse(argv)
     family = get_family(args.family, args.dataset)
     data = datasets.get_dataset(args.dataset)
-    comm = distributed.connect() if args.distributed else None
-    bk = get_backend(args.backend, "float32", args.seed[0], args.kernels, device=None if comm is None else comm.rank)
+    comm, bk = experiments.study_setup(args)
     t0 = time.perf_counter()
     runs, sweep = [], {}
     for i, seed in enumerate(args.seed):

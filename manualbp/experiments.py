@@ -202,6 +202,14 @@ def add_study_arguments(parser, seeds, out, spread):
     return add_quick_run_arguments(parser, evaluation="test images")
 
 
+def study_setup(args):
+    """``(communicator or None, backend)`` of a study script: MPI when ``--distributed``, and
+    the float32 backend (on rank ``r``'s GPU with CuPy)."""
+    comm = distributed.connect() if args.distributed else None
+    return comm, get_backend(args.backend, "float32", args.seed[0], args.kernels,
+                             device=None if comm is None else comm.rank)
+
+
 def check_study(args, *counts):
     """Refuse bad flags of :func:`add_study_arguments` (and the ``counts``, each at least 1)
     before any work; returns the family (on its dataset)."""
