@@ -26,6 +26,7 @@ import ctypes
 import hashlib
 import os
 import sys
+import time
 
 #: How the gradient all-reduce moves arrays (the run log names it): NumPy arrays through MPI;
 #: CuPy arrays through a CUDA-aware MPI, else CuPy's NCCL, else copied to the host and back.
@@ -78,12 +79,19 @@ def active():
     return _active
 
 
+#: Seconds a failing rank waits before it ends the job, so that mpiexec forwards its message.
+ABORT_GRACE_S = 2.0
+
+
 def abort(code):
     """End every rank of the job with exit status ``code`` when this process is part of one
-    (after a rank printed its error); a run without MPI is left alone."""
+    (after a rank printed its error); a run without MPI is left alone. mpiexec forwards each
+    rank's output on its own schedule and drops what it has not forwarded when the job is
+    killed, so the rank waits :data:`ABORT_GRACE_S` for its message to reach the terminal."""
     if _active is not None and _active.size > 1:
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         _active.comm.Abort(code)
 
 
