@@ -1,5 +1,6 @@
-"""Shared fixtures: the backend parametrisation (NumPy always, CuPy where a GPU is usable),
-optional PyTorch, and the real Fashion-MNIST data.
+"""Shared fixtures: the backend parametrisation (NumPy always; CuPy where a GPU is usable; and
+``cupy-api``, the CuPy API conformance stand-in of ``tests/standin/cupy``, always), optional
+PyTorch, and the real Fashion-MNIST data.
 
 Environment switches (set by CI so that nothing it needs is silently skipped):
 
@@ -11,8 +12,10 @@ Environment switches (set by CI so that nothing it needs is silently skipped):
 * ``MANUALBP_REQUIRE_MPI=1`` -- a missing ``mpi4py`` or ``mpiexec`` fails the data-parallel tests.
 """
 import importlib
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +25,9 @@ from manualbp.backend import Backend, BackendError, get_backend
 from manualbp.data.mnist import SYSTEM_DIRS
 
 FASHION_MNIST_DIR = Path(SYSTEM_DIRS["fashion-mnist"][0])
+#: The directory that holds the CuPy stand-in package ``cupy``: put it first on ``PYTHONPATH``
+#: to run a script on it.
+STANDIN_DIR = Path(__file__).parent / "standin"
 
 
 def _env_flag(name):
@@ -46,13 +52,41 @@ BACKEND_PARAMS = [
         pytest.mark.gpu,
         pytest.mark.skipif(CUPY_UNAVAILABLE is not None, reason=f"no usable GPU: {CUPY_UNAVAILABLE}"),
     ]),
+    pytest.param("cupy-api", id="cupy-api", marks=pytest.mark.cupy_api),
 ]
+
+
+def _load_standin():
+    """The stand-in module, loaded once under the name ``cupy`` (not left in ``sys.modules``)."""
+    spec = importlib.util.spec_from_file_location("cupy", STANDIN_DIR / "cupy" / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_STANDIN = []
+
+
+@pytest.fixture
+def cupy_standin(monkeypatch):
+    """The CuPy stand-in as ``cupy`` for one test, its counters cleared: ``Backend("cupy")``
+    then runs on NumPy under CuPy's API rules (CuPy API conformance -- not a GPU)."""
+    if not _STANDIN:
+        _STANDIN.append(_load_standin())
+    module = _STANDIN[0]
+    module.reset()
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    return module
 
 
 @pytest.fixture(params=BACKEND_PARAMS)
 def backend_name(request):
-    """``"numpy"``, and ``"cupy"`` (marked ``gpu``; skipped unless CuPy sees a GPU): test bodies
-    written against ``bk.xp`` run on both."""
+    """``"numpy"``; ``"cupy"`` (marked ``gpu``; skipped unless CuPy sees a GPU); and
+    ``"cupy-api"``, which gives ``"cupy"`` with the stand-in in place: test bodies written
+    against ``bk.xp`` run on all three."""
+    if request.param == "cupy-api":
+        request.getfixturevalue("cupy_standin")
+        return "cupy"
     return request.param
 
 

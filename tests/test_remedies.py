@@ -70,7 +70,7 @@ def test_adversarial_training_trains_on_the_pgd_examples_of_the_model_state(bk64
     trainer.step(x, y)
     trained_on = [a for training, a in seen if training]
     assert len(trained_on) == 1
-    np.testing.assert_array_equal(trained_on[0], expected)
+    np.testing.assert_array_equal(bk64.to_host(trained_on[0]), bk64.to_host(expected))
     assert float(abs(expected - x).max()) > 0.05
     assert all(float(abs(g).sum()) > 0 for g in model.named_gradients().values())
 
@@ -81,7 +81,7 @@ def test_mixed_adversarial_loss_weighs_clean_and_adversarial_images(bk64):
     bk64.seed(5)
     xs, ys, weights = AdversarialTraining(0.1, 0.03, 3, mix=0.25).batch(model, x, y)
     assert xs.shape == (20, SIZES[0]) and (ys[:10] == y).all() and (ys[10:] == y).all()
-    np.testing.assert_array_equal(xs[:10], x)
+    np.testing.assert_array_equal(bk64.to_host(xs[:10]), bk64.to_host(x))
     loss = SoftmaxCrossEntropy(bk64)
     mixed = float(loss.forward(model.forward(xs), ys, weights))
     clean, adv = float(loss.forward(model.forward(x), y)), float(loss.forward(model.forward(xs[10:]), y))
@@ -110,7 +110,7 @@ def test_released_rule_drops_the_sign_of_sigma(bk64):
         if name.endswith("sigma"):
             sigma = released.named_parameters()[name]
             expected = expected * bk64.xp.sign(sigma)           # the sign the released code leaves out
-        np.testing.assert_allclose(grads[0][name], expected, rtol=1e-12, atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(bk64.to_host(grads[0][name]), bk64.to_host(expected), rtol=1e-12, atol=1e-15, err_msg=name)
     weights, sigma_opt = make_optimizers(released, sigma_update="released")[0]
     assert sigma_opt is None and any(n.endswith("sigma") for n in weights.names) and weights.weight_decay > 0
 
@@ -129,7 +129,7 @@ def test_released_rule_on_the_fast_kernel_is_the_reference(backend_name):
             model.backward(loss.backward())
         grads.append(model.named_gradients())
     for name in grads[0]:
-        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-12, atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(*(m.bk.to_host(g[name]) for m, g in zip(models, grads)), rtol=1e-12, atol=1e-15, err_msg=name)
 
 
 def run(out, *flags):

@@ -1,0 +1,512 @@
+"""A NumPy-backed stand-in for CuPy: CuPy API conformance on machines without a GPU.
+
+It is not a GPU and proves nothing about one; tests that use it are labelled "CuPy API
+conformance". What it enforces, as CuPy does or more strictly:
+
+* only the names of CuPy's namespace, and only the keywords of their signatures, as recorded in
+  ``api.json`` (written from an installed CuPy by ``tests/standin/refresh_cupy_api.py``);
+* no implicit conversion to NumPy (``numpy.asarray(a)`` raises), no NumPy array where a device
+  array is needed (arguments, indices, assigned values): data crosses only by ``cupy.asarray`` /
+  ``.get()`` / ``cupy.asnumpy``;
+* element-wise results are C-ordered, as CuPy's ufuncs allocate them.
+
+And it counts, by the engine's call site (``file:line``):
+
+* ``syncs``: every host synchronisation -- ``float()`` / ``int()`` / ``bool()`` / ``.item()`` /
+  ``.get()`` / ``asnumpy`` / printing / ``Stream.synchronize``;
+* ``relayouts``: every copy made only to change memory order -- a ``reshape`` or ``ravel`` that
+  cannot be a view, ``ascontiguousarray`` of a non-C-contiguous array, and a ``tensordot`` /
+  ``matmul`` operand that is not a strided matrix cuBLAS could read as it is.
+
+``reset()`` clears both counters.
+"""
+import collections
+import functools
+import json
+import os
+import sys
+
+import numpy
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(_HERE, "api.json")) as _f:
+    API = json.load(_f)
+__version__ = API["version"] + "+standin"
+STANDIN = True
+
+syncs = collections.Counter()
+relayouts = collections.Counter()
+_NUMPY_DIR = os.path.dirname(numpy.__file__)
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))
+
+
+def reset():
+    """Clear the sync and relayout counters."""
+    syncs.clear()
+    relayouts.clear()
+
+
+def _site():
+    """``file:line`` of the first caller outside this module and NumPy."""
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename == __file__
+                                 or frame.f_code.co_filename.startswith(_NUMPY_DIR)):
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    return f"{os.path.relpath(frame.f_code.co_filename, _ROOT)}:{frame.f_lineno}"
+
+
+def _sync(kind):
+    syncs[(kind, _site())] += 1
+
+
+def _relayout(kind):
+    relayouts[(kind, _site())] += 1
+
+
+# --- crossing between host and device -------------------------------------------------------
+def _unwrap(value, where):
+    """The NumPy array behind a device array; lists and tuples element by element; a host array
+    is refused."""
+    if isinstance(value, ndarray):
+        return value._a
+    if isinstance(value, numpy.ndarray):
+        raise TypeError(f"{where}: got a numpy.ndarray where CuPy needs a cupy.ndarray "
+                        "(move it to the device with cupy.asarray)")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap(v, where) for v in value)
+    return value
+
+
+def _wrap(value):
+    """Device arrays for the NumPy arrays in ``value`` (NumPy scalars become 0-d arrays, as
+    CuPy's reductions return them)."""
+    if isinstance(value, numpy.ndarray):
+        out = object.__new__(ndarray)
+        out._a = value
+        return out
+    if isinstance(value, numpy.generic):
+        return _wrap(numpy.asarray(value))
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def _check_keywords(where, params, kwargs):
+    """Refuse keywords that CuPy's signature of ``where`` does not have."""
+    if params is None or any(p.startswith("**") for p in params):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"{where}() got keyword(s) {', '.join(unknown)} that CuPy "
+                        f"{API['version']} does not accept (it takes {', '.join(params) or 'none'})")
+
+
+def _ufunc_call(name, args, kwargs):
+    """The NumPy ufunc ``name`` on device arrays; a new result is C-ordered, as CuPy's are."""
+    params = ["out", "casting", "dtype"]
+    _check_keywords(f"cupy.{name}", params, kwargs)
+    inputs = _unwrap(tuple(args), f"cupy.{name}")
+    if "out" in kwargs:
+        out = kwargs["out"]
+        if isinstance(out, tuple):
+            out = out[0] if len(out) == 1 else out
+        getattr(numpy, name)(*inputs, **dict(kwargs, out=_unwrap(out, f"cupy.{name}(out=)")))
+        return out
+    return _wrap(getattr(numpy, name)(*inputs, order="C", **kwargs))
+
+
+class ufunc:
+    """A CuPy universal function (element-wise, C-ordered results)."""
+
+    def __init__(self, name, nin, nout):
+        self.__name__ = self.name = name
+        self.nin, self.nout = nin, nout
+
+    def __call__(self, *args, **kwargs):
+        return _ufunc_call(self.name, args, kwargs)
+
+    def __repr__(self):
+        return f"<ufunc 'cupy_{self.name}' (stand-in)>"
+
+
+# --- cuBLAS-style operands -------------------------------------------------------------------
+def _matrix_needs_copy(a, rows):
+    """Whether ``a`` cannot be read as a ``(rows, -1)`` strided matrix with one unit stride."""
+    if a.size == 0:
+        return False
+    view = a.reshape(rows, -1) if numpy.shares_memory(a.reshape(rows, -1), a) else None
+    if view is None:
+        return True
+    r, c = view.shape
+    return not (r == 1 or c == 1 or view.strides[1] == a.itemsize or view.strides[0] == a.itemsize)
+
+
+def tensordot(a, b, axes=2):
+    """``cupy.tensordot``: the operands are transposed to ``(free, summed)`` / ``(summed, free)``
+    matrices, copied when they are not such a matrix already (a relayout)."""
+    if isinstance(axes, int):
+        axes_a, axes_b = list(range(-axes, 0)), list(range(axes))
+    else:
+        axes_a, axes_b = axes
+        axes_a = [axes_a] if isinstance(axes_a, int) else list(axes_a)
+        axes_b = [axes_b] if isinstance(axes_b, int) else list(axes_b)
+    x, y = _unwrap((a, b), "cupy.tensordot")
+    axes_a = [k % x.ndim for k in axes_a]
+    axes_b = [k % y.ndim for k in axes_b]
+    free_a = [k for k in range(x.ndim) if k not in axes_a]
+    free_b = [k for k in range(y.ndim) if k not in axes_b]
+    rows_a = int(numpy.prod([x.shape[k] for k in free_a]))
+    rows_b = int(numpy.prod([y.shape[k] for k in axes_b]))
+    if _matrix_needs_copy(x.transpose(free_a + axes_a), rows_a):
+        _relayout("tensordot")
+    if _matrix_needs_copy(y.transpose(axes_b + free_b), rows_b):
+        _relayout("tensordot")
+    return _wrap(numpy.tensordot(x, y, axes=(axes_a, axes_b)))
+
+
+def matmul(x1, x2, out=None, **kwargs):
+    """``cupy.matmul``; an operand whose matrices are not strided matrices is copied."""
+    _check_keywords("cupy.matmul", API["cupy"]["functions"]["matmul"], kwargs)
+    a, b = _unwrap((x1, x2), "cupy.matmul")
+    for m in (a, b):
+        if m.ndim >= 2 and m.size and (m.strides[-1] != m.itemsize and m.strides[-2] != m.itemsize):
+            _relayout("matmul")
+    if out is None:
+        return _wrap(numpy.matmul(a, b, **kwargs))
+    numpy.matmul(a, b, out=_unwrap(out, "cupy.matmul(out=)"), **kwargs)
+    return out
+
+
+def ascontiguousarray(a, dtype=None):
+    x = _unwrap(a, "cupy.ascontiguousarray")
+    if not x.flags.c_contiguous:
+        _relayout("ascontiguousarray")
+    return _wrap(numpy.ascontiguousarray(x, dtype=dtype))
+
+
+# --- the array ------------------------------------------------------------------------------
+_METHODS = API["cupy.ndarray"]["methods"]
+_ATTRIBUTES = set(API["cupy.ndarray"]["attributes"])
+_BINARY = ("add", "subtract", "multiply", "true_divide", "floor_divide", "remainder", "power",
+           "less", "less_equal", "equal", "not_equal", "greater", "greater_equal",
+           "bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift")
+_DUNDER = {"add": "add", "sub": "subtract", "mul": "multiply", "truediv": "true_divide",
+           "floordiv": "floor_divide", "mod": "remainder", "pow": "power", "and": "bitwise_and",
+           "or": "bitwise_or", "xor": "bitwise_xor", "lshift": "left_shift", "rshift": "right_shift"}
+_COMPARE = {"lt": "less", "le": "less_equal", "eq": "equal", "ne": "not_equal", "gt": "greater",
+            "ge": "greater_equal"}
+
+
+class ndarray:
+    """A device array: a NumPy array that the host may not read without a counted sync."""
+
+    __slots__ = ("_a", "__weakref__")
+
+    def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
+        self._a = numpy.empty(shape, dtype=dtype, order=order)
+
+    # host reads: each one a synchronisation
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. "
+                        "Please use `.get()` to construct a NumPy array explicitly.")
+
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        _sync("get")
+        return numpy.array(self._a, order=order)
+
+    def item(self):
+        _sync("item")
+        return self._a.item()
+
+    def tolist(self):
+        _sync("tolist")
+        return self._a.tolist()
+
+    def __float__(self):
+        _sync("float")
+        return float(self._a)
+
+    def __int__(self):
+        _sync("int")
+        return int(self._a)
+
+    def __index__(self):
+        _sync("int")
+        return self._a.__index__()
+
+    def __bool__(self):
+        _sync("bool")
+        return bool(self._a)
+
+    def __complex__(self):
+        _sync("complex")
+        return complex(self._a)
+
+    def __repr__(self):
+        _sync("print")
+        return repr(self._a).replace("array", "cupy-standin array", 1)
+
+    __str__ = __repr__
+
+    def __format__(self, spec):
+        _sync("print")
+        return format(self._a, spec)
+
+    # NumPy's protocols, as CuPy implements them: NumPy functions and ufuncs run CuPy's
+    def __array_ufunc__(self, uf, method, *inputs, **kwargs):
+        if method != "__call__":
+            return NotImplemented
+        return _ufunc_call(uf.__name__, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        module = sys.modules[__name__]
+        return getattr(module, func.__name__)(*args, **kwargs)
+
+    # attributes and methods
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: _wrap(self._a.T))
+    base = property(lambda self: None if self._a.base is None else _wrap(self._a.base))
+
+    def __getattr__(self, name):
+        if name not in _METHODS:
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} "
+                                 f"(not in CuPy {API['version']}'s API)")
+        method = getattr(self._a, name)
+        params = _METHODS[name]
+
+        def call(*args, **kwargs):
+            _check_keywords(f"cupy.ndarray.{name}", params, kwargs)
+            result = method(*_unwrap(args, f"cupy.ndarray.{name}"),
+                            **{k: _unwrap(v, f"cupy.ndarray.{name}") for k, v in kwargs.items()})
+            if name in ("reshape", "ravel", "flatten") and self._a.size and not numpy.shares_memory(result, self._a):
+                _relayout(name)
+            return _wrap(result)
+        return call
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (_wrap(row) for row in self._a)
+
+    def __getitem__(self, key):
+        return _wrap(self._a[_unwrap(key, "cupy.ndarray indexing")])
+
+    def __setitem__(self, key, value):
+        self._a[_unwrap(key, "cupy.ndarray indexing")] = _unwrap(value, "cupy.ndarray assignment")
+
+    def __neg__(self):
+        return _ufunc_call("negative", (self,), {})
+
+    def __pos__(self):
+        return _ufunc_call("positive", (self,), {})
+
+    def __abs__(self):
+        return _ufunc_call("absolute", (self,), {})
+
+    def __invert__(self):
+        return _ufunc_call("invert", (self,), {})
+
+    def __matmul__(self, other):
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return matmul(other, self)
+
+    def __copy__(self):
+        return _wrap(self._a.copy())
+
+    __hash__ = None
+
+
+def _operators():
+    def binary(uf, reflected=False):
+        if reflected:
+            return lambda self, other: _ufunc_call(uf, (other, self), {})
+        return lambda self, other: _ufunc_call(uf, (self, other), {})
+
+    def inplace(uf):
+        def op(self, other):
+            getattr(numpy, uf)(self._a, _unwrap(other, f"cupy.ndarray {uf}="), out=self._a)
+            return self
+        return op
+
+    for dunder, uf in _DUNDER.items():
+        setattr(ndarray, f"__{dunder}__", binary(uf))
+        setattr(ndarray, f"__r{dunder}__", binary(uf, reflected=True))
+        setattr(ndarray, f"__i{dunder}__", inplace(uf))
+    for dunder, uf in _COMPARE.items():
+        setattr(ndarray, f"__{dunder}__", binary(uf))
+
+
+_operators()
+
+
+# --- the namespace --------------------------------------------------------------------------
+def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
+    """Host data moves to the device here (and only here, with :func:`array`)."""
+    data = a._a if isinstance(a, ndarray) else a
+    return _wrap(numpy.asarray(data, dtype=dtype, order=order))
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, blocking=False):
+    data = obj._a if isinstance(obj, ndarray) else obj
+    return _wrap(numpy.array(data, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
+
+
+def asnumpy(a, stream=None, order="C", out=None, blocking=True):
+    if isinstance(a, ndarray):
+        return a.get(order=order)
+    return numpy.asarray(a, order=order)
+
+
+def get_array_module(*args):
+    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else numpy
+
+
+def fuse(*args, **kwargs):
+    """``cupy.fuse``: the function itself, run op by op (a fused kernel computes the same)."""
+    def decorate(function):
+        @functools.wraps(function)
+        def fused(*inputs):
+            return function(*inputs)
+        return fused
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return decorate(args[0])
+    return decorate
+
+
+class _CudaCode:
+    """``ElementwiseKernel`` / ``RawKernel`` / ``ReductionKernel``: CUDA C, which the stand-in
+    cannot run."""
+
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError("the CuPy stand-in cannot run CUDA C kernels; "
+                                  "write the kernel with cupy.fuse or ufuncs")
+
+
+ElementwiseKernel = RawKernel = ReductionKernel = _CudaCode
+
+
+def _function(name):
+    target = getattr(numpy, name, None)
+    if target is None:
+        raise AttributeError(f"cupy.{name} is in CuPy's API but the stand-in has no NumPy twin for it")
+    params = API["cupy"]["functions"][name]
+
+    @functools.wraps(target)
+    def call(*args, **kwargs):
+        _check_keywords(f"cupy.{name}", params, kwargs)
+        return _wrap(target(*_unwrap(args, f"cupy.{name}"),
+                            **{k: _unwrap(v, f"cupy.{name}") for k, v in kwargs.items()}))
+    return call
+
+
+def __getattr__(name):
+    space = API["cupy"]
+    if name in space["ufuncs"]:
+        return ufunc(name, *space["ufuncs"][name])
+    if name in space["functions"]:
+        return _function(name)
+    if name in space["classes"] or name in space["constants"]:
+        return getattr(numpy, name)
+    raise AttributeError(f"module 'cupy' has no attribute {name!r} (not in CuPy {API['version']}'s API)")
+
+
+class _Namespace:
+    """A submodule of the stand-in: only the names CuPy has."""
+
+    def __init__(self, name, names, **members):
+        self._name, self._names = name, set(names)
+        self.__dict__.update(members)
+
+    def __getattr__(self, name):
+        if name in self._names:
+            raise AttributeError(f"{self._name}.{name} is in CuPy's API but not in the stand-in")
+        raise AttributeError(f"module {self._name!r} has no attribute {name!r} "
+                             f"(not in CuPy {API['version']}'s API)")
+
+
+class RandomState:
+    """``cupy.random.RandomState``: NumPy's PCG64 drawing device arrays (its own stream, not
+    CuPy's)."""
+
+    def __init__(self, seed=None, method=None):
+        self._rng = numpy.random.Generator(numpy.random.PCG64(seed))
+
+    def __getattribute__(self, name):
+        methods = API["cupy.random.RandomState"]["methods"]
+        if not name.startswith("_") and name not in methods:
+            raise AttributeError(f"'cupy.random.RandomState' has no attribute {name!r}")
+        attribute = object.__getattribute__(self, name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+
+        def checked(*args, **kwargs):
+            _check_keywords(f"cupy.random.RandomState.{name}", methods[name], kwargs)
+            return attribute(*args, **kwargs)
+        return checked
+
+    def standard_normal(self, size=None, dtype=float):
+        return _wrap(self._rng.standard_normal(size).astype(dtype, copy=False))
+
+    def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
+        return _wrap(self._rng.normal(_unwrap(loc, "normal"), _unwrap(scale, "normal"), size).astype(dtype, copy=False))
+
+    def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
+        return _wrap(self._rng.uniform(low, high, size).astype(dtype, copy=False))
+
+    def random_sample(self, size=None, dtype=float):
+        return _wrap(self._rng.random(size).astype(dtype, copy=False))
+
+    def permutation(self, num):
+        return _wrap(self._rng.permutation(_unwrap(num, "permutation")))
+
+    def randint(self, low, high=None, size=None, dtype=int):
+        return _wrap(self._rng.integers(low, high, size, dtype=dtype))
+
+    def shuffle(self, a):
+        self._rng.shuffle(_unwrap(a, "shuffle"))
+
+
+random = _Namespace("cupy.random", API["cupy.random"]["functions"], RandomState=RandomState)
+
+
+class _Device:
+    def __init__(self, device=None):
+        self.id = 0 if device is None else int(device)
+
+    def use(self):
+        if self.id != 0:
+            raise ValueError(f"the stand-in has one device, not device {self.id}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    compute_capability = "90"
+
+
+class _Stream:
+    def synchronize(self):
+        _sync("synchronize")
+
+
+cuda = _Namespace(
+    "cupy.cuda", API["cupy.cuda"], Device=_Device, Stream=_Stream,
+    get_current_stream=lambda device=None: _Stream(), is_available=lambda: True,
+    runtime=_Namespace("cupy.cuda.runtime", API["cupy.cuda.runtime"], getDeviceCount=lambda: 1,
+                       getDeviceProperties=lambda device: {"name": b"CuPy stand-in (NumPy)"}))
