@@ -192,7 +192,8 @@ def test_batch_size_and_layout_changes(bk64):
         for inp in (bk64.asarray(x), cnhw, chwn):
             y = conv.forward(inp)
             np.testing.assert_allclose(bk64.to_host(y), expected, rtol=1e-12, atol=1e-12)
-            assert y.transpose(1, 2, 3, 0).flags.c_contiguous == (bk64.kernels == "fast" and bk64.name == "numpy")
+            if bk64.name == "numpy":                                       # CuPy: see test_cupy.py
+                assert y.transpose(1, 2, 3, 0).flags.c_contiguous == (bk64.kernels == "fast")
     errors = check_gradients(conv, bk64.asarray(host_normal(14, (3, 2, 6, 5))))
     assert max(errors.values()) < TOL
 
