@@ -70,6 +70,7 @@ class Backend:
             self.xp.cuda.Device(device % self.xp.cuda.runtime.getDeviceCount()).use()
         self.dtype = self.xp.dtype(str(dtype))
         self.kernels = kernels
+        self._pending = {}                 # deferred value checks: message -> device flag
         self.seed(seed)
 
     def __repr__(self):
@@ -180,12 +181,42 @@ class Backend:
         return self.xp.asarray(a, dtype=self.dtype if dtype is None else dtype)
 
     def to_host(self, a):
-        """Return ``a`` as a NumPy array on the host."""
+        """Return ``a`` as a NumPy array on the host (first raising a failed deferred check)."""
+        self.raise_failed_checks()
         return a.get() if self.name == "cupy" else numpy.asarray(a)
 
     def scalar(self, a):
-        """A 0-d or 1-element array as a Python float (synchronises on the GPU)."""
+        """A 0-d or 1-element array as a Python float (synchronises on the GPU; first raises a
+        failed deferred check)."""
+        self.raise_failed_checks()
         return float(a)
+
+    # --- checks on values ------------------------------------------------------------------
+    def require(self, ok, message, detail=None):
+        """Raise ``ValueError(message)`` unless the 0-d boolean array ``ok`` is true.
+
+        On NumPy the check is immediate (reading ``ok`` costs nothing), with ``detail()``
+        appended when given (e.g. the values found). On CuPy reading ``ok`` would wait for
+        the GPU, so the check stays on the device, combined with earlier ones of the same
+        message, and fails at the next host read (:meth:`scalar`, :meth:`to_host`,
+        :meth:`raise_failed_checks`): no synchronisation inside a training or attack step."""
+        if self.name == "numpy":
+            if not ok:
+                raise ValueError(message + (detail() if detail is not None else ""))
+            return
+        previous = self._pending.get(message)
+        self._pending[message] = ok if previous is None else self.xp.logical_and(previous, ok)
+
+    def raise_failed_checks(self):
+        """Raise the first failed deferred check of :meth:`require` (one synchronisation when
+        any are pending), and forget them all."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        flags = self.xp.stack(list(pending.values()))
+        if not bool(flags.all()):
+            failed = [m for m, ok in zip(pending, flags.get()) if not ok]
+            raise ValueError(failed[0] + " (checked on the device, raised at the next host read)")
 
     def synchronize(self):
         """Wait for queued GPU work (for honest timings); nothing to do on NumPy."""

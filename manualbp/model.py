@@ -20,7 +20,8 @@ class Sequential(Module):
 
     def check_input(self, x):
         """Raise a clear error for input that is not an array of the backend, or of the wrong
-        shape or dtype, or with NaN/inf values."""
+        shape or dtype, or with NaN/inf values (a :meth:`~manualbp.backend.Backend.require`
+        check: deferred on the GPU)."""
         if not isinstance(x, self.xp.ndarray):
             raise TypeError(f"model input must be an array of the backend ({self.bk.name}), got "
                             f"{type(x).__name__}; convert with backend.asarray(x)")
@@ -30,8 +31,7 @@ class Sequential(Module):
         if x.dtype != self.bk.dtype:
             raise TypeError(f"model input must have dtype {self.bk.dtype.name} (the backend's), "
                             f"got {x.dtype}; convert with backend.asarray(x)")
-        if not bool(self.xp.isfinite(x).all()):
-            raise ValueError("model input contains NaN or infinite values")
+        self.bk.require(self.xp.isfinite(x).all(), "model input contains NaN or infinite values")
 
     def chain(self):
         """The layers in the order ``forward`` runs them (``backward`` runs them in reverse)."""

@@ -27,18 +27,18 @@ def in_evaluation_mode(attack):
     return run
 
 
-def check_images(x, xp):
-    """Raise a clear error unless ``x`` is a floating array of pixels in ``[0, 1]``."""
+def check_images(x, bk):
+    """Raise a clear error unless ``x`` is a floating array of pixels in ``[0, 1]`` (the range
+    is a :meth:`~manualbp.backend.Backend.require` check: deferred on the GPU)."""
+    xp = bk.xp
     if not isinstance(x, xp.ndarray):
         raise TypeError(f"images must be a {xp.__name__} array (the model's backend), got "
                         f"{type(x).__name__}; convert with backend.asarray(x)")
     if x.dtype.kind != "f":
         raise TypeError(f"images must be floating point pixels in [0, 1], got dtype {x.dtype}")
     if x.size:
-        low, high = float(x.min()), float(x.max())
-        if not (0.0 <= low and high <= 1.0):
-            raise ValueError(f"images must lie in pixel space [0, 1], got values in "
-                             f"[{low:.4g}, {high:.4g}]")
+        bk.require(xp.logical_and(x.min() >= 0, x.max() <= 1), "images must lie in pixel space [0, 1]",
+                   lambda: f", got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
 
 
 def check_labels(y, n, xp):
@@ -68,7 +68,7 @@ def check_count(value, name):
 def check_inputs(model, x, y):
     """Common checks of an attack's ``(x, y)``; returns the array module."""
     xp = model.bk.xp
-    check_images(x, xp)
+    check_images(x, model.bk)
     check_labels(y, len(x), xp)
     return xp
 

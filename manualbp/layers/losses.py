@@ -29,9 +29,8 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"labels must have shape ({n},) to match the logits, got {tuple(labels.shape)}")
         if labels.dtype.kind not in "iu":
             raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= k:
-            raise ValueError(f"labels must lie in 0..{k - 1}, got values in {low}..{high}")
+        self.bk.require(xp.logical_and(labels.min() >= 0, labels.max() < k), f"labels must lie in 0..{k - 1}",
+                        lambda: f", got values in {int(labels.min())}..{int(labels.max())}")
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         self.p = xp.exp(log_p)
