@@ -97,8 +97,10 @@ class Backend:
             self._streams = [numpy.random.Generator(numpy.random.PCG64(s))
                              for s in seq.spawn(self.NOISE_STREAMS)]
             self._uniforms = [None] * self.NOISE_STREAMS
-        else:
-            self.rng = self.xp.random.RandomState(int(seq.generate_state(1)[0]))
+        else:                             # eps is drawn in place by a Generator (it has out=)
+            first, second = (int(s) for s in seq.generate_state(2))
+            self.rng = self.xp.random.RandomState(first)
+            self._normals = self.xp.random.default_rng(second)
 
     # --- random draws, always in the working dtype -----------------------------------------
     def normal(self, shape, out=None):
@@ -113,7 +115,8 @@ class Backend:
         as in PyTorch's float32 sampler). A large draw is cut into up to ``NOISE_STREAMS``
         equal pieces, each filled by its own independent stream and run on threads; how it is
         cut depends only on its size, so the draws do not depend on the number of threads.
-        float64 (gradient checks) and CuPy use their library's own sampler."""
+        float64 (gradient checks) and CuPy use their library's own sampler (on CuPy, written
+        straight into ``out``)."""
         shape = tuple(shape)
         flat = None
         if out is not None and tuple(out.shape) == shape and out.dtype == self.dtype:
@@ -122,7 +125,7 @@ class Backend:
             out = self.xp.empty(shape, dtype=self.dtype)
             flat = out.reshape(-1)
         if self.name == "cupy":
-            flat[...] = self.rng.standard_normal(flat.size, dtype=self.dtype)
+            self._normals.standard_normal(dtype=self.dtype, out=flat)
         elif self.dtype == numpy.float32:
             pieces = min(self.NOISE_STREAMS, max(1, flat.size // self.STREAM_PIECE))
             bounds = [flat.size * k // pieces for k in range(pieces + 1)]

@@ -9,6 +9,9 @@ float64, the same FGSM / PGD adversarial images. Noise draws: dense layers draw 
 on both paths; the fast path draws feature-map noise in the batch-innermost layout (the same
 distribution in another order), so the models here are fed the reference's draws.
 
+The CuPy kernels (feature maps stored channel-major) are checked the same way on the CuPy
+stand-in (``cupy-api``: CuPy API conformance, not a GPU) against the NumPy reference.
+
 Last, the reference layers stay readable: no file under ``manualbp/layers/`` uses the thread
 pool, ``out=`` buffers, strides or buffer caches.
 """
@@ -32,7 +35,8 @@ TOL = {"float64": 1e-12, "float32": 1e-5}
 
 
 def host(a):
-    return np.array(a, dtype=np.float64)
+    """A float64 host copy of a NumPy or CuPy array."""
+    return np.array(a.get() if hasattr(a, "get") else a, dtype=np.float64)
 
 
 def assert_close(fast, reference, dtype, what):
@@ -44,14 +48,28 @@ def assert_close(fast, reference, dtype, what):
     assert error <= TOL[dtype], f"{what}: relative error {error:.3g} > {TOL[dtype]:g}"
 
 
-def pair(dtype, seed=0):
-    """A reference and a fast backend with the same seed."""
-    return get_backend("numpy", dtype, seed, "reference"), get_backend("numpy", dtype, seed, "fast")
+def pair(dtype, seed=0, fast="numpy"):
+    """A NumPy reference backend and a ``fast`` one with the same seed."""
+    return get_backend("numpy", dtype, seed, "reference"), get_backend(fast, dtype, seed, "fast")
 
 
 def batch_innermost(x):
     """``x`` stored ``(C, H, W, N)``: the layout the fast convolution returns."""
     return np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+
+
+def channel_major(bk, x):
+    """``x`` on ``bk``'s device stored ``(C, N, H, W)``: the layout the CuPy convolution returns."""
+    return bk.asarray(np.ascontiguousarray(x.transpose(1, 0, 2, 3))).transpose(1, 0, 2, 3)
+
+
+@pytest.fixture(params=["numpy", "cupy-api"])
+def fast_backend(request):
+    """The backend name whose fast kernels are checked: NumPy's, and CuPy's on the stand-in."""
+    if request.param == "cupy-api":
+        request.getfixturevalue("cupy_standin")
+        return "cupy"
+    return "numpy"
 
 
 # --- the registry ---------------------------------------------------------------------------------
@@ -61,7 +79,8 @@ def test_every_kernel_subclasses_its_reference():
         for reference, kernel in registry(backend).items():
             assert issubclass(kernel, reference) and kernel is not reference
             assert reference_of(kernel) is reference and reference_of(reference) is reference
-    assert set(registry("cupy").items()) <= set(registry("numpy").items())
+    shared = set(registry("cupy")) & set(registry("numpy"))
+    assert all(registry("cupy")[k] is registry("numpy")[k] for k in shared - {Conv2d, BatchNorm2d, MaxPool2d})
 
 
 def test_backends_build_the_selected_path():
@@ -106,11 +125,15 @@ LAYER_CASES = {
     "basic-block-projection": (lambda bk: BasicBlock(bk, 3, 4, 2, noise=_noisy(bk, (4, 3, 3))), (4, 3, 6, 6), True, True),
     "relu-maxpool-chain": (lambda bk: Sequential(bk, [("act", ReLU(bk)), ("pool", MaxPool2d(bk, 2))]),
                            (4, 3, 6, 6), True, True),
+    "relu": (lambda bk: ReLU(bk), (4, 3, 5, 5), True, True),
 }
 
 
-def _run_layer(bk, build, x, delta, training, eps=None):
+def _run_layer(bk, build, x, delta, training, eps=None, state=None):
     layer = build(bk)
+    if state is not None:                                     # the reference's initial weights
+        layer.load_state_dict(state)
+    initial = {k: host(v) for k, v in layer.state_dict().items()}
     for name, buffer in layer.buffers.items():                # non-trivial running statistics
         buffer[...] = bk.asarray(np.random.default_rng(3).uniform(0.5, 1.5, buffer.shape))
     layer.train() if training else layer.eval()
@@ -119,26 +142,34 @@ def _run_layer(bk, build, x, delta, training, eps=None):
         if eps is not None:
             m.eps, m.hold_eps = bk.asarray(eps[n]), True
     out = layer.forward(x)
-    dx = layer.backward(delta)
+    dx = layer.backward(bk.asarray(delta))
     return (host(out), host(dx), {k: host(g) for k, g in layer.named_gradients().items()},
-            {k: host(b) for k, b in layer.named_buffers().items()}, {n: host(m.eps) for n, m in noise.items()})
+            {k: host(b) for k, b in layer.named_buffers().items()}, {n: host(m.eps) for n, m in noise.items()},
+            initial)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", list(LAYER_CASES))
-def test_kernel_alone_equals_its_reference(case, dtype):
+def test_kernel_alone_equals_its_reference(case, dtype, fast_backend):
     build, shape, innermost, training = LAYER_CASES[case]
-    ref_bk, fast_bk = pair(dtype, seed=4)
+    ref_bk, fast_bk = pair(dtype, seed=4, fast=fast_backend)
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape).astype(dtype)
     if "pool" in case:
         x = np.round(x)                                           # ties in the windows
-    fast_layer = build(get_backend("numpy", dtype, 0, "fast"))
-    assert type(fast_layer) is not reference_of(type(fast_layer)), "the case must exercise a kernel"
+    fast_layer = build(get_backend(fast_backend, dtype, 0, "fast"))
+    if type(fast_layer) is reference_of(type(fast_layer)):
+        pytest.skip(f"no {fast_backend} kernel for {case}")
     ref_out = build(get_backend("numpy", dtype, 0, "reference")).forward(x)
     delta = rng.standard_normal(ref_out.shape).astype(dtype)
     ref = _run_layer(ref_bk, build, x, delta, training)
-    fast = _run_layer(fast_bk, build, batch_innermost(x) if innermost else x, delta, training, eps=ref[4])
+    if not innermost:
+        fast_x = fast_bk.asarray(x)
+    elif fast_backend == "numpy":
+        fast_x = batch_innermost(x)
+    else:
+        fast_x = channel_major(fast_bk, x)
+    fast = _run_layer(fast_bk, build, fast_x, delta, training, eps=ref[4], state=ref[5])
     for what, a, b in (("output", fast[0], ref[0]), ("dL/dx", fast[1], ref[1])):
         assert_close(a, b, dtype, f"{case} {what}")
     assert fast[2].keys() == ref[2].keys() and fast[3].keys() == ref[3].keys()
@@ -198,7 +229,7 @@ def _batch(model, n=8, seed=7):
     return x, rng.integers(0, classes, n)
 
 
-def _train_steps(bk, build, x, y, steps, feed=None):
+def _train_steps(bk, build, x, y, steps, feed=None, state=None):
     """``steps`` training steps (SGD with momentum on the weights, Eq. (7) on sigma); returns
     what each step saw and the final state. ``feed``: the draws of the reference run, step by
     step, given to this model's noise layers.
@@ -206,8 +237,10 @@ def _train_steps(bk, build, x, y, steps, feed=None):
     The weights take SGD steps, which move them in proportion to their gradients: Adam's first
     steps are ``lr * sign(g)``, so a gradient entry that is zero up to round-off would move by
     ``+-lr`` on the two paths. The Adam kernel is proven equal to its reference on the same
-    gradients above."""
+    gradients above. ``state``: initial weights to load (those of the reference run)."""
     model = build(bk)
+    if state is not None:
+        model.load_state_dict(state)
     loss = SoftmaxCrossEntropy(bk)
     optimizers = [SGD(model, lr=0.01, momentum=0.9, weight_decay=1e-4, select=lambda n: not is_noise_level(n)),
                   noise_level_optimizer(model, lr=1e-2)]
@@ -243,11 +276,22 @@ def test_zoo_model_fast_equals_reference(name, dtype):
     and every parameter and buffer after them. Gradients and parameters are compared as the
     model's whole gradient (parameter) vector: a batch-norm bias
     gradient is a sum that cancels to a small number, whose round-off is that of its terms."""
+    _assert_fast_equals_reference(name, dtype, "numpy")
+
+
+@pytest.mark.parametrize("name", ["mlpn-relu", "cnn-an", "cnn-mlpn", "resnet18-an", "resnet34"])
+def test_cupy_kernels_in_zoo_models_equal_the_reference(name, cupy_standin):
+    """The same for CuPy's kernels (channel-major feature maps), on the stand-in, in float64."""
+    _assert_fast_equals_reference(name, "float64", "cupy")
+
+
+def _assert_fast_equals_reference(name, dtype, fast):
     build = ZOO[name]
     x, y = _batch(build(get_backend("numpy", dtype, 0, "reference")))
-    ref_bk, fast_bk = pair(dtype, seed=8)
+    ref_bk, fast_bk = pair(dtype, seed=8, fast=fast)
     _, ref_seen, ref_final = _train_steps(ref_bk, build, x, y, 3)
-    fast_model, fast_seen, fast_final = _train_steps(fast_bk, build, x, y, 3, [s["eps"] for s in ref_seen])
+    initial = {k: host(v) for k, v in build(get_backend("numpy", dtype, 8, "reference")).state_dict().items()}
+    fast_model, fast_seen, fast_final = _train_steps(fast_bk, build, x, y, 3, [s["eps"] for s in ref_seen], initial)
     assert any(type(m) is not reference_of(type(m)) for _, m in fast_model.modules())
     for step, (f, r) in enumerate(zip(fast_seen, ref_seen)):
         assert f.keys() == r.keys()

@@ -9,8 +9,9 @@ builds every layer and optimiser that has a kernel on that backend as its kernel
 and inside every zoo model.
 
 The NumPy kernels use the batch-innermost layout of feature maps, threads
-(:mod:`manualbp.parallel`), reused buffers and in-place gradients; on CuPy, whose element-wise
-results are C-ordered, only the layout-free ones are registered.
+(:mod:`manualbp.parallel`), reused buffers and in-place gradients. CuPy's element-wise results
+are C-ordered, so on CuPy feature maps are stored channel-major instead
+(:mod:`manualbp.kernels.channel_major`), beside the kernels that keep any layout.
 """
 import functools
 
@@ -22,6 +23,8 @@ def registry(backend_name):
                           GlobalAvgPool2d, Linear, MaxPool2d)
     from ..model import Sequential
     from ..optim import SGD, Adam
+    from ..layers import ReLU
+    from .channel_major import BatchNorm2dInLayout, Conv2dChannelMajor, MaxPool2dChannelMajor, ReLUInLayout
     from .containers import SequentialKernel
     from .conv import Conv2dKernel
     from .linear import LinearKernel
@@ -32,12 +35,13 @@ def registry(backend_name):
     from .residual import BasicBlockKernel
 
     generic = {Sequential: SequentialKernel, Linear: LinearKernel, BasicBlock: BasicBlockKernel,
-               Adam: AdamKernel, SGD: SGDKernel}
+               Adam: AdamKernel, SGD: SGDKernel, GaussianNoise: GaussianNoiseKernel,
+               GlobalAvgPool2d: GlobalAvgPool2dKernel, Flatten: FlattenKernel}
     if backend_name == "cupy":
-        return generic
-    return {**generic, Conv2d: Conv2dKernel, GaussianNoise: GaussianNoiseKernel,
-            BatchNorm1d: BatchNorm1dKernel, BatchNorm2d: BatchNorm2dKernel, MaxPool2d: MaxPool2dKernel,
-            GlobalAvgPool2d: GlobalAvgPool2dKernel, Flatten: FlattenKernel}
+        return {**generic, Conv2d: Conv2dChannelMajor, BatchNorm2d: BatchNorm2dInLayout, ReLU: ReLUInLayout,
+                MaxPool2d: MaxPool2dChannelMajor}
+    return {**generic, Conv2d: Conv2dKernel, BatchNorm1d: BatchNorm1dKernel, BatchNorm2d: BatchNorm2dKernel,
+            MaxPool2d: MaxPool2dKernel}
 
 
 def reference_of(cls):

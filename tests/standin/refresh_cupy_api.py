@@ -4,18 +4,19 @@
     python tests/standin/refresh_cupy_api.py
 
 Functions and classes keep the parameter names of their signature (``null`` when CuPy gives
-none); ufuncs keep ``[nin, nout]``; ``ndarray`` and ``random.RandomState`` methods keep the
+none); ufuncs keep ``[nin, nout]``; ``ndarray``, ``random.RandomState`` and ``random.Generator`` methods keep the
 parameters of their docstring's first line, where Cython puts the signature.
 """
 import inspect
 import json
 import os
 import re
+import sys
 import types
 
-import cupy
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != HERE]   # the real CuPy, not the stand-in
+import cupy  # noqa: E402
 
 
 def parameters(obj):
@@ -67,12 +68,18 @@ def methods(cls):
     return {"methods": found, "attributes": attributes}
 
 
-def main():
-    api = {"version": cupy.__version__, "cupy": namespace(cupy), "cupy.random": namespace(cupy.random),
+def snapshot():
+    """The API record of the installed CuPy."""
+    return {"version": cupy.__version__, "cupy": namespace(cupy), "cupy.random": namespace(cupy.random),
            "cupy.ndarray": methods(cupy.ndarray),
            "cupy.random.RandomState": methods(cupy.random.RandomState),
+           "cupy.random.Generator": methods(cupy.random.Generator),
            "cupy.cuda": sorted(n for n in dir(cupy.cuda) if not n.startswith("_")),
            "cupy.cuda.runtime": sorted(n for n in dir(cupy.cuda.runtime) if not n.startswith("_"))}
+
+
+def main():
+    api = snapshot()
     path = os.path.join(HERE, "cupy", "api.json")
     with open(path + ".tmp", "w") as f:
         json.dump(api, f, indent=1, sort_keys=True)

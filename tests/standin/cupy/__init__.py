@@ -8,7 +8,9 @@ conformance". What it enforces, as CuPy does or more strictly:
 * no implicit conversion to NumPy (``numpy.asarray(a)`` raises), no NumPy array where a device
   array is needed (arguments, indices, assigned values): data crosses only by ``cupy.asarray`` /
   ``.get()`` / ``cupy.asnumpy``;
-* element-wise results are C-ordered, as CuPy's ufuncs allocate them.
+* integer-array indices wrap around out of bounds (CuPy's rule, where NumPy raises);
+* new arrays are C-ordered, as CuPy allocates them: element-wise results, reductions and
+  the rest, except where CuPy follows the input (``*_like``, ``astype``) or returns a view.
 
 And it counts, by the engine's call site (``file:line``):
 
@@ -93,6 +95,19 @@ def _wrap(value):
     if isinstance(value, list):
         return [_wrap(v) for v in value]
     return value
+
+
+#: Functions and methods whose new arrays follow their input's memory layout in CuPy too.
+FOLLOW_LAYOUT = {"empty_like", "zeros_like", "ones_like", "full_like", "astype"}
+
+
+def _allocated(result, inputs, name):
+    """``result`` as CuPy allocates it: a new array that NumPy laid out like an input becomes
+    C-ordered (views, and the functions of :data:`FOLLOW_LAYOUT`, are left as they are)."""
+    if (not isinstance(result, numpy.ndarray) or result.flags.c_contiguous or name in FOLLOW_LAYOUT
+            or any(isinstance(a, numpy.ndarray) and numpy.may_share_memory(result, a) for a in inputs)):
+        return result
+    return numpy.ascontiguousarray(result)
 
 
 def _check_keywords(where, params, kwargs):
@@ -291,7 +306,7 @@ class ndarray:
                             **{k: _unwrap(v, f"cupy.ndarray.{name}") for k, v in kwargs.items()})
             if name in ("reshape", "ravel", "flatten") and self._a.size and not numpy.shares_memory(result, self._a):
                 _relayout(name)
-            return _wrap(result)
+            return _wrap(_allocated(result, [self._a], name))
         return call
 
     def __len__(self):
@@ -300,11 +315,21 @@ class ndarray:
     def __iter__(self):
         return (_wrap(row) for row in self._a)
 
+    def _key(self, key):
+        """The NumPy index of ``key``; integer arrays wrap around out of bounds, as CuPy's do."""
+        key = _unwrap(key, "cupy.ndarray indexing")
+        parts = key if isinstance(key, tuple) else (key,)
+        if any(p is None or p is Ellipsis for p in parts):
+            return key
+        wrapped = tuple(p % self._a.shape[axis] if isinstance(p, numpy.ndarray) and p.dtype.kind in "iu" else p
+                        for axis, p in enumerate(parts))
+        return wrapped if isinstance(key, tuple) else wrapped[0]
+
     def __getitem__(self, key):
-        return _wrap(self._a[_unwrap(key, "cupy.ndarray indexing")])
+        return _wrap(self._a[self._key(key)])
 
     def __setitem__(self, key, value):
-        self._a[_unwrap(key, "cupy.ndarray indexing")] = _unwrap(value, "cupy.ndarray assignment")
+        self._a[self._key(key)] = _unwrap(value, "cupy.ndarray assignment")
 
     def __neg__(self):
         return _ufunc_call("negative", (self,), {})
@@ -408,8 +433,9 @@ def _function(name):
     @functools.wraps(target)
     def call(*args, **kwargs):
         _check_keywords(f"cupy.{name}", params, kwargs)
-        return _wrap(target(*_unwrap(args, f"cupy.{name}"),
-                            **{k: _unwrap(v, f"cupy.{name}") for k, v in kwargs.items()}))
+        inputs = _unwrap(args, f"cupy.{name}")
+        result = target(*inputs, **{k: _unwrap(v, f"cupy.{name}") for k, v in kwargs.items()})
+        return _wrap(_allocated(result, inputs, name))
     return call
 
 
@@ -438,37 +464,48 @@ class _Namespace:
                              f"(not in CuPy {API['version']}'s API)")
 
 
-class RandomState:
-    """``cupy.random.RandomState``: NumPy's PCG64 drawing device arrays (its own stream, not
-    CuPy's)."""
+class _Generator:
+    """A CuPy random generator class: NumPy's PCG64 drawing device arrays (its own stream, not
+    CuPy's); only the methods, and keywords, that CuPy's class has."""
+
+    api = None                               # the API entry of the CuPy class
 
     def __init__(self, seed=None, method=None):
         self._rng = numpy.random.Generator(numpy.random.PCG64(seed))
 
     def __getattribute__(self, name):
-        methods = API["cupy.random.RandomState"]["methods"]
-        if not name.startswith("_") and name not in methods:
-            raise AttributeError(f"'cupy.random.RandomState' has no attribute {name!r}")
+        methods = API[object.__getattribute__(self, "api")]["methods"]
+        if name.startswith("_") or name == "api":
+            return object.__getattribute__(self, name)
+        if name not in methods:
+            raise AttributeError(f"'{object.__getattribute__(self, 'api')}' has no attribute {name!r}")
         attribute = object.__getattribute__(self, name)
-        if name.startswith("_") or not callable(attribute):
-            return attribute
 
         def checked(*args, **kwargs):
-            _check_keywords(f"cupy.random.RandomState.{name}", methods[name], kwargs)
+            _check_keywords(f"{object.__getattribute__(self, 'api')}.{name}", methods[name], kwargs)
             return attribute(*args, **kwargs)
         return checked
 
-    def standard_normal(self, size=None, dtype=float):
-        return _wrap(self._rng.standard_normal(size).astype(dtype, copy=False))
+    def _draw(self, values, dtype, out=None):
+        if out is None:
+            return _wrap(values.astype(dtype, copy=False))
+        _unwrap(out, "out=")[...] = values
+        return out
+
+    def standard_normal(self, size=None, dtype=float, out=None):
+        return self._draw(self._rng.standard_normal(size if out is None else out.shape), dtype, out)
 
     def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
-        return _wrap(self._rng.normal(_unwrap(loc, "normal"), _unwrap(scale, "normal"), size).astype(dtype, copy=False))
+        return self._draw(self._rng.normal(_unwrap(loc, "normal"), _unwrap(scale, "normal"), size), dtype)
 
     def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
-        return _wrap(self._rng.uniform(low, high, size).astype(dtype, copy=False))
+        return self._draw(self._rng.uniform(low, high, size), dtype)
 
     def random_sample(self, size=None, dtype=float):
-        return _wrap(self._rng.random(size).astype(dtype, copy=False))
+        return self._draw(self._rng.random(size), dtype)
+
+    def random(self, size=None, dtype=float, out=None):
+        return self._draw(self._rng.random(size if out is None else out.shape), dtype, out)
 
     def permutation(self, num):
         return _wrap(self._rng.permutation(_unwrap(num, "permutation")))
@@ -476,11 +513,25 @@ class RandomState:
     def randint(self, low, high=None, size=None, dtype=int):
         return _wrap(self._rng.integers(low, high, size, dtype=dtype))
 
+    def integers(self, low, high=None, size=None, dtype=numpy.int64, endpoint=False):
+        return _wrap(self._rng.integers(low, high, size, dtype=dtype, endpoint=endpoint))
+
     def shuffle(self, a):
         self._rng.shuffle(_unwrap(a, "shuffle"))
 
 
-random = _Namespace("cupy.random", API["cupy.random"]["functions"], RandomState=RandomState)
+class RandomState(_Generator):
+    """``cupy.random.RandomState``."""
+    api = "cupy.random.RandomState"
+
+
+class Generator(_Generator):
+    """``cupy.random.Generator`` (``cupy.random.default_rng``)."""
+    api = "cupy.random.Generator"
+
+
+random = _Namespace("cupy.random", API["cupy.random"]["functions"], RandomState=RandomState,
+                    Generator=Generator, default_rng=lambda seed=None: Generator(seed))
 
 
 class _Device:

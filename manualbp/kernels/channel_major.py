@@ -1,0 +1,129 @@
+"""The CuPy kernels of convolutional networks: feature maps stored channel-major, so that every
+product of a convolution is one GEMM on matrices cuBLAS reads as they are.
+
+CuPy's element-wise results are C-ordered, so the NumPy kernels' batch-innermost layout would
+be lost after the first activation, and each convolution would copy its operands into the order
+its matrix products need. Here the convolution keeps its GEMM's own output, ``(C_out, N, OH, OW)``
+in memory, shown as the usual ``(N, C_out, OH, OW)``; the layers between convolutions write
+their results in the memory layout of their input (``out=`` into ``empty_like``). Then, with
+``cols`` the columns ``(C KH KW, N OH OW)`` and ``delta`` read as ``(C_out, N OH OW)``:
+
+    v = W cols               (Eq. 1)
+    dL/dW = delta cols^T      dL/dcols = W^T delta      (Eq. 2)
+
+are three GEMMs on views: no relayout copy in a ResNet step (``tests/test_cupy.py`` counts
+them on the CuPy stand-in). The kernels use only array operations, so they run on NumPy too.
+"""
+from ..layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU
+from ..layers.im2col import conv_geometry
+
+
+class Conv2dChannelMajor(Conv2d):
+    """What :class:`~manualbp.layers.conv.Conv2d` computes; the output and ``dL/dx`` are
+    stored ``(C, N, H, W)``."""
+
+    def forward(self, x):
+        self.check(x)
+        xp = self.xp
+        n, c, h, w = self.x_shape = x.shape
+        kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x.shape, self.kernel_size, self.stride, self.padding)
+        padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        padded[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+        cols = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, i, j] = padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+        self.cols = cols.reshape(c * kh * kw, n * oh * ow)
+        v = xp.matmul(self.params["weight"].reshape(self.out_channels, -1), self.cols)   # Eq. (1)
+        v = v.reshape(self.out_channels, n, oh, ow)
+        if "bias" in self.params:
+            v += self.params["bias"][:, None, None, None]
+        v = v.transpose(1, 0, 2, 3)
+        if "noise" in self.children:
+            v = self.children["noise"].forward(v)
+        return v
+
+    def backward(self, delta, input_grad=True):
+        if "noise" in self.children:
+            delta = self.children["noise"].backward(delta)
+        xp = self.xp
+        n, c, h, w = self.x_shape
+        kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(self.x_shape, self.kernel_size, self.stride, self.padding)
+        d = delta.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)     # a view when channel-major
+        weight = self.params["weight"]
+        if self.param_grads:
+            self.grads["weight"] = xp.matmul(d, self.cols.T).reshape(weight.shape)
+            if "bias" in self.params:
+                self.grads["bias"] = d.sum(axis=1)
+        if not input_grad:
+            return None
+        dcols = xp.matmul(weight.reshape(self.out_channels, -1).T, d)       # Eq. (2)
+        dcols = dcols.reshape(c, kh, kw, n, oh, ow)
+        padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=delta.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += dcols[:, i, j]
+        return padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
+
+
+class ReLUInLayout(ReLU):
+    """What :class:`~manualbp.layers.activations.ReLU` computes, in its input's layout."""
+
+    def forward(self, v):
+        xp = self.xp
+        self.active = xp.greater(v, 0, out=xp.empty_like(v, dtype=bool))
+        return xp.maximum(v, 0, out=xp.empty_like(v))
+
+    def backward(self, delta, input_grad=True):
+        return self.xp.multiply(delta, self.active, out=self.xp.empty_like(delta))
+
+
+class BatchNorm2dInLayout(BatchNorm2d):
+    """What :class:`~manualbp.layers.norm.BatchNorm2d` computes, in its input's layout."""
+
+    def forward(self, x):
+        self.check(x)
+        xp = self.xp
+        if self.training:
+            self.count = x.size // self.num_features
+            mean, var = x.mean(axis=self.axes, keepdims=True), x.var(axis=self.axes, keepdims=True)
+            self.update_running(mean, var, self.count)
+        else:
+            mean, var = self._per_feature("running_mean", self.buffers), self._per_feature("running_var", self.buffers)
+        self.inv_std = 1 / xp.sqrt(var + self.floor)
+        self.xhat = xp.subtract(x, mean, out=xp.empty_like(x))
+        self.xhat *= self.inv_std
+        y = xp.multiply(self._per_feature("weight", self.params), self.xhat, out=xp.empty_like(x))
+        y += self._per_feature("bias", self.params)
+        return y
+
+    def backward(self, delta, input_grad=True):
+        xp = self.xp
+        grad_w = (delta * self.xhat).sum(axis=self.axes)
+        grad_b = delta.sum(axis=self.axes)
+        if self.param_grads:
+            self.grads["weight"], self.grads["bias"] = grad_w, grad_b
+        if not input_grad:
+            return None
+        scale = self._per_feature("weight", self.params) * self.inv_std
+        dx = xp.multiply(scale, delta, out=xp.empty_like(delta))
+        if self.training:                      # scale * (delta - (dL/dbias + xhat * dL/dweight) / n)
+            correction = xp.multiply(self.xhat, grad_w.reshape(self.shape), out=xp.empty_like(delta))
+            correction += grad_b.reshape(self.shape)
+            correction *= scale / self.count
+            dx -= correction
+        return dx
+
+
+class MaxPool2dChannelMajor(MaxPool2d):
+    """What :class:`~manualbp.layers.pool.MaxPool2d` computes, with ``dL/dx`` stored
+    ``(C, N, H, W)`` for the convolution below."""
+
+    def backward(self, delta, input_grad=True):
+        if not input_grad:
+            return None
+        n, c, h, w = self.x_shape
+        dx = self.xp.zeros((c, n, h, w), dtype=delta.dtype).transpose(1, 0, 2, 3)
+        for k, view in self._windows(dx, *delta.shape[2:]):
+            view += delta * (self.argmax == k)             # to the window's maximum only
+        return self._cropped(dx)

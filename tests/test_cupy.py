@@ -1,0 +1,141 @@
+"""CuPy API conformance on the stand-in (``tests/standin/cupy``), and what it measures.
+
+The stand-in is NumPy under CuPy's rules: nothing here runs on a GPU. It proves that the engine
+asks CuPy only for what CuPy 14.2 offers, never reads a device array on the host inside a
+training or PGD step, and that a ResNet step on CuPy's kernels makes no relayout copy.
+"""
+import json
+import importlib.util
+
+import numpy as np
+import pytest
+
+from manualbp import get_backend
+from manualbp.attacks import pgd
+from manualbp.train import Trainer, make_optimizers
+from manualbp.zoo import cnn, mlp, resnet
+
+from conftest import STANDIN_DIR
+
+pytestmark = pytest.mark.cupy_api
+
+
+# --- the stand-in keeps CuPy's rules ----------------------------------------------------------------
+
+def test_the_stand_in_refuses_what_cupy_refuses(cupy_standin):
+    cp = cupy_standin
+    a = cp.asarray(np.arange(6.0).reshape(2, 3))
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="numpy.ndarray where CuPy needs a cupy.ndarray"):
+        a + np.ones(3)
+    with pytest.raises(TypeError, match="numpy.ndarray where CuPy needs a cupy.ndarray"):
+        a[...] = np.zeros((2, 3))
+    with pytest.raises(AttributeError, match="not in CuPy 14.2.0's API"):
+        cp.not_a_function
+    with pytest.raises(AttributeError, match="not in CuPy"):
+        a.not_a_method
+    with pytest.raises(TypeError, match="does not accept"):
+        cp.random.RandomState(0).standard_normal(3, out=a)       # CuPy's RandomState has no out=
+    with pytest.raises(NotImplementedError, match="cannot run CUDA C"):
+        cp.ElementwiseKernel("T x", "T y", "y = x", "copy")
+
+
+def test_the_stand_in_allocates_c_order_and_counts_syncs_and_relayouts(cupy_standin):
+    cp = cupy_standin
+    t = cp.asarray(np.arange(24.0).reshape(2, 3, 4)).transpose(2, 0, 1)
+    assert not t.flags.c_contiguous
+    assert (t + 1).flags.c_contiguous and cp.maximum(t, 0).flags.c_contiguous
+    assert t.sum(axis=0).flags.c_contiguous and cp.empty_like(t).strides == t.strides
+    assert cp.syncs == {} and cp.relayouts == {}
+    assert float(t.sum()) == 276.0 and bool((t >= 0).all())
+    assert {kind for kind, _ in cp.syncs} == {"float", "bool"}
+    assert all(site.startswith("tests/test_cupy.py:") for _, site in cp.syncs)
+    t.reshape(-1)                                                 # not a view: a copy
+    cp.tensordot(t, t, axes=([1, 2], [1, 2]))                     # column-major matrices: read as they are
+    strided = cp.asarray(np.ones((4, 12)))[:, ::2]
+    cp.tensordot(strided, strided, axes=([1], [1]))               # no unit stride: copied
+    counts = {kind: 0 for kind, _ in cp.relayouts}
+    for (kind, _), n in cp.relayouts.items():
+        counts[kind] += n
+    assert counts == {"reshape": 1, "tensordot": 2}
+
+
+def test_the_api_snapshot_matches_an_installed_cupy():
+    """``api.json`` is what ``refresh_cupy_api.py`` writes from the installed CuPy (checked when
+    CuPy is installed at the recorded version)."""
+    recorded = json.loads((STANDIN_DIR / "cupy" / "api.json").read_text())
+    spec = importlib.util.find_spec("cupy")
+    if spec is None or "standin" in str(spec.origin):
+        pytest.skip("CuPy is not installed")
+    import cupy
+    if cupy.__version__ != recorded["version"]:
+        pytest.skip(f"CuPy {cupy.__version__} installed, snapshot of {recorded['version']}: "
+                    "run python tests/standin/refresh_cupy_api.py")
+    refresh = importlib.util.spec_from_file_location("refresh", STANDIN_DIR / "refresh_cupy_api.py")
+    module = importlib.util.module_from_spec(refresh)
+    refresh.loader.exec_module(module)
+    assert module.snapshot() == recorded
+
+
+# --- no host sync in a step, no relayout in a ResNet step --------------------------------------------
+
+FAMILIES = {
+    "mlp": (lambda bk: mlp(bk, "mlpn", "relu", sizes=(784, 32, 16, 10)), (784,)),
+    "cnn": (lambda bk: cnn(bk, "cnn-an", channels=(4, 8), hidden=16), (1, 28, 28)),
+    "resnet18": (lambda bk: resnet(bk, "resnet18-an", (2, 2, 2, 2), width=4, input_size=16), (3, 16, 16)),
+}
+
+
+def _trainer(name):
+    bk = get_backend("cupy", "float32", 0)
+    build, shape = FAMILIES[name]
+    model = build(bk)
+    rng = np.random.default_rng(0)
+    x = bk.asarray(rng.random((24, *shape)).astype(np.float32))
+    y = bk.asarray(rng.integers(0, 10, 24), dtype="int64")
+    return Trainer(model, make_optimizers(model)[0], batch_size=8, progress=False), x, y
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_training_step_and_a_pgd_step_make_no_host_sync(name, cupy_standin):
+    trainer, x, y = _trainer(name)
+    trainer.model.train()
+    trainer.step(x[:8], y[:8])                                     # first step: buffers are made
+    cupy_standin.reset()
+    trainer.step(x[:8], y[:8])
+    assert dict(cupy_standin.syncs) == {}, "a training step reads the device"
+    pgd(trainer.model, x[:8], y[:8], 0.1, 0.02, 3)
+    assert dict(cupy_standin.syncs) == {}, "a PGD attack reads the device"
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_an_epoch_and_an_evaluation_make_a_handful_of_syncs(name, cupy_standin):
+    trainer, x, y = _trainer(name)
+    trainer.train_epoch(x, y)
+    assert sum(cupy_standin.syncs.values()) <= 3, dict(cupy_standin.syncs)
+    cupy_standin.reset()
+    trainer.evaluate(x, y, batch_size=8)
+    assert sum(cupy_standin.syncs.values()) <= 3, dict(cupy_standin.syncs)
+
+
+def test_a_deferred_check_fails_at_the_next_host_read(cupy_standin):
+    """On CuPy a label out of range is caught on the device and raised where the host next
+    reads (here the epoch's mean loss), not inside the step."""
+    trainer, x, y = _trainer("mlp")
+    y[3] = 10
+    trainer.step(x[:8], y[:8])
+    assert dict(cupy_standin.syncs) == {}
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9 \(checked on the device"):
+        trainer.bk.scalar(trainer.loss.losses.sum())
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_a_convolutional_step_makes_no_relayout_copy(name, cupy_standin):
+    """Channel-major feature maps (:mod:`manualbp.kernels.channel_major`): every product of a
+    convolution reads its operands as they are, forward and backward."""
+    trainer, x, y = _trainer(name)
+    trainer.step(x[:8], y[:8])
+    cupy_standin.reset()
+    trainer.step(x[:8], y[:8])
+    assert dict(cupy_standin.relayouts) == {}
