@@ -139,3 +139,18 @@ def test_a_convolutional_step_makes_no_relayout_copy(name, cupy_standin):
     cupy_standin.reset()
     trainer.step(x[:8], y[:8])
     assert dict(cupy_standin.relayouts) == {}
+
+
+def test_the_noise_level_summary_reads_the_device_once(cupy_standin):
+    from manualbp.model import noise_layers, sigma_summary
+    trainer, _, _ = _trainer("cnn")
+    layers = noise_layers(trainer.model)
+    for k, layer in enumerate(layers.values()):
+        layer.params["sigma"] *= 1 + k + trainer.bk.asarray(np.random.default_rng(k).random(layer.shape))
+    cupy_standin.reset()
+    summary = sigma_summary(trainer.model)
+    assert sum(cupy_standin.syncs.values()) == 1
+    for name, layer in layers.items():
+        sigma = layer.sigma.get()
+        assert summary[name] == pytest.approx({"mean": sigma.mean(), "std": sigma.std(), "min": sigma.min(),
+                                               "max": sigma.max()}, rel=1e-6)
