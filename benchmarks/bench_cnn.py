@@ -1,15 +1,19 @@
 """Training steps of the MNIST CNN and CNN-AN (batch 128, 1x28x28, Adam) on the NumPy backend
-against the same models in PyTorch on the CPU, side by side in one run.
+against the same models in PyTorch on the CPU (CuPy against PyTorch CUDA with ``--backend cupy``),
+side by side in one run.
 
-    python benchmarks/bench_cnn.py [--rounds 7] [--steps 20] [--kernels fast|reference] [--json out.json]
+    python benchmarks/bench_cnn.py [--backend numpy|cupy] [--rounds 7] [--steps 20]
+                                   [--kernels fast|reference] [--json out.json]
 
 Each round times ``--steps`` consecutive training steps of every model in both engines, one
 after the other: :meth:`manualbp.train.Trainer.step` in manualbp, :func:`common.torch_train_step`
 on the model's twin (:func:`manualbp.verify.to_torch`, the same initial weights) in PyTorch. The
 median over rounds of the mean step time is reported, with ratios manualbp / PyTorch (below 1:
 manualbp is faster) and per-epoch estimates (50,000 images / 128 = 391 steps; data shuffling and
-evaluation not included). PyTorch gets as many threads as NumPy's
-loops and BLAS have (``MANUALBP_NUM_THREADS``, else the CPUs this process may use).
+evaluation not included; the batches are on the device before timing). PyTorch gets as many
+threads as NumPy's loops and BLAS have (``MANUALBP_NUM_THREADS``, else the CPUs this process may
+use). With ``--backend cupy`` and a PyTorch without CUDA the PyTorch side is skipped, with a line
+saying so, and manualbp is timed alone.
 
 Then instrumented passes over the same batches (one warm-up pass, then the median of
 max(3, ``--rounds``)) split a manualbp step into its parts -- the convolution GEMMs, im2col/col2im
@@ -17,6 +21,7 @@ and the noise draws, timed where the path chosen by ``--kernels`` calls them -- 
 The GEMMs' achieved GFLOP/s is set against NumPy's float32 matmul of two 2048x2048 matrices,
 measured just before each model's breakdown. Parts adding up to more than the step, or GEMMs
 faster than that peak, can only come from a disturbed measurement, and are reported as such.
+The breakdown is made on NumPy only: on the GPU a call returns before its work is done.
 
 OpenBLAS's threads spin for a while after each matrix product and so hold the second core
 that manualbp's threaded im2col/col2im/pooling loops and noise draws want; importing manualbp
@@ -41,7 +46,8 @@ from manualbp import get_backend
 from manualbp.experiments import add_kernels_argument
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import cnn
-from common import N_TRAIN, same_threads, torch_twin, training_data
+from common import (N_TRAIN, cell, gpu_name, ratio, same_threads, time_steps, torch_device_for, torch_synchronize,
+                    torch_twin, training_data)
 
 kernel_conv = importlib.import_module("manualbp.kernels.conv")      # the modules, not the classes
 layer_conv = importlib.import_module("manualbp.layers.conv")
@@ -51,21 +57,14 @@ STEPS_PER_EPOCH = -(-N_TRAIN // BATCH)
 MODELS = ("cnn", "cnn-an")
 
 
-def steppers(variant, seed, kernels):
-    """``{"manualbp": Trainer, "torch": step(x, y)}`` of one manualbp model of ``variant``
-    (initial weights from ``seed``) and its PyTorch twin (the same initial weights)."""
-    model = cnn(get_backend("numpy", "float32", seed, kernels), variant)
-    _, torch_step = torch_twin(model)
+def steppers(variant, seed, backend, kernels, device):
+    """``{"manualbp": Trainer, "torch": step(x, y)}`` of one manualbp model of ``variant`` on
+    ``backend`` (initial weights from ``seed``) and its PyTorch twin on ``device`` (the same
+    initial weights; left out without a device)."""
+    model = cnn(get_backend(backend, "float32", seed, kernels), variant)
+    torch_side = {"torch": torch_twin(model, device=device)[1]} if device else {}
     optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
-    return {"manualbp": Trainer(model, optimizers, batch_size=BATCH, seed=seed, progress=False),
-            "torch": torch_step}
-
-
-def time_steps(step, batches):
-    t0 = time.perf_counter()
-    for x, y in batches:
-        step(x, y)
-    return (time.perf_counter() - t0) / len(batches)
+    return {"manualbp": Trainer(model, optimizers, batch_size=BATCH, seed=seed, progress=False), **torch_side}
 
 
 #: Per ``--kernels``: the module whose im2col/col2im the conv layers call (imported there by name,
@@ -152,7 +151,7 @@ def breakdown(trainer, batches, passes):
     with probe:
         for _ in range(passes + 1):
             probe.reset()
-            total = time_steps(trainer.step, batches)
+            total = time_steps(trainer.step, batches, trainer.bk.synchronize)
             runs.append((total, {k: v / len(batches) for k, v in probe.seconds.items()}))
     missed = [k for k in PARTS[:2] if probe.calls[k] == 0]
     if missed:
@@ -205,63 +204,84 @@ def print_breakdown(name, timed, total, parts, flops, gflops, peak):
               "(other load)")
 
 
+def breakdowns(engines, batches, med, passes):
+    """Print the breakdown of each model's manualbp step (``med``: the step times timed above) and
+    return the figures."""
+    print(f"breakdown of a manualbp step: median of {passes} instrumented passes over the same batches, "
+          "after a warm-up pass")
+    figures = {}
+    for v in MODELS:
+        peak = peak_matmul_gflops()                    # just before, in the same conditions
+        total, parts, flops = breakdown(engines[v]["manualbp"], batches, passes)
+        gflops = flops / parts["conv GEMM"] / 1e9
+        figures[v] = {"step_seconds": total, "parts_seconds": parts, "conv_gemm_flops_per_step": flops,
+                      "conv_gemm_gflops": gflops, "matmul_gflops_just_before": peak}
+        print_breakdown(v, med[v]["manualbp"], total, parts, flops, gflops, peak)
+    return figures
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="training steps per round and engine")
     add_kernels_argument(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     threads = same_threads()
+    device = torch_device_for(args.backend)
     x, y, source = training_data((1, 28, 28))
     order = np.random.default_rng(0).permutation(len(x))[:args.steps * BATCH]
-    np_batches = [(np.ascontiguousarray(x[order[i:i + BATCH]]), y[order[i:i + BATCH]])
-                  for i in range(0, len(order), BATCH)]
-    torch_batches = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in np_batches]
+    host_batches = [(np.ascontiguousarray(x[order[i:i + BATCH]]), y[order[i:i + BATCH]])
+                    for i in range(0, len(order), BATCH)]
+    bk = get_backend(args.backend, "float32", 0, args.kernels)
+    batches = [(bk.asarray(a), bk.asarray(b, dtype="int64")) for a, b in host_batches]   # on the device once
+    torch_batches = [(torch.from_numpy(a).to(device), torch.from_numpy(b).to(device))
+                     for a, b in host_batches] if device else []
+    torch_sync = functools.partial(torch_synchronize, device)
 
     torch.manual_seed(0)
-    engines = {v: steppers(v, 0, args.kernels) for v in MODELS}
+    engines = {v: steppers(v, 0, args.backend, args.kernels, device) for v in MODELS}
     for v in MODELS:                                   # warm-up: buffers, thread pools, caches
-        time_steps(engines[v]["manualbp"].step, np_batches[:3])
-        time_steps(engines[v]["torch"], torch_batches[:3])
-    times = {v: {"manualbp": [], "torch": []} for v in MODELS}
+        time_steps(engines[v]["manualbp"].step, batches[:3], bk.synchronize)
+        if device:
+            time_steps(engines[v]["torch"], torch_batches[:3], torch_sync)
+    times = {v: {k: [] for k in engines[v]} for v in MODELS}
     for _ in range(args.rounds):
         for v in MODELS:
-            times[v]["torch"].append(time_steps(engines[v]["torch"], torch_batches))
-            times[v]["manualbp"].append(time_steps(engines[v]["manualbp"].step, np_batches))
+            if device:
+                times[v]["torch"].append(time_steps(engines[v]["torch"], torch_batches, torch_sync))
+            times[v]["manualbp"].append(time_steps(engines[v]["manualbp"].step, batches, bk.synchronize))
     med = {v: {k: statistics.median(t) for k, t in times[v].items()} for v in MODELS}
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                             "OPENBLAS_THREAD_TIMEOUT", "MANUALBP_NUM_THREADS")}
-    print(f"data: {source}; batch {BATCH}; kernels: {args.kernels}; threads: {threads} "
-          f"(torch.set_num_threads({threads})); torch {torch.__version__}, numpy {np.__version__}; "
-          f"median of {args.rounds} rounds of {args.steps} steps")
+    where = (f"threads: {threads} (torch.set_num_threads({threads}))" if args.backend == "numpy"
+             else f"cupy on {gpu_name()}")
+    print(f"data: {source}; batch {BATCH}; kernels: {args.kernels}; {where}; torch {torch.__version__}, "
+          f"numpy {np.__version__}; median of {args.rounds} rounds of {args.steps} steps")
     print("environment: " + (", ".join(f"{k}={v}" for k, v in env.items() if v is not None) or "-"))
     print(f"{'model':7s} {'manualbp ms':>12s} {'torch ms':>9s} {'ratio':>6s} "
           f"{'manualbp s/epoch':>17s} {'torch s/epoch':>14s}")
     for v in MODELS:
-        m, t = med[v]["manualbp"], med[v]["torch"]
-        print(f"{v:7s} {m * 1e3:12.1f} {t * 1e3:9.1f} {m / t:6.2f} {m * STEPS_PER_EPOCH:17.1f} "
-              f"{t * STEPS_PER_EPOCH:14.1f}")
-    ratio_an = med["cnn-an"]["manualbp"] / med["cnn-an"]["torch"]
-    print(f"manualbp CNN-AN / PyTorch CNN-AN: {ratio_an:.2f};  manualbp CNN-AN / CNN: "
-          f"{med['cnn-an']['manualbp'] / med['cnn']['manualbp']:.2f}, PyTorch: "
-          f"{med['cnn-an']['torch'] / med['cnn']['torch']:.2f}")
+        m, t = med[v]["manualbp"], med[v].get("torch")
+        print(f"{v:7s} {m * 1e3:12.1f} {cell(t, 9, '.1f', 1e3)} {cell(ratio(m, t), 6, '.2f')} "
+              f"{m * STEPS_PER_EPOCH:17.1f} {cell(t, 14, '.1f', STEPS_PER_EPOCH)}")
+    own_an = med["cnn-an"]["manualbp"] / med["cnn"]["manualbp"]
+    if device:
+        print(f"manualbp CNN-AN / PyTorch CNN-AN: {med['cnn-an']['manualbp'] / med['cnn-an']['torch']:.2f};  "
+              f"manualbp CNN-AN / CNN: {own_an:.2f}, PyTorch: {med['cnn-an']['torch'] / med['cnn']['torch']:.2f}")
+    else:
+        print(f"manualbp CNN-AN / CNN: {own_an:.2f}")
 
-    passes = max(3, args.rounds)
-    print(f"breakdown of a manualbp step: median of {passes} instrumented passes over the same batches, "
-          "after a warm-up pass")
-    parts_all = {}
-    for v in MODELS:
-        peak = peak_matmul_gflops()                    # just before, in the same conditions
-        total, parts, flops = breakdown(engines[v]["manualbp"], np_batches, passes)
-        gflops = flops / parts["conv GEMM"] / 1e9
-        parts_all[v] = {"step_seconds": total, "parts_seconds": parts, "conv_gemm_flops_per_step": flops,
-                        "conv_gemm_gflops": gflops, "matmul_gflops_just_before": peak}
-        print_breakdown(v, med[v]["manualbp"], total, parts, flops, gflops, peak)
+    if args.backend == "numpy":
+        parts_all = breakdowns(engines, batches, med, max(3, args.rounds))
+    else:
+        parts_all = {}
+        print("breakdown of a manualbp step: on NumPy only (on the GPU a call returns before its work is done)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"source": source, "threads": threads, "median_step_seconds": med,
+            json.dump({"source": source, "backend": args.backend, "threads": threads, "median_step_seconds": med,
                        "kernels": args.kernels, "steps_per_epoch": STEPS_PER_EPOCH,
                        "breakdown": parts_all, "env": env},
                       f, indent=2)

@@ -1,7 +1,8 @@
 """PGD-10 over 10,000 MNIST-size images for the MLP and the CNN: manualbp on NumPy against the
-same attack on the same model (same weights) in PyTorch on the CPU, side by side in one run.
+same attack on the same model (same weights) in PyTorch on the CPU (CuPy against PyTorch CUDA
+with ``--backend cupy``), side by side in one run.
 
-    python benchmarks/bench_pgd.py [--repeats 3] [--images 10000] [--batch 500]
+    python benchmarks/bench_pgd.py [--backend numpy|cupy] [--repeats 3] [--images 10000] [--batch 500]
                                    [--kernels fast|reference] [--json out.json]
 
 PyTorch attacks the model's twin (:func:`manualbp.verify.to_torch`: the same weights, in
@@ -10,13 +11,15 @@ evaluation mode). manualbp takes every input gradient from ``model.backward`` in
 ways: ``torch.autograd.grad(loss, x)`` (input gradient only, as torchattacks does) and
 ``loss.backward()`` (parameter gradients too, as the paper's released code does). Runs alternate
 between the engines; medians of ``--repeats`` are reported, with ratios manualbp / PyTorch, and
-the ratios of the fastest runs (on a shared machine, the runs least disturbed by other load).
+the ratios of the fastest runs (on a shared machine, the runs least disturbed by other load). The
+images are on the device before timing. With ``--backend cupy`` and a PyTorch without CUDA the
+PyTorch side is skipped, with a line saying so, and manualbp is timed alone.
 """
 import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.parallel)
 import argparse
+import functools
 import json
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -26,7 +29,7 @@ from manualbp.attacks import pgd
 from manualbp.experiments import add_kernels_argument
 from manualbp.model import evaluating
 from manualbp.verify import to_torch
-from common import same_threads
+from common import cell, gpu_name, ratio, same_threads, timed, torch_device_for, torch_synchronize
 
 BUDGET, ALPHA, STEPS = 25 / 255, 5 / 255, 10
 
@@ -70,14 +73,9 @@ def manualbp_pgd(model, x, y, batch):
                                      for i in range(0, len(x), batch)])
 
 
-def timed(f):
-    t0 = time.perf_counter()
-    f()
-    return time.perf_counter() - t0
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=500)
@@ -86,49 +84,56 @@ def main():
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     threads = same_threads()
+    device = torch_device_for(args.backend)
+    torch_sync = functools.partial(torch_synchronize, device)
     x, y, source = images(args.images)
-    bk = get_backend("numpy", "float32", 0, args.kernels)
+    bk = get_backend(args.backend, "float32", 0, args.kernels)
     results = {}
     for name in args.models.split(","):
         model = zoo.mlp(bk, "mlp", "relu") if name == "mlp" else zoo.cnn(bk, "cnn")
         shape = (-1,) + tuple(model.input_shape)
-        xm, ym = bk.asarray(x.reshape(shape)), bk.asarray(y, dtype="int64")
-        net = to_torch(model).eval()
-        tx, ty = torch.from_numpy(x.reshape(shape)), torch.from_numpy(y.astype(np.int64))
+        xm, ym = bk.asarray(x.reshape(shape)), bk.asarray(y, dtype="int64")     # on the device once
+        runs = {"manualbp": (lambda: manualbp_pgd(model, xm, ym, args.batch), bk.synchronize)}
         check = manualbp_pgd(model, xm[:200], ym[:200], args.batch)     # also the warm-up
-        reference = torch_pgd(net, tx[:200], ty[:200], args.batch, True).numpy()
-        torch_pgd(net, tx[:200], ty[:200], args.batch, False)
-        agree = float((np.abs(check - reference) < 1e-5).mean())
-        runs = {"manualbp": lambda: manualbp_pgd(model, xm, ym, args.batch),
-                "torch input grad": lambda: torch_pgd(net, tx, ty, args.batch, True),
-                "torch loss.backward": lambda: torch_pgd(net, tx, ty, args.batch, False)}
+        agree = None
+        if device:
+            net = to_torch(model, device=device).eval()
+            tx, ty = (torch.from_numpy(a).to(device) for a in (x.reshape(shape), y.astype(np.int64)))
+            reference = torch_pgd(net, tx[:200], ty[:200], args.batch, True).cpu().numpy()
+            torch_pgd(net, tx[:200], ty[:200], args.batch, False)
+            agree = float((np.abs(bk.to_host(check) - reference) < 1e-5).mean())
+            runs["torch input grad"] = (lambda: torch_pgd(net, tx, ty, args.batch, True), torch_sync)
+            runs["torch loss.backward"] = (lambda: torch_pgd(net, tx, ty, args.batch, False), torch_sync)
         times = {k: [] for k in runs}
         for _ in range(args.repeats):
-            for k, run in runs.items():
-                times[k].append(timed(run))
+            for k, (run, sync) in runs.items():
+                times[k].append(timed(run, sync))
         med = {k: statistics.median(v) for k, v in times.items()}
         best = {k: min(v) for k, v in times.items()}
         results[name] = {"seconds": times, "median_seconds": med, "agreement_with_torch": agree,
-                         "ratio_vs_input_grad": med["manualbp"] / med["torch input grad"],
-                         "ratio_vs_loss_backward": med["manualbp"] / med["torch loss.backward"],
-                         "best_ratio_vs_input_grad": best["manualbp"] / best["torch input grad"],
-                         "best_ratio_vs_loss_backward": best["manualbp"] / best["torch loss.backward"]}
+                         "ratio_vs_input_grad": ratio(med["manualbp"], med.get("torch input grad")),
+                         "ratio_vs_loss_backward": ratio(med["manualbp"], med.get("torch loss.backward")),
+                         "best_ratio_vs_input_grad": ratio(best["manualbp"], best.get("torch input grad")),
+                         "best_ratio_vs_loss_backward": ratio(best["manualbp"], best.get("torch loss.backward"))}
+    where = f"threads: {threads}" if args.backend == "numpy" else f"cupy on {gpu_name()}"
     print(f"PGD-{STEPS} (budget {BUDGET:.4f}, alpha {ALPHA:.4f}) on {args.images} {source}, batch {args.batch}; "
-          f"kernels: {args.kernels}; threads: {threads}; torch {torch.__version__}, numpy {np.__version__}; "
+          f"kernels: {args.kernels}; {where}; torch {torch.__version__}, numpy {np.__version__}; "
           f"median of {args.repeats}")
     print(f"{'model':5s} {'manualbp s':>11s} {'torch grad(x) s':>16s} {'ratio':>6s} {'torch backward() s':>19s} "
           f"{'ratio':>6s} {'same adv':>9s}")
     for name, r in results.items():
         m = r["median_seconds"]
-        print(f"{name:5s} {m['manualbp']:11.2f} {m['torch input grad']:16.2f} {r['ratio_vs_input_grad']:6.2f} "
-              f"{m['torch loss.backward']:19.2f} {r['ratio_vs_loss_backward']:6.2f} {r['agreement_with_torch']:9.4f}")
-    print("ratios of the fastest runs (least disturbed by other load): " + ", ".join(
-        f"{name} {r['best_ratio_vs_input_grad']:.2f} / {r['best_ratio_vs_loss_backward']:.2f}"
-        for name, r in results.items()))
+        print(f"{name:5s} {m['manualbp']:11.2f} {cell(m.get('torch input grad'), 16, '.2f')} "
+              f"{cell(r['ratio_vs_input_grad'], 6, '.2f')} {cell(m.get('torch loss.backward'), 19, '.2f')} "
+              f"{cell(r['ratio_vs_loss_backward'], 6, '.2f')} {cell(r['agreement_with_torch'], 9, '.4f')}")
+    if device:
+        print("ratios of the fastest runs (least disturbed by other load): " + ", ".join(
+            f"{name} {r['best_ratio_vs_input_grad']:.2f} / {r['best_ratio_vs_loss_backward']:.2f}"
+            for name, r in results.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"source": source, "kernels": args.kernels, "threads": threads, "batch": args.batch,
-                       "images": args.images, "results": results}, f, indent=2)
+            json.dump({"source": source, "backend": args.backend, "kernels": args.kernels, "threads": threads,
+                       "batch": args.batch, "images": args.images, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import manualbp  # noqa: F401  first: before NumPy loads OpenBLAS (manualbp.para
 import argparse
 import json
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from manualbp.experiments import add_kernels_argument
 from manualbp.datasets import get_dataset
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import get_family
-from common import same_threads, torch_twin
+from common import cell, gpu_name, same_threads, timed, torch_device_for, torch_synchronize, torch_twin
 
 
 def build(name, suffix, backend, kernels):
@@ -57,15 +56,6 @@ def torch_stepper(model, x, y, device):
     return lambda: step(x, y)
 
 
-def timed(step, sync, steps):
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return (time.perf_counter() - t0) / steps
-
-
 def bench(name, suffix, batch, backend, kernels, rounds, steps, device):
     """Median step times of both engines and the median ratio of adjacent rounds; ``device``:
     PyTorch's, ``None`` to time manualbp alone."""
@@ -73,8 +63,7 @@ def bench(name, suffix, batch, backend, kernels, rounds, steps, device):
     rng = np.random.default_rng(0)
     x = rng.random((batch, *model.input_shape), dtype=np.float32)
     y = rng.integers(0, classes, batch).astype(np.int64)
-    engines = {"torch": (torch_stepper(model, x, y, device),
-                         torch.cuda.synchronize if device == "cuda" else (lambda: None))} if device else {}
+    engines = {"torch": (torch_stepper(model, x, y, device), lambda: torch_synchronize(device))} if device else {}
     engines = {"manualbp": manualbp_stepper(model, optimizers, x, y), **engines}
     for _ in range(2):                                     # warm-up: buffers, kernels, caches
         for step, _ in engines.values():
@@ -87,12 +76,6 @@ def bench(name, suffix, batch, backend, kernels, rounds, steps, device):
     ratio = statistics.median(m / t for m, t in zip(times["manualbp"], times["torch"])) if device else None
     return {"model": name + suffix, "batch": batch, "input": model.input_shape[-1], "manualbp": med["manualbp"],
             "torch": med.get("torch"), "ratio": ratio}
-
-
-def gpu_name():
-    """The name of CuPy's current GPU."""
-    import cupy
-    return cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
 
 
 def main():
@@ -110,17 +93,8 @@ def main():
     batch = args.batch or (128 if gpu else 32)
     steps = args.steps or (10 if gpu else 2)
     models = args.models or (["resnet18", "resnet18-an"] + (["resnet34", "resnet34-an"] if gpu else []))
-    torch_device = "cpu"
-    if not gpu:
-        device = f"CPU, {same_threads()} threads"
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch_device, device = "cuda", torch.cuda.get_device_name()
-    else:
-        torch_device, device = None, gpu_name()
-        print(f"torch {torch.__version__} has no CUDA here: the PyTorch side is skipped (manualbp on "
-              f"the GPU alone); a CUDA build of PyTorch gives the ratios")
+    torch_device = torch_device_for(args.backend)
+    device = gpu_name() if gpu else f"CPU, {same_threads()} threads"
     print(f"{args.backend} ({args.kernels} kernels) vs torch {torch.__version__} on {device}; "
           f"numpy {np.__version__}; batch {batch}; median of {args.rounds} rounds of {steps} steps")
     print(f"{'model':14s} {'input':>5s} {'manualbp s':>11s} {'torch s':>8s} {'ratio':>6s}")
@@ -129,9 +103,8 @@ def main():
         name = model[:8]
         r = bench(name, model[8:], batch, args.backend, args.kernels, args.rounds, steps, torch_device)
         results.append(r)
-        theirs = "-" if r["torch"] is None else f"{r['torch']:.3f}"
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        print(f"{r['model']:14s} {r['input']:5d} {r['manualbp']:11.3f} {theirs:>8s} {ratio:>6s}")
+        print(f"{r['model']:14s} {r['input']:5d} {r['manualbp']:11.3f} {cell(r['torch'], 8, '.3f')} "
+              f"{cell(r['ratio'], 6, '.2f')}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"backend": args.backend, "kernels": args.kernels, "device": device, "results": results},

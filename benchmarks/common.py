@@ -2,7 +2,10 @@
 :func:`manualbp.verify.to_torch`, with the optimisers of :func:`manualbp.train.make_optimizers` --
 and of a training step (cross-entropy, backward, the weights' Adam, and for learned noise the
 Eq. (7) update: Adam on sigma, then the absolute value), the same thread count for both engines,
-and the Fashion-MNIST training images."""
+the device PyTorch runs on beside manualbp's backend, timing that waits for queued GPU work, the
+table cells of a skipped PyTorch side, and the Fashion-MNIST training images."""
+import time
+
 import numpy as np
 import torch
 
@@ -55,6 +58,63 @@ def same_threads():
     threads = num_threads()
     torch.set_num_threads(threads)
     return threads
+
+
+def torch_device_for(backend):
+    """The device of the PyTorch side beside manualbp's ``backend``: ``"cpu"`` beside NumPy; beside
+    CuPy ``"cuda"`` (without TF32: CuPy computes in full float32), or ``None`` when this PyTorch has
+    no CUDA -- the PyTorch side is then skipped, and a printed line says so."""
+    if backend == "numpy":
+        return "cpu"
+    if torch.cuda.is_available():
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return "cuda"
+    print(f"torch {torch.__version__} has no CUDA here: the PyTorch side is skipped (manualbp on "
+          f"the GPU alone); a CUDA build of PyTorch gives the ratios")
+    return None
+
+
+def torch_synchronize(device):
+    """Wait for PyTorch's queued work on ``device``; nothing to do on the CPU."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def gpu_name():
+    """The name of CuPy's current GPU."""
+    import cupy
+    return cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
+
+
+def timed(run, sync, repeats=1):
+    """Mean seconds of ``repeats`` calls of ``run()``, with ``sync()`` (waiting for the engine's
+    queued GPU work) before and after, so that all of that work is measured."""
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    sync()
+    return (time.perf_counter() - t0) / repeats
+
+
+def time_steps(step, batches, sync):
+    """Mean seconds of ``step(x, y)`` over ``batches``, timed as :func:`timed` does."""
+    def run():
+        for x, y in batches:
+            step(x, y)
+    return timed(run, sync) / len(batches)
+
+
+def ratio(mine, theirs):
+    """manualbp's figure over PyTorch's; ``None`` when PyTorch was not run."""
+    return None if theirs is None else mine / theirs
+
+
+def cell(value, width, spec, scale=1):
+    """``value * scale`` formatted by ``spec`` and right-aligned to ``width``; ``"-"`` when there
+    is no value (the PyTorch side skipped)."""
+    return f"{'-' if value is None else format(value * scale, spec):>{width}}"
 
 
 def training_data(shape=(784,)):
