@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from manualbp import get_backend
-from manualbp.attacks import pgd
+from manualbp.attacks import eot_pgd, fgsm, pgd
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import cnn, mlp, resnet
 
@@ -98,15 +98,17 @@ def _trainer(name):
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_a_training_step_and_a_pgd_step_make_no_host_sync(name, cupy_standin):
+def test_a_training_step_and_an_attack_make_no_host_sync(name, cupy_standin):
     trainer, x, y = _trainer(name)
     trainer.model.train()
     trainer.step(x[:8], y[:8])                                     # first step: buffers are made
     cupy_standin.reset()
     trainer.step(x[:8], y[:8])
     assert dict(cupy_standin.syncs) == {}, "a training step reads the device"
-    pgd(trainer.model, x[:8], y[:8], 0.1, 0.02, 3)
-    assert dict(cupy_standin.syncs) == {}, "a PGD attack reads the device"
+    fgsm(trainer.model, x[:8], y[:8], 0.1)
+    pgd(trainer.model, x[:8], y[:8], 0.1, 0.02, 3, random_start=True)
+    eot_pgd(trainer.model, x[:8], y[:8], 0.1, 0.02, 2, draws=3)
+    assert dict(cupy_standin.syncs) == {}, "an attack reads the device"
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
