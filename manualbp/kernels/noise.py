@@ -11,8 +11,10 @@ class GaussianNoiseKernel(GaussianNoise):
     perturbs (``Backend.normal`` fills any dense buffer in storage order): the draws of a
     C-ordered ``v`` (dense layers) are those of the reference layer; those of a batch-innermost
     feature map (:class:`~manualbp.kernels.conv.Conv2dKernel`) are the same distribution in
-    another order. ``v + sigma * eps + mu`` runs block by block of channels on the thread pool;
-    Eq. (3), ``sum_n delta * eps``, is one ``einsum`` written in place.
+    another order, as are those of a channel-major one on CuPy
+    (:mod:`~manualbp.kernels.channel_major`). ``v + sigma * eps + mu`` runs block by block of
+    channels on the thread pool (in one piece on CuPy); Eq. (3), ``sum_n delta * eps``, is one
+    ``einsum`` written in place.
     """
 
     def forward(self, v):
