@@ -207,6 +207,28 @@ def test_optimiser_kernel_equals_its_reference(make, dtype):
         assert_close(fast_state[k], ref_state[k], dtype, f"state {k}")
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("make", [lambda m: Adam(m, lr=0.01), lambda m: SGD(m, lr=0.1, momentum=0.9)],
+                         ids=["adam", "sgd"])
+def test_optimiser_kernels_flush_subnormal_parameters(make, dtype):
+    """A parameter left subnormal by a step is zero after the kernel's step (the reference keeps
+    it: a difference below the smallest normal number); the smallest normal ones are kept."""
+    tiny = np.finfo(dtype).tiny
+    after = []
+    for bk in pair(dtype):
+        model = mlp(bk, "mlp", "relu", sizes=(5, 4, 3, 2))
+        opt = make(model)                                         # zero gradients: a step of zero
+        weight = model.named_parameters()["fc1.weight"]
+        weight[0, :3] = bk.asarray(np.array([tiny / 4, -tiny / 4, tiny * 4], dtype=dtype))
+        for _, module, key in model.parameter_slots():
+            module.grads[key] = bk.xp.zeros_like(module.grads[key])
+        opt.step()
+        after.append(host(weight[0, :3]))
+    reference, fast = after
+    assert reference[0] > 0 > reference[1] and fast[0] == fast[1] == 0
+    assert fast[2] == reference[2] > tiny
+
+
 # --- every zoo model ------------------------------------------------------------------------------
 
 def _resnet(blocks, variant):
