@@ -347,11 +347,17 @@ def test_random_crop_flip_rejects_non_images(bk32):
 
 # --- the example scripts, end to end on small archives ------------------------------------------
 
-@pytest.mark.parametrize("example, dataset, variant", [
-    ("cifar10_resnet18", "cifar10", "all"), ("tinyimagenet_resnet34", "tiny-imagenet", "resnet34-an")])
-def test_example_smoke(tmp_path, monkeypatch, load_example, example, dataset, variant):
-    """Each example, one epoch of at most 2 batches of a base-width-4 ResNet on random-looking images."""
+@pytest.mark.parametrize("example, dataset, variant, backend", [
+    ("cifar10_resnet18", "cifar10", "all", "numpy"), ("tinyimagenet_resnet34", "tiny-imagenet", "resnet34-an", "numpy"),
+    pytest.param("cifar10_resnet18", "cifar10", "resnet18-an", "cupy", marks=pytest.mark.cupy_api, id="cifar10-cupy-api"),
+    pytest.param("tinyimagenet_resnet34", "tiny-imagenet", "resnet34-an", "cupy", marks=pytest.mark.cupy_api,
+                 id="tiny-imagenet-cupy-api")])
+def test_example_smoke(request, tmp_path, monkeypatch, load_example, example, dataset, variant, backend):
+    """Each example, one epoch of at most 2 batches of a base-width-4 ResNet on random-looking
+    images; with ``--backend cupy`` on the CuPy stand-in too (CuPy API conformance, not a GPU)."""
     import json
+    if backend == "cupy":
+        request.getfixturevalue("cupy_standin")
     data = tmp_path / "data"
     data.mkdir()
     if dataset == "cifar10":
@@ -364,7 +370,7 @@ def test_example_smoke(tmp_path, monkeypatch, load_example, example, dataset, va
     metrics = load_example(example).main([
         "--data-dir", str(data), "--epochs", "1", "--limit-batches", "2", "--batch-size", "8",
         "--width", "4", "--variant", variant, "--out", str(out), "--no-progress",
-        "--limit-eval", "3", "--eval-batch-size", "2"])
+        "--limit-eval", "3", "--eval-batch-size", "2", "--backend", backend])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["dataset"] == dataset and saved["epochs"] == 1
     limited = 3 if dataset == "cifar10" else 1                  # --limit-eval 3; Tiny: 12 / 1 / 1
