@@ -435,3 +435,15 @@ def test_cupy_api_conformance_verify(tmp_path, torch):
     assert "1 of 1 models agree" in done.stdout
     (saved,) = json.loads(report.read_text())
     assert saved["passed"] and saved["dtype"] == "float32"
+
+
+@pytest.mark.cupy_api
+def test_cupy_api_conformance_saliency_and_unbiasedness_examples(cupy_standin, tiny_mnist, load_example, tmp_path):
+    """``examples/saliency.py`` (training its models) and ``examples/unbiasedness.py`` with
+    ``--backend cupy`` on the stand-in: CuPy API conformance, not a GPU."""
+    load_example("saliency").main(["--backend", "cupy", "--out", str(tmp_path / "saliency"), "--images", "2",
+                                   "--epochs", "1", "--samples", "2"])
+    assert (tmp_path / "saliency" / "saliency.json").is_file()
+    load_example("unbiasedness").main(["--backend", "cupy", "--out", str(tmp_path / "unbiasedness"),
+                                       "--draws", "200", "--group-size", "100"])
+    assert "pathwise, Eq. (3)" in (tmp_path / "unbiasedness" / "unbiasedness.md").read_text()
