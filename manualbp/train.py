@@ -169,7 +169,10 @@ class Trainer:
         self.model.backward(self.loss.backward(), input_grad=False)  # Eq. (2) and (3)
         if self.sigma_penalty is not None:
             self.sigma_penalty.add_gradient(self.model)             # + dR/dsigma, the prior on sigma
-        self._update(share)
+        if self.comm is not None:
+            self.comm.average_gradients(self.model, share)          # sum_r share_r * grad_r
+        for opt in self.optimizers:                                 # weights, then Eq. (7)
+            opt.step()
         return loss
 
     def idle_step(self):
@@ -178,16 +181,10 @@ class Trainer:
         store = self.model.parameter_store()
         store.bind_gradients()
         store.grad[...] = 0
-        self._update(0)
-        return 0.0
-
-    def _update(self, share):
-        """With ``comm``, the gradients summed over the ranks (``sum_r share_r * grad_r``); then
-        every optimiser's step: the weights', then Eq. (7)."""
-        if self.comm is not None:
-            self.comm.average_gradients(self.model, share)
+        self.comm.average_gradients(self.model, 0)
         for opt in self.optimizers:
             opt.step()
+        return 0.0
 
     def batches(self, n):
         """Index arrays of one shuffled epoch (at most ``limit_batches`` of them)."""
