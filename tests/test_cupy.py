@@ -12,6 +12,8 @@ import pytest
 
 from manualbp import get_backend
 from manualbp.attacks import eot_pgd, fgsm, pgd
+from manualbp.kernels import reference_of
+from manualbp.model import evaluating
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import cnn, mlp, resnet
 
@@ -87,8 +89,8 @@ FAMILIES = {
 }
 
 
-def _trainer(name):
-    bk = get_backend("cupy", "float32", 0)
+def _trainer(name, kernels="fast"):
+    bk = get_backend("cupy", "float32", 0, kernels)
     build, shape = FAMILIES[name]
     model = build(bk)
     rng = np.random.default_rng(0)
@@ -119,6 +121,23 @@ def test_an_epoch_and_an_evaluation_make_a_handful_of_syncs(name, cupy_standin):
     cupy_standin.reset()
     trainer.evaluate(x, y, batch_size=8)
     assert sum(cupy_standin.syncs.values()) <= 3, dict(cupy_standin.syncs)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_reference_layers_keep_cupys_rules(name, cupy_standin):
+    """``kernels="reference"`` on the stand-in: the mean model's logits are NumPy's reference
+    ones for the same weights, and a training step and a PGD attack run without a host sync."""
+    trainer, x, y = _trainer(name, "reference")
+    model = trainer.model
+    numpy_model = FAMILIES[name][0](get_backend("numpy", "float32", 0, "reference"))
+    numpy_model.load_state_dict({k: v.get() for k, v in model.state_dict().items()})
+    with evaluating(model, noise=False), evaluating(numpy_model, noise=False):
+        np.testing.assert_allclose(model.forward(x).get(), numpy_model.forward(x.get()), rtol=1e-5, atol=1e-6)
+    cupy_standin.reset()
+    trainer.step(x[:8], y[:8])
+    pgd(model, x[:8], y[:8], 0.1, 0.02, 2)
+    assert dict(cupy_standin.syncs) == {}
+    assert all(type(m) is reference_of(type(m)) for _, m in model.modules())
 
 
 def test_a_deferred_check_fails_at_the_next_host_read(cupy_standin):
