@@ -34,7 +34,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(_HERE, "api.json")) as _f:
     API = json.load(_f)
 __version__ = API["version"] + "+standin"
-STANDIN = True
 
 syncs = collections.Counter()
 relayouts = collections.Counter()
@@ -153,8 +152,8 @@ def _matrix_needs_copy(a, rows):
     """Whether ``a`` cannot be read as a ``(rows, -1)`` strided matrix with one unit stride."""
     if a.size == 0:
         return False
-    view = a.reshape(rows, -1) if numpy.shares_memory(a.reshape(rows, -1), a) else None
-    if view is None:
+    view = a.reshape(rows, -1)
+    if not numpy.shares_memory(view, a):
         return True
     r, c = view.shape
     return not (r == 1 or c == 1 or view.strides[1] == a.itemsize or view.strides[0] == a.itemsize)
@@ -349,9 +348,6 @@ class ndarray:
     def __rmatmul__(self, other):
         return matmul(other, self)
 
-    def __copy__(self):
-        return _wrap(self._a.copy())
-
     __hash__ = None
 
 
@@ -466,7 +462,8 @@ class _Namespace:
 
 class _Generator:
     """A CuPy random generator class: NumPy's PCG64 drawing device arrays (its own stream, not
-    CuPy's); only the methods, and keywords, that CuPy's class has."""
+    CuPy's); only the methods, and keywords, that CuPy's class has, and of those the ones the
+    engine draws with."""
 
     api = None                               # the API entry of the CuPy class
 
@@ -474,15 +471,16 @@ class _Generator:
         self._rng = numpy.random.Generator(numpy.random.PCG64(seed))
 
     def __getattribute__(self, name):
-        methods = API[object.__getattribute__(self, "api")]["methods"]
-        if name.startswith("_") or name == "api":
+        if name.startswith("_"):
             return object.__getattribute__(self, name)
+        api = type(self).api
+        methods = API[api]["methods"]
         if name not in methods:
-            raise AttributeError(f"'{object.__getattribute__(self, 'api')}' has no attribute {name!r}")
+            raise AttributeError(f"'{api}' has no attribute {name!r}")
         attribute = object.__getattribute__(self, name)
 
         def checked(*args, **kwargs):
-            _check_keywords(f"{object.__getattribute__(self, 'api')}.{name}", methods[name], kwargs)
+            _check_keywords(f"{api}.{name}", methods[name], kwargs)
             return attribute(*args, **kwargs)
         return checked
 
@@ -495,29 +493,11 @@ class _Generator:
     def standard_normal(self, size=None, dtype=float, out=None):
         return self._draw(self._rng.standard_normal(size if out is None else out.shape), dtype, out)
 
-    def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
-        return self._draw(self._rng.normal(_unwrap(loc, "normal"), _unwrap(scale, "normal"), size), dtype)
-
     def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
         return self._draw(self._rng.uniform(low, high, size), dtype)
 
-    def random_sample(self, size=None, dtype=float):
-        return self._draw(self._rng.random(size), dtype)
-
-    def random(self, size=None, dtype=float, out=None):
-        return self._draw(self._rng.random(size if out is None else out.shape), dtype, out)
-
     def permutation(self, num):
         return _wrap(self._rng.permutation(_unwrap(num, "permutation")))
-
-    def randint(self, low, high=None, size=None, dtype=int):
-        return _wrap(self._rng.integers(low, high, size, dtype=dtype))
-
-    def integers(self, low, high=None, size=None, dtype=numpy.int64, endpoint=False):
-        return _wrap(self._rng.integers(low, high, size, dtype=dtype, endpoint=endpoint))
-
-    def shuffle(self, a):
-        self._rng.shuffle(_unwrap(a, "shuffle"))
 
 
 class RandomState(_Generator):
@@ -542,14 +522,6 @@ class _Device:
         if self.id != 0:
             raise ValueError(f"the stand-in has one device, not device {self.id}")
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    compute_capability = "90"
-
 
 class _Stream:
     def synchronize(self):
@@ -558,6 +530,6 @@ class _Stream:
 
 cuda = _Namespace(
     "cupy.cuda", API["cupy.cuda"], Device=_Device, Stream=_Stream,
-    get_current_stream=lambda device=None: _Stream(), is_available=lambda: True,
+    get_current_stream=lambda device=None: _Stream(),
     runtime=_Namespace("cupy.cuda.runtime", API["cupy.cuda.runtime"], getDeviceCount=lambda: 1,
                        getDeviceProperties=lambda device: {"name": b"CuPy stand-in (NumPy)"}))
