@@ -121,6 +121,15 @@ def bk32(backend_name, kernels):
     return get_backend(backend_name, "float32", 0, kernels)
 
 
+def assert_normwise_close(ours, reference, rtol, what):
+    """``||ours - reference|| / ||reference|| <= rtol`` (host arrays, compared in float64)."""
+    import numpy as np
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    assert ours.shape == reference.shape, what
+    error = np.linalg.norm(ours - reference) / max(np.linalg.norm(reference), np.finfo(np.float64).tiny)
+    assert error <= rtol, f"{what}: relative error {error:.3g} > {rtol:g}"
+
+
 def _require_module(name):
     """Import and return module ``name``; skip when it is missing, or fail under
     ``MANUALBP_REQUIRE_<NAME>=1``."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import STANDIN_DIR
+from conftest import STANDIN_DIR, assert_normwise_close as assert_close
 from manualbp import checkpoint, get_backend, robustness
 from manualbp.attacks import eot_pgd, fgsm, lbfgs, pgd
 from manualbp.datasets import DATASETS
@@ -109,14 +109,6 @@ def splits_on(bk):
 def host(bk, arrays):
     """Host float64 copies of a dict of backend arrays."""
     return {k: bk.to_host(v).astype(np.float64) for k, v in arrays.items()}
-
-
-def assert_close(ours, reference, rtol, what):
-    """``||ours - reference|| / ||reference|| <= rtol``."""
-    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-    assert ours.shape == reference.shape, what
-    error = np.linalg.norm(ours - reference) / max(np.linalg.norm(reference), np.finfo(np.float64).tiny)
-    assert error <= rtol, f"{what}: relative error {error:.3g} > {rtol:g}"
 
 
 def modes(model):

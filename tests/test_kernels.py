@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import assert_normwise_close
 from manualbp import get_backend
 from manualbp.attacks import fgsm, pgd
 from manualbp.kernels import reference_of, registry
@@ -41,11 +42,7 @@ def host(a):
 
 def assert_close(fast, reference, dtype, what):
     """The normwise relative error ``||fast - reference|| / ||reference||`` is at most ``TOL``."""
-    fast, reference = host(fast), host(reference)
-    assert fast.shape == reference.shape, what
-    scale = max(np.linalg.norm(reference), np.finfo(np.float64).tiny)
-    error = np.linalg.norm(fast - reference) / scale
-    assert error <= TOL[dtype], f"{what}: relative error {error:.3g} > {TOL[dtype]:g}"
+    assert_normwise_close(host(fast), host(reference), TOL[dtype], what)
 
 
 def pair(dtype, seed=0, fast="numpy"):
