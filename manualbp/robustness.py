@@ -107,24 +107,27 @@ def white_box(model, x, y, settings):
 
 def corruption_cells(models, images, y, settings):
     """``{row: {corruption: {"severities": [5 cells], "mean": ...}}}``; each corrupted set is
-    made once (seeded) and shown to every model."""
+    made once (seeded) and shown to every model, each drawing noise from its own stream
+    (:func:`on_own_streams`)."""
     bk = next(iter(models.values())).bk
     host = bk.to_host(images)
     out = {row: {} for row in models}
-    for name in CORRUPTIONS:
+    for c, name in enumerate(CORRUPTIONS):
         per_model = {row: [] for row in models}
         for severity in SEVERITIES:
             corrupted = bk.asarray(corrupt(host, name, severity, settings.corruptions, seed=settings.seed))
-            for row, model in models.items():
+            for row, model in on_own_streams(models, settings, 0xC022, c, severity):
                 per_model[row].append(accuracy_over_draws(model, corrupted, y, settings.draws))
         for row, cells in per_model.items():
-            out[row][name] = {"severities": cells, "mean": float(np.mean([c["mean"] for c in cells]))}
+            out[row][name] = {"severities": cells, "mean": float(np.mean([cell["mean"] for cell in cells]))}
     return out
 
 
 def transfer_cells(surrogate, models, images, y, settings):
     """Black-box FGSM and L-BFGS: crafted once on the surrogate, replayed on every model.
-    Returns ``(cells by row, the surrogate's own clean / white-box cells)``."""
+    Returns ``(cells by row, the surrogate's own clean / white-box cells)``; each model draws
+    noise from its own stream (:func:`on_own_streams`)."""
+    surrogate.bk.seed([settings.seed, 0x7BB])
     own = {"ori": accuracy_over_draws(surrogate, images, y, 1)}
     crafted = {}
     for name in ("fgsm", "lbfgs"):
@@ -133,21 +136,30 @@ def transfer_cells(surrogate, models, images, y, settings):
         own[name] = accuracy_over_draws(surrogate, adv, y, 1)
         own[name].update(perturbation_norms(images, adv, surrogate.bk))
         crafted[name] = adv
-    cells = {row: {f"bb_{name}": accuracy_over_draws(model, adv, y, settings.draws)
-                   for name, adv in crafted.items()} for row, model in models.items()}
+    cells = {row: {} for row in models}
+    for k, (name, adv) in enumerate(crafted.items()):
+        for row, model in on_own_streams(models, settings, 0x7BB, k):
+            cells[row][f"bb_{name}"] = accuracy_over_draws(model, adv, y, settings.draws)
     return cells, own
 
 
-def white_box_rows(models, images, y, settings, only=None):
-    """:func:`white_box` cells of each model (of the rows in ``only``, default all), each model
-    drawing from its own stream seeded by its place in ``models``: a subset measured apart (on
-    another rank) gets the cells the whole table gets."""
-    bk = next(iter(models.values())).bk
-    cells = {}
+def on_own_streams(models, settings, *tag):
+    """``(row, model)`` of ``models``, the backend seeded before each from ``(settings.seed,
+    *tag, the model's place in models)``: a model's cells do not depend on which other models
+    are measured with it, nor on the rank that measures them."""
     for i, (row, model) in enumerate(models.items()):
+        model.bk.seed([settings.seed, *tag, i])
+        yield row, model
+
+
+def white_box_rows(models, images, y, settings, only=None):
+    """:func:`white_box` cells of each model (of the rows in ``only``, default all), each drawing
+    noise from its own stream (:func:`on_own_streams`): a subset measured apart (on another
+    rank) gets the cells the whole table gets."""
+    cells = {}
+    for row, model in on_own_streams(models, settings, 0xA77AC):
         if only is None or row in only:
             settings.log(f"white box: {row}")
-            bk.seed([settings.seed, 0xA77AC, i])
             cells[row] = white_box(model, images, y, settings)
     return cells
 
@@ -157,15 +169,12 @@ def robustness_table(models, surrogate, images, y, settings, white=None):
     is the dict of :func:`accuracy_over_draws` (attacks add ``l2``, ``linf``; corruptions hold
     their five severities), and the surrogate's own cells. ``white``: the white-box cells of
     every model when already measured (:func:`white_box_rows` spread over ranks)."""
-    bk = next(iter(models.values())).bk
     white = white_box_rows(models, images, y, settings) if white is None else white
     rows = {row: dict(white[row]) for row in models}
     settings.log("corruptions")
-    bk.seed([settings.seed, 0xC022])
     for row, cells in corruption_cells(models, images, y, settings).items():
         rows[row].update(cells)
     settings.log("transfer attacks")
-    bk.seed([settings.seed, 0x7BB])
     transfer, own = transfer_cells(surrogate, models, images, y, settings)
     for row, cells in transfer.items():
         rows[row].update(cells)

@@ -28,6 +28,15 @@ FASHION_MNIST_DIR = Path(SYSTEM_DIRS["fashion-mnist"][0])
 #: The directory that holds the CuPy stand-in package ``cupy``: put it first on ``PYTHONPATH``
 #: to run a script on it.
 STANDIN_DIR = Path(__file__).parent / "standin"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def checkout_env(*first, **variables):
+    """The environment for a Python process that runs this checkout's manualbp, whatever copy
+    is installed: ``first`` (e.g. :data:`STANDIN_DIR`) and the repository root ahead of
+    ``PYTHONPATH``, and ``variables`` set."""
+    path = [str(d) for d in (*first, ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path), **variables)
 
 
 def _env_flag(name):

@@ -1,17 +1,13 @@
 """Every benchmark script runs end to end (tiny settings) and writes its figures: the scripts are
 how speed is shown, so they must not rot. Timings themselves are not asserted."""
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import STANDIN_DIR
+from conftest import ROOT, STANDIN_DIR, checkout_env
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 RUNS = {                                   # id: script, its arguments, a key its figures must have
     "bench_mlp.py": ("bench_mlp.py", ["--repeats", "1", "--images", "2560", "--sigma-rounds", "1"], "median_seconds"),
     "bench_cnn.py": ("bench_cnn.py", ["--rounds", "1", "--steps", "1"], "breakdown"),
@@ -30,7 +26,7 @@ def test_benchmark_runs_and_writes_its_figures(torch, tmp_path, run):
     kernels = args[args.index("--kernels") + 1] if "--kernels" in args else "fast"
     out = tmp_path / "figures.json"
     done = subprocess.run([sys.executable, script, *args, "--json", str(out)], cwd=ROOT / "benchmarks",
-                          capture_output=True, text=True, env=ENV, timeout=600)
+                          capture_output=True, text=True, env=checkout_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures and (key is None or key in figures)
@@ -52,7 +48,7 @@ def test_benchmark_on_cupy_beside_torch_without_cuda_times_manualbp_alone(torch,
     """CuPy API conformance (the stand-in of ``tests/standin`` first on ``PYTHONPATH``; not a
     GPU): with ``--backend cupy`` beside a PyTorch that sees no CUDA, each benchmark names the GPU,
     says that the PyTorch side is skipped and times manualbp alone."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(STANDIN_DIR), str(ROOT)]), CUDA_VISIBLE_DEVICES="")
+    env = checkout_env(STANDIN_DIR, CUDA_VISIBLE_DEVICES="")
     out = tmp_path / "figures.json"
     done = subprocess.run([sys.executable, script, "--backend", "cupy", *CUPY_RUNS[script], "--json", str(out)],
                           cwd=ROOT / "benchmarks", capture_output=True, text=True, env=env, timeout=300)

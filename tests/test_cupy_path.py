@@ -17,16 +17,14 @@ draws from the host -- ``eps`` held in the noise layers, or a backend whose ``no
 the host (:func:`host_draws`).
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import STANDIN_DIR, assert_normwise_close as assert_close
+from conftest import ROOT, STANDIN_DIR, assert_normwise_close as assert_close, checkout_env
 from manualbp import checkpoint, get_backend, robustness
 from manualbp.attacks import eot_pgd, fgsm, lbfgs, pgd
 from manualbp.datasets import DATASETS
@@ -38,7 +36,6 @@ from manualbp.saliency import score_gradient, smoothgrad
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import cnn, mlp, resnet18
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = (12, 10, 8, 3)
 #: normwise relative error allowed between NumPy's result and the backend's, by dtype
 RTOL = {"float64": 1e-10, "float32": 1e-4}
@@ -355,7 +352,6 @@ def test_training_pass_agrees_with_numpy(backend_name, name):
 # --- 7. the example scripts on the stand-in: CuPy API conformance ---------------------------------
 
 #: the scripts of this checkout on the CuPy stand-in
-STANDIN_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(STANDIN_DIR), str(ROOT)]))
 QUICK_TRAINING = ["--backend", "cupy", "--dataset", "fashion-mnist", "--limit-train", "128", "--limit-eval", "32",
                   "--batch-size", "64", "--no-progress"]
 
@@ -363,7 +359,7 @@ QUICK_TRAINING = ["--backend", "cupy", "--dataset", "fashion-mnist", "--limit-tr
 def script(*argv, timeout=120):
     """Run ``python argv...`` from the repository root on the stand-in; its exit code must be 0."""
     done = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=ROOT,
-                          env=STANDIN_ENV, timeout=timeout)
+                          env=checkout_env(STANDIN_DIR), timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done
 

@@ -6,16 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mpi_scenarios as sc
 import numpy as np
 import pytest
 
+from conftest import ROOT, checkout_env
+
 from manualbp import distributed, get_backend, held_noise
 from manualbp.model import noise_layers
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -24,7 +23,7 @@ def launch(mpiexec):
     ``ranks`` ranks (``None``: without MPI); the finished process. ``threads``: each process's
     thread count (manualbp's and OpenBLAS's), else the ranks share the cores."""
     def run(ranks, *args, timeout=180, threads=None):
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = checkout_env()
         if threads is not None:
             env.update(MANUALBP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
         command = [sys.executable, *map(str, args)]

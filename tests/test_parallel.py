@@ -1,11 +1,12 @@
 """The thread helpers: every call runs once whatever the thread count, and importing manualbp
 before NumPy puts OpenBLAS's idle threads to sleep unless the user chose otherwise."""
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from conftest import checkout_env
 
 from manualbp.parallel import parallel_blocks, run_all
 
@@ -50,7 +51,7 @@ def test_parallel_blocks_cover_everything_once(monkeypatch, channels, batch):
 
 
 def _run(code, **env):
-    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    environ = {k: v for k, v in checkout_env().items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     environ.update(env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=environ, check=True).stdout.strip()

@@ -3,7 +3,6 @@ paper's claims and the sanity checks, the budget-sweep plot, and a smoke run of
 examples/robustness_table.py writing Markdown, CSV and JSON."""
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +11,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from conftest import ROOT, checkout_env
+
 from manualbp import evaluate, get_backend, plots, robustness, zoo
 from manualbp.attacks import fgsm, surrogate_builder
 from manualbp.attacks.published import COLUMNS, TABLES, check_claims, paper_rows
 from manualbp.datasets import DATASETS
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = (784, 16, 8, 10)
 
 
@@ -29,8 +29,6 @@ def mlp(bk, variant, activation, **options):
 def settings_for(dataset, **choices):
     data = DATASETS[dataset]
     return robustness.Settings(data.attacks, data.corruptions, log=lambda *_: None, **choices)
-#: run the example against this checkout, whatever copy of manualbp is installed
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 
 
 def data(bk, n=40, seed=0):
@@ -120,6 +118,24 @@ def test_white_box_on_a_small_resnet_and_its_surrogate():
     assert list(surrogate_builder("cifar10")(bk, width=4).children)[-1] == "fc"
 
 
+def test_a_models_black_box_cells_do_not_depend_on_the_other_models():
+    """A randomised model's corruption and transfer cells are the same whatever the model
+    before it draws (each model has its own noise stream)."""
+    bk = get_backend("numpy", "float32", 0)
+    images, y = data(bk, n=16)
+    settings = settings_for("fashion-mnist", draws=3)
+    surrogate, target = mlp(bk, "mlp", "relu"), mlp(bk, "mlpn", "relu", sigma0=2.0)
+    cells = []
+    for first in ("mlp", "mlpn"):                    # the first model draws no noise, then some
+        models = {"first": mlp(bk, first, "relu"), "mlpn": target}
+        corrupted = robustness.corruption_cells(models, images, y, settings)
+        transfer, _ = robustness.transfer_cells(surrogate, models, images, y, settings)
+        cells.append((corrupted, transfer))
+    (c1, t1), (c2, t2) = cells
+    assert c1["mlpn"] == c2["mlpn"] and t1["mlpn"] == t2["mlpn"]
+    assert c1["mlpn"]["gaussian_noise"]["severities"][0]["draws"] == 3
+
+
 def test_family_registry_errors_and_rows():
     family = zoo.get_family("mlp", "fashion-mnist")
     assert [r for r, _, _ in family.rows()] == ["mlp/relu", "mlp/sigmoid", "mlp+/relu", "mlp+/sigmoid",
@@ -207,7 +223,7 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
     cmd = [sys.executable, str(ROOT / "examples" / "robustness_table.py"), "--family", "mlp",
            "--dataset", "fashion-mnist", "--epochs", "1", "--limit-train", "2000", "--limit-eval", "200",
            "--draws", "2", "--eot-draws", "2", "--sweep-steps", "3", "--seed", "0", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=checkout_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("robustness.md", "robustness.csv", "robustness.json", "budget_sweep.png",
                  "adversarial_examples.png"):
@@ -229,7 +245,7 @@ def test_robustness_table_smoke_run(tmp_path, fashion_mnist):
 def test_robustness_table_loads_checkpoints_and_refuses_missing_ones(tmp_path, fashion_mnist):
     cmd = [sys.executable, str(ROOT / "examples" / "robustness_table.py"), "--family", "mlp",
            "--checkpoints", str(tmp_path), "--limit-eval", "10", "--out", str(tmp_path / "out")]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=checkout_env(), timeout=120)
     assert done.returncode != 0 and "mlp-relu.npz not found" in done.stderr
 
 

@@ -5,15 +5,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT, checkout_env
+
 from manualbp import checkpoint, experiments, zoo
 from manualbp.checkpoint import CheckpointError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(out, *flags, variant="mlpn"):
@@ -115,11 +114,11 @@ def test_an_unwritable_out_is_refused(tmp_path, tiny_mnist):
 def test_a_script_prints_one_line_and_no_traceback(tmp_path):
     script = str(ROOT / "examples" / "mnist_mlp.py")
     done = subprocess.run([sys.executable, script, "--epochs", "0", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, env=checkout_env())
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --epochs 0: expected at least 1"
     debug = subprocess.run([sys.executable, script, "--epochs", "0", "--out", str(tmp_path), "--debug"],
-                           capture_output=True, text=True, cwd=ROOT)
+                           capture_output=True, text=True, cwd=ROOT, env=checkout_env())
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 

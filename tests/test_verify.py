@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import checkout_env
+
 from manualbp import get_backend, noise_layers
 from manualbp.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, GaussianNoise,
                              GlobalAvgPool2d, LeakyReLU, Linear, Module, Normalize, Sigmoid,
@@ -132,7 +134,7 @@ def test_wrong_eq3_is_caught(torch, monkeypatch):
 def test_command_line_passes(torch, tmp_path):
     out = tmp_path / "report.json"
     run = subprocess.run([sys.executable, "-m", "manualbp.verify", "--against", "torch", "--model",
-                          "mlp+-relu", "--json", str(out)], capture_output=True, text=True)
+                          "mlp+-relu", "--json", str(out)], capture_output=True, text=True, env=checkout_env())
     assert run.returncode == 0, run.stdout + run.stderr
     assert "PASS: all 9 arrays agree" in run.stdout and "1 of 1 models agree" in run.stdout
     assert '"passed": true' in out.read_text()
@@ -315,5 +317,6 @@ def test_to_torch_converts_dtype_and_is_imported_lazily(torch):
         "import torch\n"
         "twin = to_torch(zoo.cnn(get_backend('numpy', 'float64', 0), 'cnn-an'), dtype='float32')\n"
         "assert {p.dtype for p in twin.parameters()} == {torch.float32}\n"
-        "assert twin(torch.rand(2, 1, 28, 28)).shape == (2, 10)\n")], capture_output=True, text=True)
+        "assert twin(torch.rand(2, 1, 28, 28)).shape == (2, 10)\n")], capture_output=True, text=True,
+                         env=checkout_env())
     assert run.returncode == 0, run.stderr
