@@ -8,10 +8,15 @@
 #
 # DATA: a folder holding fashion-mnist/ with its four IDX files, on a machine without the
 # system copy under /usr/share/datasets/fashion-mnist (it becomes $MANUALBP_DATA).
+# manualbp runs from this checkout (PYTHONPATH), installed or not: a GPU machine needs only
+# NumPy, SciPy, Matplotlib, tqdm, Pillow, CuPy, pytest and, for the comparisons, PyTorch.
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT [DATA]}
-if [ -n "${2:-}" ]; then export MANUALBP_DATA="$2"; fi
+if [ -n "${2:-}" ]; then export MANUALBP_DATA="$(cd "$2" && pwd)"; fi
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
 part() {  # part NAME COMMAND...: run COMMAND, its output into OUT/NAME.txt
     local name=$1; shift

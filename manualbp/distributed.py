@@ -30,7 +30,7 @@ import time
 
 #: How the gradient all-reduce moves arrays (the run log names it): NumPy arrays through MPI;
 #: CuPy arrays through a CUDA-aware MPI, else CuPy's NCCL, else copied to the host and back.
-TRANSPORTS = ("mpi", "cuda-aware mpi", "nccl", "mpi via host copies")
+TRANSPORTS = PLAIN_MPI, CUDA_AWARE_MPI, NCCL, HOST_COPIES = "mpi", "cuda-aware mpi", "nccl", "mpi via host copies"
 
 #: What MPI launchers (MPICH's Hydra, Open MPI) tell each process they start: its rank, the
 #: number of ranks of the job, and how many of them run on this machine.
@@ -127,9 +127,9 @@ class Communicator:
         if self.size == 1:
             return array
         transport = self.transport_for(bk)
-        if transport == "nccl":
+        if transport == NCCL:
             self._nccl_allreduce(bk, array)
-        elif transport in ("mpi", "cuda-aware mpi"):
+        elif transport in (PLAIN_MPI, CUDA_AWARE_MPI):
             bk.synchronize()                                   # MPI reads the memory directly
             self.comm.Allreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
         else:
@@ -201,12 +201,12 @@ class Communicator:
 
     def _choose_transport(self, bk):
         if bk.name == "numpy":
-            return "mpi"
+            return PLAIN_MPI
         if all(self.gather(mpi_has_cuda())):
-            return "cuda-aware mpi"
+            return CUDA_AWARE_MPI
         if self._nccl_ready(bk):
-            return "nccl"
-        return "mpi via host copies"
+            return NCCL
+        return HOST_COPIES
 
     def _nccl_ready(self, bk):
         """Set up CuPy's NCCL communicator over the ranks when every rank has NCCL (its set-up

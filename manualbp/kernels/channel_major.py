@@ -84,12 +84,7 @@ class BatchNorm2dInLayout(BatchNorm2d):
     def forward(self, x):
         self.check(x)
         xp = self.xp
-        if self.training:
-            self.count = x.size // self.num_features
-            mean, var = x.mean(axis=self.axes, keepdims=True), x.var(axis=self.axes, keepdims=True)
-            self.update_running(mean, var, self.count)
-        else:
-            mean, var = self._per_feature("running_mean", self.buffers), self._per_feature("running_var", self.buffers)
+        mean, var = self.statistics(x)
         self.inv_std = 1 / xp.sqrt(var + self.floor)
         self.xhat = xp.subtract(x, mean, out=xp.empty_like(x))
         self.xhat *= self.inv_std
@@ -99,10 +94,7 @@ class BatchNorm2dInLayout(BatchNorm2d):
 
     def backward(self, delta, input_grad=True):
         xp = self.xp
-        grad_w = (delta * self.xhat).sum(axis=self.axes)
-        grad_b = delta.sum(axis=self.axes)
-        if self.param_grads:
-            self.grads["weight"], self.grads["bias"] = grad_w, grad_b
+        grad_w, grad_b = self.parameter_gradients(delta)
         if not input_grad:
             return None
         scale = self._per_feature("weight", self.params) * self.inv_std

@@ -51,14 +51,28 @@ class _BatchNorm(Module):
         buffers["running_mean"][...] = (1 - m) * buffers["running_mean"] + m * mean.reshape(-1)
         buffers["running_var"][...] = (1 - m) * buffers["running_var"] + m * count / (count - 1) * var.reshape(-1)
 
+    def statistics(self, x):
+        """``(mean, var)`` that normalise ``x``: in training the batch's, which also update the
+        running statistics; in evaluation the running ones."""
+        if not self.training:
+            return self._per_feature("running_mean", self.buffers), self._per_feature("running_var", self.buffers)
+        self.count = x.size // self.num_features              # values per feature in the batch
+        mean, var = x.mean(axis=self.axes, keepdims=True), x.var(axis=self.axes, keepdims=True)
+        self.update_running(mean, var, self.count)
+        return mean, var
+
+    def parameter_gradients(self, delta):
+        """``(dL/dweight, dL/dbias) = (sum delta * xhat, sum delta)``, kept in ``grads`` when
+        the parameters' gradients are wanted."""
+        grad_w = (delta * self.xhat).sum(axis=self.axes)
+        grad_b = delta.sum(axis=self.axes)
+        if self.param_grads:
+            self.grads["weight"], self.grads["bias"] = grad_w, grad_b
+        return grad_w, grad_b
+
     def forward(self, x):
         self.check(x)
-        if self.training:
-            self.count = x.size // self.num_features          # values per feature in the batch
-            mean, var = x.mean(axis=self.axes, keepdims=True), x.var(axis=self.axes, keepdims=True)
-            self.update_running(mean, var, self.count)
-        else:
-            mean, var = self._per_feature("running_mean", self.buffers), self._per_feature("running_var", self.buffers)
+        mean, var = self.statistics(x)
         self.inv_std = 1 / self.xp.sqrt(var + self.floor)
         self.xhat = (x - mean) * self.inv_std                  # xhat = (x - mean) / sqrt(var + floor)
         return self._per_feature("weight", self.params) * self.xhat + self._per_feature("bias", self.params)
@@ -68,10 +82,7 @@ class _BatchNorm(Module):
         ``dL/dx = weight * inv_std * (delta - (dL/dbias + xhat * dL/dweight) / n)`` (the closed
         form of ``inv_std / n * (n dxhat - sum dxhat - xhat sum dxhat xhat)``,
         ``dxhat = weight * delta``); with running statistics ``dL/dx = weight * inv_std * delta``."""
-        grad_w = (delta * self.xhat).sum(axis=self.axes)
-        grad_b = delta.sum(axis=self.axes)
-        if self.param_grads:
-            self.grads["weight"], self.grads["bias"] = grad_w, grad_b
+        grad_w, grad_b = self.parameter_gradients(delta)
         if not input_grad:
             return None
         scale = self._per_feature("weight", self.params) * self.inv_std
