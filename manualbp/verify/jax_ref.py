@@ -1,6 +1,6 @@
 """The JAX reference: each manualbp layer written with ``jax.numpy`` / ``jax.lax`` on the same
-arrays, differentiated by ``jax.value_and_grad`` (compiled once by ``jax.jit``). Imported only when a JAX comparison is asked
-for; float64 comparisons switch on JAX's ``jax_enable_x64``."""
+arrays, differentiated by ``jax.value_and_grad`` and compiled once by ``jax.jit``. Imported only
+when a JAX comparison is asked for; float64 comparisons switch on JAX's ``jax_enable_x64``."""
 import jax
 import jax.numpy as jnp
 from jax import lax
