@@ -46,8 +46,8 @@ from manualbp import get_backend
 from manualbp.experiments import add_kernels_argument
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import cnn
-from common import (N_TRAIN, cell, gpu_name, ratio, same_threads, time_steps, torch_device_for, torch_synchronize,
-                    torch_twin, training_data)
+from common import (N_TRAIN, cell, gpu_name, ratio, same_threads, time_steps, timed, torch_device_for,
+                    torch_synchronize, torch_twin, training_data)
 
 kernel_conv = importlib.import_module("manualbp.kernels.conv")      # the modules, not the classes
 layer_conv = importlib.import_module("manualbp.layers.conv")
@@ -170,15 +170,9 @@ def peak_matmul_gflops(n=2048, repeats=5):
     result = {}
     for name, product in (("numpy", lambda: np.matmul(a, a, out=out)), ("torch", lambda: ta @ ta)):
         product()
-        best = min(_seconds(product) for _ in range(repeats))
+        best = min(timed(product, lambda: None) for _ in range(repeats))
         result[name] = 2 * n ** 3 / best / 1e9
     return result
-
-
-def _seconds(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def print_breakdown(name, timed, total, parts, flops, gflops, peak):

@@ -6,8 +6,8 @@ After each step the kernels flush subnormal parameters to zero. Weights whose gr
 their own weight decay (a pixel that is always blank) shrink geometrically under Adam and pass
 through the subnormal range (below 1.2e-38 in float32) on their way to zero; BLAS multiplies a
 subnormal some hundred times slower: 4 % of them made a 128x784 @ 784x100 product 8x slower,
-and the 14 % that a plain MLP's first layer reached in adversarial training 60x. Their values are round-off of zero:
-flushing them changes no result beyond it (``tests/test_kernels.py``)."""
+and the 14 % that a plain MLP's first layer reached in adversarial training 60x. Their values
+are round-off of zero: flushing them changes no result beyond it (``tests/test_kernels.py``)."""
 from ..optim import SGD, Adam
 from ..parallel import parallel_blocks
 
