@@ -3,7 +3,8 @@ against the same models in PyTorch on the CPU (CuPy against PyTorch CUDA with ``
 side by side in one run.
 
     python benchmarks/bench_cnn.py [--backend numpy|cupy] [--rounds 7] [--steps 20]
-                                   [--kernels fast|reference] [--json out.json]
+                                   [--epochs N] [--images 50000] [--kernels fast|reference]
+                                   [--json out.json]
 
 Each round times ``--steps`` consecutive training steps of every model in both engines, one
 after the other: :meth:`manualbp.train.Trainer.step` in manualbp, :func:`common.torch_train_step`
@@ -14,6 +15,13 @@ evaluation not included; the batches are on the device before timing). PyTorch g
 threads as NumPy's loops and BLAS have (``MANUALBP_NUM_THREADS``, else the CPUs this process may
 use). With ``--backend cupy`` and a PyTorch without CUDA the PyTorch side is skipped, with a line
 saying so, and manualbp is timed alone.
+
+Then ``--epochs`` whole epochs (default: 3 with CuPy, none on NumPy, where one takes minutes) of
+each model in both engines, alternating: :meth:`~manualbp.train.Trainer.train_epoch` over the
+training images on the device (``--images``: the first ones only) against the same epoch of the
+twin, shuffled on the device (:func:`common.torch_epoch`). Reported: the median epoch, the ratio,
+and the epoch over its steps at the step time above -- what shuffling and batching (the data
+loading of a run whose data is on the device) add to the steps.
 
 Then instrumented passes over the same batches (one warm-up pass, then the median of
 max(3, ``--rounds``)) split a manualbp step into its parts -- the convolution GEMMs, im2col/col2im
@@ -46,8 +54,8 @@ from manualbp import get_backend
 from manualbp.experiments import add_kernels_argument
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import cnn
-from common import (N_TRAIN, cell, gpu_name, ratio, same_threads, time_steps, timed, torch_device_for,
-                    torch_synchronize, torch_twin, training_data)
+from common import (N_TRAIN, cell, gpu_name, manualbp_epoch, ratio, same_threads, time_steps, timed,
+                    torch_device_for, torch_epoch, torch_synchronize, torch_twin, training_data)
 
 kernel_conv = importlib.import_module("manualbp.kernels.conv")      # the modules, not the classes
 layer_conv = importlib.import_module("manualbp.layers.conv")
@@ -198,6 +206,31 @@ def print_breakdown(name, timed, total, parts, flops, gflops, peak):
               "(other load)")
 
 
+def whole_epochs(engines, x, y, count, device):
+    """Median seconds of ``count`` epochs over ``x, y`` (host arrays) of each model's engines,
+    alternating, the data on the device before timing."""
+    bk = engines[MODELS[0]]["manualbp"].bk
+    xm, ym = bk.asarray(x), bk.asarray(y, dtype="int64")
+    tx, ty = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) if device else (None, None)
+    times = {v: {k: [] for k in engines[v]} for v in MODELS}
+    for r in range(count):
+        for v in MODELS:
+            times[v]["manualbp"].append(manualbp_epoch(engines[v]["manualbp"], xm, ym))
+            if device:
+                times[v]["torch"].append(torch_epoch(engines[v]["torch"], tx, ty, BATCH, r, device))
+    return {v: {k: statistics.median(t) for k, t in times[v].items()} for v in MODELS}
+
+
+def print_epochs(epochs, med, images, count):
+    steps = -(-images // BATCH)
+    print(f"whole epochs of {images} images ({steps} steps), data on the device, median of {count}:")
+    print(f"{'model':7s} {'manualbp s':>11s} {'torch s':>8s} {'ratio':>6s} {'manualbp epoch / its steps':>27s}")
+    for v in MODELS:
+        m, t = epochs[v]["manualbp"], epochs[v].get("torch")
+        print(f"{v:7s} {m:11.2f} {cell(t, 8, '.2f')} {cell(ratio(m, t), 6, '.2f')} "
+              f"{m / (steps * med[v]['manualbp']):27.2f}")
+
+
 def breakdowns(engines, batches, med, passes):
     """Print the breakdown of each model's manualbp step (``med``: the step times timed above) and
     return the figures."""
@@ -219,6 +252,9 @@ def main():
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="training steps per round and engine")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="whole epochs per model and engine (default: 3 with cupy, 0 with numpy)")
+    parser.add_argument("--images", type=int, default=None, help="images per epoch (default: all 50,000)")
     add_kernels_argument(parser)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -268,6 +304,11 @@ def main():
     else:
         print(f"manualbp CNN-AN / CNN: {own_an:.2f}")
 
+    count = (3 if args.backend == "cupy" else 0) if args.epochs is None else args.epochs
+    epochs = whole_epochs(engines, x[:args.images], y[:args.images], count, device) if count else {}
+    if count:
+        print_epochs(epochs, med, len(x[:args.images]), count)
+
     if args.backend == "numpy":
         parts_all = breakdowns(engines, batches, med, max(3, args.rounds))
     else:
@@ -276,6 +317,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"source": source, "backend": args.backend, "threads": threads, "median_step_seconds": med,
+                       "median_epoch_seconds": epochs, "epoch_images": len(x[:args.images]),
                        "kernels": args.kernels, "steps_per_epoch": STEPS_PER_EPOCH,
                        "breakdown": parts_all, "env": env},
                       f, indent=2)

@@ -28,8 +28,8 @@ from manualbp import get_backend
 from manualbp.experiments import add_kernels_argument
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import mlp
-from common import (cell, gpu_name, ratio, same_threads, time_steps, timed, torch_device_for, torch_synchronize,
-                    torch_twin, training_data)
+from common import (cell, gpu_name, manualbp_epoch, ratio, same_threads, time_steps, timed, torch_device_for,
+                    torch_epoch, torch_synchronize, torch_twin, training_data)
 
 VARIANTS = ("mlp", "mlp+", "mlpn")
 BATCH = 128
@@ -43,21 +43,6 @@ def build(variant, seed, backend, kernels, device):
     torch_step = torch_twin(model, device=device)[1] if device else None
     optimizers, _ = make_optimizers(model, lr=1e-3, weight_decay=1e-4)
     return Trainer(model, optimizers, batch_size=BATCH, seed=seed, progress=False), torch_step
-
-
-def torch_epoch(step, x, y, seed, device):
-    torch.manual_seed(seed)
-
-    def epoch():
-        perm = torch.randperm(len(x), device=device)
-        for i in range(0, len(x), BATCH):
-            idx = perm[i:i + BATCH]
-            step(x[idx], y[idx])
-    return timed(epoch, lambda: torch_synchronize(device))
-
-
-def manualbp_epoch(trainer, x, y):
-    return timed(lambda: trainer.train_epoch(x, y, epoch=0), trainer.bk.synchronize)
 
 
 def sigma_cost(x, y, backend, kernels, rounds, steps=100):
@@ -124,13 +109,13 @@ def main():
     trainer, torch_step = build("mlp", 0, args.backend, args.kernels, device)   # warm-up: touch the data once
     manualbp_epoch(trainer, xm, ym)
     if device:
-        torch_epoch(torch_step, tx, ty, 0, device)
+        torch_epoch(torch_step, tx, ty, BATCH, 0, device)
     for r in range(args.repeats):
         for v in VARIANTS:
             trainer, torch_step = build(v, r, args.backend, args.kernels, device)
             times[v]["manualbp"].append(manualbp_epoch(trainer, xm, ym))
             if device:
-                times[v]["torch"].append(torch_epoch(torch_step, tx, ty, r, device))
+                times[v]["torch"].append(torch_epoch(torch_step, tx, ty, BATCH, r, device))
     med = {v: {k: statistics.median(t) for k, t in times[v].items()} for v in VARIANTS}
     where = f"threads: {threads}" if args.backend == "numpy" else f"cupy on {gpu_name()}"
     print(f"data: {source}, {len(x)} images, batch {BATCH}; kernels: {args.kernels}; {where}; "

@@ -2,8 +2,9 @@
 :func:`manualbp.verify.to_torch`, with the optimisers of :func:`manualbp.train.make_optimizers` --
 and of a training step (cross-entropy, backward, the weights' Adam, and for learned noise the
 Eq. (7) update: Adam on sigma, then the absolute value), the same thread count for both engines,
-the device PyTorch runs on beside manualbp's backend, timing that waits for queued GPU work, the
-table cells of a skipped PyTorch side, and the Fashion-MNIST training images."""
+the device PyTorch runs on beside manualbp's backend, timing that waits for queued GPU work (of
+steps and of whole epochs), the table cells of a skipped PyTorch side, and the Fashion-MNIST
+training images."""
 import time
 
 import numpy as np
@@ -104,6 +105,25 @@ def time_steps(step, batches, sync):
         for x, y in batches:
             step(x, y)
     return timed(run, sync) / len(batches)
+
+
+def manualbp_epoch(trainer, x, y):
+    """Seconds of one :meth:`~manualbp.train.Trainer.train_epoch` over ``x, y`` (on the device):
+    its shuffling, batching and steps, timed as :func:`timed` does."""
+    return timed(lambda: trainer.train_epoch(x, y, epoch=0), trainer.bk.synchronize)
+
+
+def torch_epoch(step, x, y, batch, seed, device):
+    """Seconds of one epoch of the PyTorch training ``step`` over ``x, y`` (on ``device``) in
+    batches of ``batch`` of a permutation drawn on the device from ``seed``."""
+    torch.manual_seed(seed)
+
+    def epoch():
+        perm = torch.randperm(len(x), device=device)
+        for i in range(0, len(x), batch):
+            idx = perm[i:i + batch]
+            step(x[idx], y[idx])
+    return timed(epoch, lambda: torch_synchronize(device))
 
 
 def ratio(mine, theirs):

@@ -10,7 +10,8 @@ from conftest import ROOT, STANDIN_DIR, checkout_env
 
 RUNS = {                                   # id: script, its arguments, a key its figures must have
     "bench_mlp.py": ("bench_mlp.py", ["--repeats", "1", "--images", "2560", "--sigma-rounds", "1"], "median_seconds"),
-    "bench_cnn.py": ("bench_cnn.py", ["--rounds", "1", "--steps", "1"], "breakdown"),
+    "bench_cnn.py": ("bench_cnn.py", ["--rounds", "1", "--steps", "1", "--epochs", "1", "--images", "256"],
+                     "median_epoch_seconds"),
     "bench_cnn.py-reference": ("bench_cnn.py", ["--rounds", "1", "--steps", "1", "--kernels", "reference"],
                                "breakdown"),
     "bench_resnet.py": ("bench_resnet.py", ["--models", "resnet18", "--rounds", "1", "--steps", "1", "--batch", "8"], None),
@@ -36,7 +37,7 @@ def test_benchmark_runs_and_writes_its_figures(torch, tmp_path, run):
 
 #: Each benchmark's quickest arguments with ``--backend cupy``.
 CUPY_RUNS = {"bench_mlp.py": ["--repeats", "1", "--images", "1280", "--sigma-rounds", "1"],
-             "bench_cnn.py": ["--rounds", "1", "--steps", "1"],
+             "bench_cnn.py": ["--rounds", "1", "--steps", "1", "--epochs", "1", "--images", "256"],
              "bench_pgd.py": ["--models", "mlp", "--images", "100", "--batch", "100", "--repeats", "1"],
              "bench_resnet.py": ["--models", "resnet18", "--rounds", "1", "--steps", "1", "--batch", "2"]}
 
