@@ -170,16 +170,20 @@ def test_kernel_alone_equals_its_reference(case, dtype, backend_name):
 @pytest.mark.parametrize("make", [
     lambda m: Adam(m, lr=0.01, weight_decay=0.1, select=lambda n: not is_noise_level(n)),
     lambda m: noise_level_optimizer(m, lr=0.05),
-    lambda m: Adam(m, lr=0.01),                                     # not one span: per parameter
+    lambda m: Adam(m, lr=0.01),                                     # weights and sigma: one span
+    lambda m: Adam(m, lr=0.01, select=lambda n: n.endswith(".weight")),   # not one span: per parameter
     lambda m: SGD(m, lr=0.1, momentum=0.9, weight_decay=0.05),
     lambda m: SGD(m, lr=0.1, momentum=0.0),
-], ids=["adam", "eq7", "adam-all", "sgd-momentum", "sgd"])
+    lambda m: SGD(m, lr=0.1, momentum=0.9, select=lambda n: n.endswith(".weight")),
+], ids=["adam", "eq7", "adam-all", "adam-weights", "sgd-momentum", "sgd", "sgd-weights"])
 def test_optimiser_kernel_equals_its_reference(make, dtype):
     results = []
     for bk in pair(dtype):
         model = mlp(bk, "mlpn", "relu", sizes=(5, 4, 3, 2))
         opt = make(model)
         assert (type(opt) is not reference_of(type(opt))) == (bk.kernels == "fast")
+        if bk.kernels == "fast":                 # the per-parameter path exactly when the names say so
+            assert (opt.span is None) == all(n.endswith(".weight") for n in opt.names)
         rng = np.random.default_rng(6)
         for _ in range(3):
             for name, module, key in model.parameter_slots():
@@ -196,8 +200,9 @@ def test_optimiser_kernel_equals_its_reference(make, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("make", [lambda m: Adam(m, lr=0.01), lambda m: SGD(m, lr=0.1, momentum=0.9)],
-                         ids=["adam", "sgd"])
+@pytest.mark.parametrize("make", [lambda m: Adam(m, lr=0.01), lambda m: SGD(m, lr=0.1, momentum=0.9),
+                                  lambda m: Adam(m, lr=0.01, select=lambda n: n.endswith(".weight"))],
+                         ids=["adam", "sgd", "adam-per-parameter"])
 def test_optimiser_kernels_flush_subnormal_parameters(make, dtype):
     """A parameter left subnormal by a step is zero after the kernel's step (the reference keeps
     it: a difference below the smallest normal number); the smallest normal ones are kept."""

@@ -16,18 +16,18 @@ class _FlatKernel:
     """Steps the optimiser's span of the model's flat parameter store at once (mixed in before
     the optimiser). Its state arrays are views of flat arrays laid out like the store, so
     ``state_dict`` is the reference's. A selection that is not one contiguous span of the store
-    is updated parameter by parameter, as the reference does."""
+    is updated parameter by parameter, as the reference does, and then flushed."""
 
     def __init__(self, model, *args, **kwargs):
         super().__init__(model, *args, **kwargs)
         self.store = model.parameter_store()
         self.span = self.store.span(self.names)
+        self.tiny = self.xp.finfo(self.store.param.dtype).tiny          # the smallest normal number
         if self.span is None:
             return
         self.param, self.grad = self.store.param[self.span], self.store.grad[self.span]
         self.scratch, self.work = self.xp.empty_like(self.param), self.xp.empty_like(self.param)
         self.normal = self.xp.empty(self.param.shape, dtype=bool)
-        self.tiny = self.xp.finfo(self.param.dtype).tiny                # the smallest normal number
         self.flat_state = {s: self.xp.zeros_like(self.param) for s in self.state_names}
         for s, flat in self.flat_state.items():
             for name in self.names:
@@ -36,7 +36,11 @@ class _FlatKernel:
 
     def step(self):
         if self.span is None:
-            return super().step()
+            super().step()
+            for _, module, key in self.slots:
+                p = module.params[key]
+                p *= self.xp.abs(p) >= self.tiny
+            return
         self.t += 1
         self.store.gather(self.names)
         size = self.param.size
