@@ -24,6 +24,14 @@ pytestmark = pytest.mark.cupy_api
 
 # --- the stand-in keeps CuPy's rules ----------------------------------------------------------------
 
+def by_kind(counter):
+    """A stand-in counter's counts summed over call sites: ``{kind: count}``."""
+    counts = {}
+    for (kind, _), n in counter.items():
+        counts[kind] = counts.get(kind, 0) + n
+    return counts
+
+
 def test_the_stand_in_refuses_what_cupy_refuses(cupy_standin):
     cp = cupy_standin
     a = cp.asarray(np.arange(6.0).reshape(2, 3))
@@ -39,6 +47,12 @@ def test_the_stand_in_refuses_what_cupy_refuses(cupy_standin):
         a.not_a_method
     with pytest.raises(TypeError, match="does not accept"):
         cp.random.RandomState(0).standard_normal(3, out=a)       # CuPy's RandomState has no out=
+    draws = cp.random.default_rng(0)
+    with pytest.raises(TypeError, match="wrong type"):
+        draws.standard_normal(out=cp.empty(3, dtype=np.float32))  # out= float32 needs dtype=float32
+    with pytest.raises(ValueError, match="not contiguous"):
+        draws.standard_normal(dtype=np.float32, out=cp.empty((4, 4), dtype=np.float32)[:, ::2])
+    draws.standard_normal(dtype=np.float32, out=cp.empty((4, 4), dtype=np.float32).T)   # F-ordered: accepted
     with pytest.raises(NotImplementedError, match="cannot run CUDA C"):
         cp.ElementwiseKernel("T x", "T y", "y = x", "copy")
 
@@ -57,10 +71,21 @@ def test_the_stand_in_allocates_c_order_and_counts_syncs_and_relayouts(cupy_stan
     cp.tensordot(t, t, axes=([1, 2], [1, 2]))                     # column-major matrices: read as they are
     strided = cp.asarray(np.ones((4, 12)))[:, ::2]
     cp.tensordot(strided, strided, axes=([1], [1]))               # no unit stride: copied
-    counts = {kind: 0 for kind, _ in cp.relayouts}
-    for (kind, _), n in cp.relayouts.items():
-        counts[kind] += n
-    assert counts == {"reshape": 1, "tensordot": 2}
+    assert by_kind(cp.relayouts) == {"reshape": 1, "tensordot": 2}
+
+
+def test_the_stand_in_counts_a_result_sized_by_the_data_as_a_sync(cupy_standin):
+    """CuPy must read back how many elements a boolean index, ``nonzero`` and kin, or a
+    one-argument ``where`` select before it can allocate the result: a host sync."""
+    cp = cupy_standin
+    a = cp.asarray(np.arange(6.0))
+    mask = a > 2
+    a[mask] = 0                                                    # sizes known: no sync
+    a[cp.asarray(np.array([0, 2]))]                                # an integer index: no sync
+    cp.where(mask, a, 1.0)
+    assert cp.syncs == {}
+    a[mask], cp.nonzero(mask), mask.nonzero(), cp.flatnonzero(mask), cp.where(mask)
+    assert by_kind(cp.syncs) == {"boolean index": 1, "nonzero": 2, "flatnonzero": 1, "where": 1}
 
 
 def test_the_api_snapshot_matches_an_installed_cupy():

@@ -15,7 +15,9 @@ conformance". What it enforces, as CuPy does or more strictly:
 And it counts, by the engine's call site (``file:line``):
 
 * ``syncs``: every host synchronisation -- ``float()`` / ``int()`` / ``bool()`` / ``.item()`` /
-  ``.get()`` / ``asnumpy`` / printing / ``Stream.synchronize``;
+  ``.get()`` / ``asnumpy`` / printing / ``Stream.synchronize``, and the calls whose result's size
+  depends on the data, so that CuPy must read a count back before allocating it (indexing with a
+  boolean array, ``nonzero`` and its kin, ``where`` with one argument);
 * ``relayouts``: every copy made only to change memory order -- a ``reshape`` or ``ravel`` that
   cannot be a view, ``ascontiguousarray`` of a non-C-contiguous array, and a ``tensordot`` /
   ``matmul`` operand that is not a strided matrix cuBLAS could read as it is.
@@ -107,6 +109,15 @@ def _allocated(result, inputs, name):
             or any(isinstance(a, numpy.ndarray) and numpy.may_share_memory(result, a) for a in inputs)):
         return result
     return numpy.ascontiguousarray(result)
+
+
+#: Functions and methods whose result's size depends on the data: CuPy reads it back (a sync).
+DATA_SIZED = {"nonzero", "flatnonzero", "argwhere", "unique", "compress", "extract"}
+
+
+def _count_data_sized(name, args):
+    if name in DATA_SIZED or (name == "where" and len(args) == 1):
+        _sync(name)
 
 
 def _check_keywords(where, params, kwargs):
@@ -301,6 +312,7 @@ class ndarray:
 
         def call(*args, **kwargs):
             _check_keywords(f"cupy.ndarray.{name}", params, kwargs)
+            _count_data_sized(name, (self, *args))
             result = method(*_unwrap(args, f"cupy.ndarray.{name}"),
                             **{k: _unwrap(v, f"cupy.ndarray.{name}") for k, v in kwargs.items()})
             if name in ("reshape", "ravel", "flatten") and self._a.size and not numpy.shares_memory(result, self._a):
@@ -325,7 +337,11 @@ class ndarray:
         return wrapped if isinstance(key, tuple) else wrapped[0]
 
     def __getitem__(self, key):
-        return _wrap(self._a[self._key(key)])
+        index = self._key(key)
+        if any(isinstance(p, numpy.ndarray) and p.dtype == bool for p in (index if isinstance(index, tuple)
+                                                                           else (index,))):
+            _sync("boolean index")
+        return _wrap(self._a[index])
 
     def __setitem__(self, key, value):
         self._a[self._key(key)] = _unwrap(value, "cupy.ndarray assignment")
@@ -429,6 +445,7 @@ def _function(name):
     @functools.wraps(target)
     def call(*args, **kwargs):
         _check_keywords(f"cupy.{name}", params, kwargs)
+        _count_data_sized(name, args)
         inputs = _unwrap(args, f"cupy.{name}")
         result = target(*inputs, **{k: _unwrap(v, f"cupy.{name}") for k, v in kwargs.items()})
         return _wrap(_allocated(result, inputs, name))
@@ -490,7 +507,21 @@ class _Generator:
         _unwrap(out, "out=")[...] = values
         return out
 
+    @staticmethod
+    def _check_out(dtype, size, out):
+        """CuPy's checks of a generator's ``out=``: the requested float dtype, contiguous, and
+        the shape of ``size`` when both are given."""
+        dtype = numpy.dtype(dtype)
+        if dtype.char not in "fd" or out.dtype.char != dtype.char:
+            raise TypeError(f"Supplied output array has the wrong type. Expected {dtype.name}, got {out.dtype.name}")
+        if not (out.flags.c_contiguous or out.flags.f_contiguous):
+            raise ValueError("Supplied output array is not contiguous, writable or aligned.")
+        if size is not None and tuple(numpy.atleast_1d(size)) != out.shape:
+            raise ValueError("size must match out.shape when used together")
+
     def standard_normal(self, size=None, dtype=float, out=None):
+        if out is not None:
+            self._check_out(dtype, size, out)
         return self._draw(self._rng.standard_normal(size if out is None else out.shape), dtype, out)
 
     def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
