@@ -99,25 +99,25 @@ def input_gradient_only(model):
     """Within the block, ``model.backward`` computes ``dL/dx`` (Eq. 2 down to the input) and
     nothing else: every layer skips its parameter gradients (``grads`` keep their values), so
     attacks and saliency maps, which only need the input gradient, save those products."""
-    modules = [m for _, m in model.modules()]
-    for m in modules:
+    saved = [(m, m.param_grads) for _, m in model.modules()]
+    for m, _ in saved:
         m.param_grads = False
     try:
         yield model
     finally:
-        for m in modules:
-            m.param_grads = True
+        for m, param_grads in saved:                       # as before, also when nested
+            m.param_grads = param_grads
 
 
 @contextmanager
 def held_noise(model):
     """Within the block, noise layers reuse their last ``eps`` instead of drawing new ones
     (the first forward inside the block draws if a layer has no draw yet)."""
-    layers = noise_layers(model).values()
-    for layer in layers:
+    saved = [(layer, layer.hold_eps) for layer in noise_layers(model).values()]
+    for layer, _ in saved:
         layer.hold_eps = True
     try:
         yield model
     finally:
-        for layer in layers:
-            layer.hold_eps = False
+        for layer, hold_eps in saved:                      # as before, also when nested
+            layer.hold_eps = hold_eps

@@ -8,13 +8,15 @@ from .model import evaluating, input_gradient_only
 
 
 def score_gradient(model, x, classes):
-    """``d y_c / d x`` for every row of ``x`` and its class ``classes[n]``; shape of ``x``."""
-    logits = model.forward(x)
+    """``d y_c / d x`` for every row of ``x`` and its class ``classes[n]``; shape of ``x``. The
+    model runs in evaluation mode (each noise layer's own evaluation setting) and is left in the
+    mode it had."""
     if classes.shape != (len(x),):
         raise ValueError(f"classes must have shape ({len(x)},), one per image, got {tuple(classes.shape)}")
-    seed = model.xp.zeros_like(logits)
-    seed[model.xp.arange(len(x)), classes] = 1                   # onehot_c: d y_c / d logits
-    with input_gradient_only(model):
+    with evaluating(model), input_gradient_only(model):
+        logits = model.forward(x)
+        seed = model.xp.zeros_like(logits)
+        seed[model.xp.arange(len(x)), classes] = 1               # onehot_c: d y_c / d logits
         return model.backward(seed)
 
 

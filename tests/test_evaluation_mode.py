@@ -3,15 +3,17 @@ and accuracy leave each parameter and buffer bit for bit as they were and give e
 in the mode it came in (training or evaluation, and its ``eval_noise``); a model in training mode
 is attacked in evaluation mode, so batch-norm running statistics stay put and fixed ("+") noise
 is off, and a model loaded from a checkpoint comes back in evaluation mode."""
+import contextlib
+
 import numpy as np
 import pytest
 
 from manualbp import evaluate, get_backend, robustness
 from manualbp.attacks import eot_pgd, expected_gradient, fgsm, input_gradient, lbfgs, lbfgs_targeted, pgd
 from manualbp.datasets import DATASETS
-from manualbp.model import evaluating
+from manualbp.model import evaluating, held_noise
 from manualbp.optim import Adam
-from manualbp.saliency import smoothgrad
+from manualbp.saliency import score_gradient, smoothgrad
 from manualbp.train import Trainer, load_model
 from manualbp.zoo import cnn, mlp, resnet18
 
@@ -30,6 +32,7 @@ CALLS = {
     "lbfgs": lambda m, x, y: lbfgs(m, x, y, max_iter=2),
     "lbfgs_targeted": lambda m, x, y: lbfgs_targeted(m, x, (y + 1) % 10, search_steps=1, max_iter=2),
     "smoothgrad": lambda m, x, y: smoothgrad(m, x, samples=2),
+    "score_gradient": lambda m, x, y: score_gradient(m, x, y),
     "accuracy": lambda m, x, y: evaluate.accuracy(m, x, y),
     "accuracy_over_draws": lambda m, x, y: evaluate.accuracy_over_draws(m, x, y, draws=2),
     "run_attack": lambda m, x, y: evaluate.run_attack(m, pgd, x, y, True, 2, budget=0.1, alpha=0.03, steps=1),
@@ -37,9 +40,10 @@ CALLS = {
 
 
 def snapshot(model):
-    """Every parameter and buffer (copies) and every layer's mode."""
+    """Every parameter and buffer (copies) and every layer's mode and flags."""
     arrays = {k: np.array(v) for k, v in model.state_dict().items()}
-    modes = {name: (m.training, getattr(m, "eval_noise", None)) for name, m in model.modules()}
+    modes = {name: (m.training, getattr(m, "eval_noise", None), m.param_grads, getattr(m, "hold_eps", None))
+             for name, m in model.modules()}
     return arrays, modes
 
 
@@ -56,16 +60,21 @@ def batch(model, n=4):
     return x, model.bk.asarray(rng.integers(0, 10, n), dtype="int64")
 
 
-@pytest.mark.parametrize("mode", ["train", "eval-noise-on"])
+@pytest.mark.parametrize("mode", ["train", "eval-noise-on", "inside-held-noise"])
 @pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("name", list(MODELS))
 def test_evaluation_leaves_the_model_as_it_found_it(name, call, mode):
+    """... also inside the blocks of :func:`held_noise` and :func:`input_gradient_only`, whose
+    flags an attack sets for itself and must give back as they were."""
     model = MODELS[name](get_backend("numpy", "float64", 0))
     model.train() if mode == "train" else model.eval(noise=True)
     x, y = batch(model)
-    before = snapshot(model)
-    CALLS[call](model, x, y)
-    assert_unchanged(model, before, call)
+    with held_noise(model) if mode == "inside-held-noise" else contextlib.nullcontext():
+        if mode == "inside-held-noise":
+            model.forward(x)                                   # the draw the block holds
+        before = snapshot(model)
+        CALLS[call](model, x, y)
+        assert_unchanged(model, before, call)
 
 
 def test_corruption_cells_leave_the_model_as_they_found_it():
