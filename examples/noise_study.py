@@ -366,8 +366,8 @@ def add_corruptions(args, bk, family, records, data):
             for severity in SEVERITIES:
                 corrupted = bk.asarray(corrupt(host, name, severity, data.corruptions, seed=seed))
                 for i, (r, model) in enumerate(zip(runs, models)):
-                    bk.seed([seed, 0xC022, family.variants.index(r["variant"]), TRAININGS.index(r["rule"]), c,
-                             severity])
+                    bk.seed([seed, robustness.CORRUPTION_STREAM, family.variants.index(r["variant"]),
+                             TRAININGS.index(r["rule"]), c, severity])
                     sums[i] += accuracy_over_draws(model, corrupted, y, args.draws)["mean"]
         for r, total in zip(runs, sums):
             r["curve"][-1]["corruptions"] = total / (len(CORRUPTIONS) * len(SEVERITIES))

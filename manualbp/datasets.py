@@ -1,5 +1,6 @@
 """The paper's datasets, one entry each: everything the scripts, the evaluation and the
-benchmarks need to know about a dataset is here and nowhere else.
+benchmarks need to know about a dataset is here and nowhere else (what a model built for it
+looks like, e.g. the ResNet heads, is in :mod:`manualbp.zoo`).
 
 Each :class:`Dataset` holds the image shape and classes, the paper's split of all labelled
 images into train / validation / test (sections 4.2-4.4), the Table 1 training set-up, the
@@ -13,7 +14,8 @@ normalised tensors; a step of ``a`` there is ``a * std`` in pixels, converted he
 std ``0.2009`` (docs/robustness.md). Attack entries: ``fgsm`` (``budget``), ``pgd``
 (``budget``, ``alpha``, ``steps``, ``random_start``), ``lbfgs`` (``max_iter``: the paper's
 iteration cap; its step size was the learning rate of ``torch.optim.LBFGS``, which L-BFGS-B's
-line search replaces), ``eot`` (``draws``) and ``sweep`` (the budgets of the budget sweep).
+line search replaces) and ``sweep`` (the budgets of the budget sweep); EOT-PGD takes PGD's with
+its own number of draws (``--eot-draws``).
 """
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,9 +29,9 @@ _MNIST_TRAINING = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epoch
 _MNIST_ATTACKS = {"fgsm": {"budget": 0.1},
                   "lbfgs": {"max_iter": 10},
                   "pgd": {"budget": 25 / 255, "alpha": 5 / 255, "steps": 10, "random_start": False},
-                  "eot": {"draws": 20},
                   "sweep": (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)}
 _MNIST_SURROGATE = ("mlp", "mlp", {"activation": "relu", "sizes": (784, 300, 150, 10)})
+_MNIST_SURROGATE_NAME = f"MLP {'-'.join(map(str, _MNIST_SURROGATE[2]['sizes']))} ReLU"
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,10 @@ class Dataset:
 
 DATASETS = {
     "mnist": Dataset("mnist", (1, 28, 28), 10, (5, 1, 1), _MNIST_TRAINING, _MNIST_ATTACKS, "cifar10-c",
-                     _MNIST_SURROGATE, "MLP 784-300-150-10 ReLU", partial(load_mnist, "mnist"),
+                     _MNIST_SURROGATE, _MNIST_SURROGATE_NAME, partial(load_mnist, "mnist"),
                      class_names=mnist.CLASSES["mnist"]),
     "fashion-mnist": Dataset("fashion-mnist", (1, 28, 28), 10, (5, 1, 1), _MNIST_TRAINING, _MNIST_ATTACKS,
-                             "cifar10-c", _MNIST_SURROGATE, "MLP 784-300-150-10 ReLU",
+                             "cifar10-c", _MNIST_SURROGATE, _MNIST_SURROGATE_NAME,
                              partial(load_mnist, "fashion-mnist"), class_names=mnist.CLASSES["fashion-mnist"]),
     "cifar10": Dataset(
         "cifar10", (3, 32, 32), 10, (4, 1, 1),
@@ -74,7 +76,6 @@ DATASETS = {
         {"fgsm": {"budget": 0.1 * CIFAR_STD},
          "lbfgs": {"max_iter": 20},
          "pgd": {"budget": 8 / 255 * CIFAR_STD, "alpha": 2 / 255 * CIFAR_STD, "steps": 5, "random_start": False},
-         "eot": {"draws": 20},
          "sweep": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255)},
         "cifar10-c", ("resnet18", "resnet18", {"hidden": ()}), "plain ResNet18, one FC layer", load_cifar10,
         class_names=cifar10.CLASSES,
@@ -88,7 +89,6 @@ DATASETS = {
         {"fgsm": {"budget": 2 / 255},
          "lbfgs": {"max_iter": 10},
          "pgd": {"budget": 5 / 255, "alpha": 2 / 255, "steps": 3, "random_start": False},
-         "eot": {"draws": 20},
          "sweep": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255)},
         "tiny-imagenet-c", ("resnet34", "resnet34", {"hidden": ()}), "plain ResNet34, one FC layer",
         load_tiny_imagenet, mean=(0.4802, 0.4481, 0.3975), std=(0.2770, 0.2691, 0.2821), augment=True),

@@ -18,6 +18,12 @@ from .attacks.base import draws_noise
 from .model import evaluating, noise_layers
 
 
+#: Noise draws per accuracy of a randomised model (and the K of its worst-of-K accuracy).
+DRAWS = 5
+#: Images per attack call.
+ATTACK_BATCH = 500
+
+
 def predict(model, x, batch_size=1000):
     """Predicted classes of ``x`` in the model's current mode."""
     xp = model.bk.xp
@@ -25,7 +31,7 @@ def predict(model, x, batch_size=1000):
                            for i in range(0, len(x), batch_size)])
 
 
-def accuracy_over_draws(model, x, y, draws=5, noise=None, batch_size=1000):
+def accuracy_over_draws(model, x, y, draws=DRAWS, noise=None, batch_size=1000):
     """``{"mean", "min", "all", "draws"}``: accuracy over ``draws`` noise draws (one pass when
     the model draws no noise in this mode); ``all`` is the worst-of-K accuracy per image."""
     bk = model.bk
@@ -42,7 +48,7 @@ def accuracy(model, x, y, noise=None, batch_size=1000):
     return accuracy_over_draws(model, x, y, 1, noise, batch_size)["mean"]
 
 
-def run_attack(model, attack, x, y, noise=None, batch_size=500, **params):
+def run_attack(model, attack, x, y, noise=None, batch_size=ATTACK_BATCH, **params):
     """``attack(model, xb, yb, **params)`` on batches of ``batch_size``, with the model in the
     evaluation mode ``noise``; returns the adversarial ``x``."""
     xp = model.bk.xp

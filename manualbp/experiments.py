@@ -13,9 +13,12 @@ import sys
 import time
 
 from . import checkpoint, datasets, distributed
-from .backend import BACKENDS, KERNELS, get_backend
+from .attacks import eot
+from .backend import BACKENDS, DTYPES, KERNELS, get_backend
 from .data import random_crop_flip
+from .evaluate import ATTACK_BATCH, DRAWS
 from .model import noise_layers, sigma_summary
+from .optim import SIGMA_LR
 from .train import SIGMA_UPDATES, load_model, train_model
 from .zoo import FAMILIES, get_family, model_name
 
@@ -142,14 +145,14 @@ def add_arguments(parser, family, out):
     parser.add_argument("--decay-every", type=int, default=p.get("decay_every"),
                         help="multiply the learning rate by --decay-gamma every this many epochs")
     parser.add_argument("--decay-gamma", type=float, default=p.get("decay_gamma", 1.0))
-    parser.add_argument("--sigma-lr", type=float, default=1e-3, help="learning rate of Eq. (7)")
+    parser.add_argument("--sigma-lr", type=float, default=SIGMA_LR, help="learning rate of Eq. (7)")
     parser.add_argument("--sigma-update", choices=list(SIGMA_UPDATES), default="eq7",
                         help="eq7: the paper's separate Adam + abs; weights: the released code's way "
                              "(sigma in the weights' optimiser, |sigma| in the forward pass); released: "
                              "that code exactly as it runs (sigma from N(0, 1), no sign(sigma) in its gradient)")
     add_remedy_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights, shuffling and noise")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
                         help="working precision")
     parser.add_argument("--eval-batch-size", type=int, default=family.eval_batch_size,
                         help="images per evaluation pass")
@@ -191,10 +194,10 @@ def add_study_arguments(parser, seeds, out, spread):
     parser.add_argument("--family", choices=list(FAMILIES), default="mlp")
     parser.add_argument("--seed", type=int, nargs="+", default=list(seeds),
                         help="one or more seeds of the split, training and attacks (several: mean and spread)")
-    parser.add_argument("--draws", type=int, default=5,
+    parser.add_argument("--draws", type=int, default=DRAWS,
                         help="noise draws per accuracy of a randomised model (worst-of-K: K)")
-    parser.add_argument("--eot-draws", type=int, default=20, help="noise draws per EOT-PGD step")
-    parser.add_argument("--attack-batch", type=int, default=500, help="images per attack call")
+    parser.add_argument("--eot-draws", type=int, default=eot.DRAWS, help="noise draws per EOT-PGD step")
+    parser.add_argument("--attack-batch", type=int, default=ATTACK_BATCH, help="images per attack call")
     add_backend_arguments(parser)
     parser.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
     parser.add_argument("--out", default=out, help="folder of the tables, figures and checkpoints")

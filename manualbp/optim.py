@@ -8,7 +8,7 @@ builds what the model's backend asks for (:meth:`Backend.implementation`): with
 """
 from .store import is_noise_level
 
-__all__ = ["Adam", "Optimizer", "SGD", "StepLR", "is_noise_level", "noise_level_optimizer"]
+__all__ = ["Adam", "Optimizer", "SGD", "SIGMA_LR", "StepLR", "is_noise_level", "noise_level_optimizer"]
 
 
 class Optimizer:
@@ -107,7 +107,11 @@ class SGD(Optimizer):
         p -= self.lr * g                                       # p <- p - lr b
 
 
-def noise_level_optimizer(model, lr=1e-3, betas=(0.9, 0.999), floor=1e-8):
+#: The learning rate of Eq. (7), the paper's.
+SIGMA_LR = 1e-3
+
+
+def noise_level_optimizer(model, lr=SIGMA_LR, betas=(0.9, 0.999), floor=1e-8):
     """The update of Eq. (7) for every learned ``sigma`` of ``model`` (``None`` if it has none)."""
     if not any(is_noise_level(name) for name, _, _ in model.parameter_slots()):
         return None

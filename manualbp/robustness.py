@@ -10,16 +10,19 @@ Images are ``(N, C, H, W)`` pixels in ``[0, 1]``; every cell is the dict of
 """
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .attacks import eot_pgd, fgsm, lbfgs, pgd
 from .attacks.base import draws_noise
 from .attacks.published import COLUMNS
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from .evaluate import accuracy_over_draws, noise_defaults, perturbation_norms, predict, run_attack
+from .attacks import eot
+from .evaluate import ATTACK_BATCH, DRAWS, accuracy_over_draws, noise_defaults, perturbation_norms, predict, run_attack
 from .model import evaluating
 
 EXTRA_COLUMNS = ("eot_pgd", "ori_noise_on", "ori_noise_off", "pgd_noise_on", "pgd_noise_off")
+
+
+#: The first number after the seed of each kind of cell's noise streams (:func:`on_own_streams`).
+WHITE_BOX_STREAM, CORRUPTION_STREAM, TRANSFER_STREAM = 0xA77AC, 0xC022, 0x7BB
 
 
 @dataclass
@@ -31,9 +34,9 @@ class Settings:
     batches of 128), and with an iteration cap the result depends on that batch size."""
     attacks: dict
     corruptions: str
-    draws: int = 5
-    eot_draws: int = 20
-    batch_size: int = 500
+    draws: int = DRAWS
+    eot_draws: int = eot.DRAWS
+    batch_size: int = ATTACK_BATCH
     lbfgs_batch: int = 128
     seed: int = 0
     log: object = field(default=print, repr=False)
@@ -116,10 +119,10 @@ def corruption_cells(models, images, y, settings):
         per_model = {row: [] for row in models}
         for severity in SEVERITIES:
             corrupted = bk.asarray(corrupt(host, name, severity, settings.corruptions, seed=settings.seed))
-            for row, model in on_own_streams(models, settings, 0xC022, c, severity):
+            for row, model in on_own_streams(models, settings, CORRUPTION_STREAM, c, severity):
                 per_model[row].append(accuracy_over_draws(model, corrupted, y, settings.draws))
         for row, cells in per_model.items():
-            out[row][name] = {"severities": cells, "mean": float(np.mean([cell["mean"] for cell in cells]))}
+            out[row][name] = {"severities": cells, "mean": sum(cell["mean"] for cell in cells) / len(cells)}
     return out
 
 
@@ -127,7 +130,7 @@ def transfer_cells(surrogate, models, images, y, settings):
     """Black-box FGSM and L-BFGS: crafted once on the surrogate, replayed on every model.
     Returns ``(cells by row, the surrogate's own clean / white-box cells)``; each model draws
     noise from its own stream (:func:`on_own_streams`)."""
-    surrogate.bk.seed([settings.seed, 0x7BB])
+    surrogate.bk.seed([settings.seed, TRANSFER_STREAM])
     own = {"ori": accuracy_over_draws(surrogate, images, y, 1)}
     crafted = {}
     for name in ("fgsm", "lbfgs"):
@@ -138,7 +141,7 @@ def transfer_cells(surrogate, models, images, y, settings):
         crafted[name] = adv
     cells = {row: {} for row in models}
     for k, (name, adv) in enumerate(crafted.items()):
-        for row, model in on_own_streams(models, settings, 0x7BB, k):
+        for row, model in on_own_streams(models, settings, TRANSFER_STREAM, k):
             cells[row][f"bb_{name}"] = accuracy_over_draws(model, adv, y, settings.draws)
     return cells, own
 
@@ -157,7 +160,7 @@ def white_box_rows(models, images, y, settings, only=None):
     noise from its own stream (:func:`on_own_streams`): a subset measured apart (on another
     rank) gets the cells the whole table gets."""
     cells = {}
-    for row, model in on_own_streams(models, settings, 0xA77AC):
+    for row, model in on_own_streams(models, settings, WHITE_BOX_STREAM):
         if only is None or row in only:
             settings.log(f"white box: {row}")
             cells[row] = white_box(model, images, y, settings)
@@ -187,7 +190,7 @@ def table_values(rows, columns=COLUMNS + EXTRA_COLUMNS):
 
 
 # --- the budget sweep and the sanity checks --------------------------------------------------
-def budget_sweep(models, images, y, budgets, steps=10, draws=5, batch_size=500):
+def budget_sweep(models, images, y, budgets, steps=10, draws=DRAWS, batch_size=ATTACK_BATCH):
     """FGSM and PGD accuracy at each L-inf ``budget`` (pixel units) for each model: PGD takes
     ``steps`` steps of ``alpha = 2.5 budget / steps`` (Madry et al.), no random start."""
     out = {}

@@ -18,7 +18,7 @@ import time
 from . import checkpoint
 from .layers import SoftmaxCrossEntropy
 from .model import evaluating, sigma_summary
-from .optim import SGD, Adam, StepLR, is_noise_level, noise_level_optimizer
+from .optim import SGD, SIGMA_LR, Adam, StepLR, is_noise_level, noise_level_optimizer
 from .remedies import AdversarialTraining, SigmaPenalty
 
 #: Seeds the initial weights and noise levels: ``bk.seed([seed, INIT_STREAM])`` before a model is built.
@@ -29,7 +29,7 @@ SIGMA_UPDATES = ("eq7", "weights", "released")
 
 
 def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=None,
-                    decay_every=None, decay_gamma=1.0, sigma_lr=1e-3, sigma_update="eq7", **_):
+                    decay_every=None, decay_gamma=1.0, sigma_lr=SIGMA_LR, sigma_update="eq7", **_):
     """The weights' optimiser (Table 1) and, for learned noise, the noise-level optimiser.
 
     ``sigma_update="eq7"`` (the paper): ``sigma`` gets its own Adam followed by ``abs`` (Eq. 7).

@@ -40,7 +40,7 @@ def test_the_table_of_datasets_is_consistent():
     for name, data in DATASETS.items():
         assert data.name == name and len(data.split) == 3 and len(data.image_shape) == 3
         assert {"optimizer", "lr", "weight_decay", "epochs", "batch_size"} <= set(data.training)
-        assert {"fgsm", "pgd", "lbfgs", "eot", "sweep"} <= set(data.attacks)
+        assert {"fgsm", "pgd", "lbfgs", "sweep"} == set(data.attacks)
         assert data.attacks["pgd"]["budget"] > 0 and data.attacks["fgsm"]["budget"] > 0
         family, variant, options = data.surrogate
         assert variant in zoo.FAMILIES[family].variants

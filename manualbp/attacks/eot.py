@@ -2,9 +2,12 @@
 from .base import check_count, draws_noise, in_evaluation_mode, input_gradient
 from .pgd import pgd
 
+#: Noise draws per expected gradient: K = 20, as AutoAttack's EOT for randomised defences.
+DRAWS = 20
+
 
 @in_evaluation_mode
-def expected_gradient(model, x, y, draws=20, max_batch=2048):
+def expected_gradient(model, x, y, draws=DRAWS, max_batch=2048):
     """``dL/dx`` averaged over ``draws`` independent noise draws of a randomised model.
 
     The batch is tiled ``k`` times (``k * N <= max_batch`` where possible) so each forward and
@@ -30,9 +33,8 @@ def expected_gradient(model, x, y, draws=20, max_batch=2048):
 
 
 @in_evaluation_mode
-def eot_pgd(model, x, y, budget, alpha, steps, draws=20, random_start=False, max_batch=2048):
-    """PGD whose every step uses :func:`expected_gradient` over ``draws`` noise draws (K = 20 by
-    default, as AutoAttack's version for randomised defences)."""
+def eot_pgd(model, x, y, budget, alpha, steps, draws=DRAWS, random_start=False, max_batch=2048):
+    """PGD whose every step uses :func:`expected_gradient` over ``draws`` noise draws."""
     draws = check_count(draws, "draws")
     return pgd(model, x, y, budget, alpha, steps, random_start,
                gradient=lambda m, a, b: expected_gradient(m, a, b, draws, max_batch))
