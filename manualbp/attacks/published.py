@@ -10,7 +10,6 @@ from dataclasses import dataclass
 COLUMNS = ("ori", "fgsm", "lbfgs", "pgd", "gaussian_noise", "impulse_noise", "glass_blur",
            "contrast", "bb_fgsm", "bb_lbfgs")
 WHITE = ("fgsm", "lbfgs", "pgd")
-ATTACKED = COLUMNS[1:]
 
 TABLES = {
     "mlp": ("Table 3 (MLP, MNIST)", {

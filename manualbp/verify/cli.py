@@ -11,10 +11,10 @@ import argparse
 import importlib
 import sys
 
-from ..backend import get_backend
+from ..backend import BACKENDS, DTYPES, KERNELS, get_backend
 from ..checkpoint import write_json
 from ..model import evaluating
-from .compare import FRAMEWORKS, FrameworkMissing, verify_model
+from .compare import FRAMEWORKS, TOLERANCES, FrameworkMissing, verify_model
 from .models import zoo_models
 from .walk import ConversionError
 
@@ -33,14 +33,15 @@ def parse_args(argv, models):
     parser = argparse.ArgumentParser(prog="python -m manualbp.verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", choices=list(FRAMEWORKS), default="torch")
     parser.add_argument("--model", choices=list(models) + ["all"], default="all")
-    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
-    parser.add_argument("--kernels", choices=["fast", "reference"], default="fast",
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float64")
+    parser.add_argument("--backend", choices=list(BACKENDS), default="numpy")
+    parser.add_argument("--kernels", choices=list(KERNELS), default="fast",
                         help="verify the fast kernels (default) or the reference layers")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rtol", type=float, default=None, help="default: 1e-9 (float64), 1e-4 (float32)")
-    parser.add_argument("--atol", type=float, default=None, help="default: 1e-13 (float64), 1e-7 (float32)")
+    for i, flag in enumerate(("--rtol", "--atol")):
+        parser.add_argument(flag, type=float, default=None, help="default: " + ", ".join(
+            f"{tolerance[i]:.0e} ({dtype})".replace("e-0", "e-") for dtype, tolerance in TOLERANCES.items()))
     parser.add_argument("--resnet-width", type=int, default=64,
                         help="channels of the ResNets' first stage (64 in the paper)")
     parser.add_argument("--json", default=None, help="also write the reports to this file")
