@@ -153,6 +153,8 @@ def estimate_sigma_gradient(model, x, y, method="pathwise", draws=10000, group_s
     """
     if method not in _ESTIMATORS:
         raise ValueError(f"unknown estimator {method!r}: expected one of {', '.join(METHODS)}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be a positive number of draws, got {group_size}")
     if draws < 2 * group_size or draws % group_size:
         raise ValueError(f"draws ({draws}) must be a multiple of group_size ({group_size}), "
                          "with at least two groups for a confidence interval")

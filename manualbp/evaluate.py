@@ -14,7 +14,7 @@ computed on the host with NumPy, after ``bk.to_host``.
 """
 import numpy as np
 
-from .attacks.base import draws_noise
+from .attacks.base import check_count, draws_noise
 from .model import evaluating, noise_layers
 
 
@@ -24,8 +24,15 @@ DRAWS = 5
 ATTACK_BATCH = 500
 
 
+def check_some(x):
+    """Refuse an empty batch of images, which has no accuracy and nothing to attack."""
+    if len(x) == 0:
+        raise ValueError("no images: x is empty (expected at least one image)")
+
+
 def predict(model, x, batch_size=1000):
     """Predicted classes of ``x`` in the model's current mode."""
+    check_some(x)
     xp = model.bk.xp
     return xp.concatenate([model.forward(x[i:i + batch_size]).argmax(axis=1)
                            for i in range(0, len(x), batch_size)])
@@ -34,7 +41,8 @@ def predict(model, x, batch_size=1000):
 def accuracy_over_draws(model, x, y, draws=DRAWS, noise=None, batch_size=1000):
     """``{"mean", "min", "all", "draws"}``: accuracy over ``draws`` noise draws (one pass when
     the model draws no noise in this mode); ``all`` is the worst-of-K accuracy per image."""
-    bk = model.bk
+    bk, draws = model.bk, check_count(draws, "draws")
+    check_some(x)
     with evaluating(model, noise):
         k = draws if draws_noise(model) else 1
         hits = np.stack([bk.to_host(predict(model, x, batch_size) == y) for _ in range(k)])
@@ -51,6 +59,7 @@ def accuracy(model, x, y, noise=None, batch_size=1000):
 def run_attack(model, attack, x, y, noise=None, batch_size=ATTACK_BATCH, **params):
     """``attack(model, xb, yb, **params)`` on batches of ``batch_size``, with the model in the
     evaluation mode ``noise``; returns the adversarial ``x``."""
+    check_some(x)
     xp = model.bk.xp
     with evaluating(model, noise):
         return xp.concatenate([attack(model, x[i:i + batch_size], y[i:i + batch_size], **params)

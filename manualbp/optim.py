@@ -122,6 +122,8 @@ class StepLR:
     """Multiply each optimiser's learning rate by ``gamma`` every ``step_size`` epochs."""
 
     def __init__(self, optimizers, step_size, gamma):
+        if isinstance(step_size, bool) or int(step_size) != step_size or step_size < 1:
+            raise ValueError(f"step_size must be a positive integer (epochs), got {step_size!r}")
         self.optimizers = [o for o in optimizers if o is not None]
         self.step_size, self.gamma = step_size, gamma
         self.base = [o.lr for o in self.optimizers]

@@ -4,7 +4,7 @@ clear errors for bad input."""
 import numpy as np
 import pytest
 
-from manualbp import get_backend
+from manualbp import evaluate, get_backend
 from manualbp.attacks import eot_pgd, expected_gradient, fgsm, input_gradient, lbfgs, lbfgs_targeted, pgd
 from manualbp.layers import Linear
 from manualbp.model import Sequential, evaluating
@@ -263,3 +263,11 @@ def test_bad_input_gives_clear_errors():
         pgd(model, x, y, 0.1, 0.01, 0)
     with pytest.raises(ValueError, match="labels must be an integer"):
         fgsm(model, x, y[:3], 0.1)
+    with pytest.raises(ValueError, match="need finite numbers c0 > 0 and grow > 1, got c0=-1"):
+        lbfgs_targeted(model, x, y, c0=-1)
+    with pytest.raises(ValueError, match="draws must be a positive integer, got 0"):
+        evaluate.accuracy_over_draws(model, x, y, draws=0)
+    for empty in (lambda: evaluate.accuracy(model, x[:0], y[:0]),
+                  lambda: evaluate.run_attack(model, fgsm, x[:0], y[:0], budget=0.1)):
+        with pytest.raises(ValueError, match="no images: x is empty"):
+            empty()

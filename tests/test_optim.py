@@ -162,6 +162,8 @@ def test_step_lr(kernels):
     assert rates == [(0.1, 0.01), (0.1, 0.01), (0.05, 0.005), (0.05, 0.005), (0.025, 0.0025)]
     schedule.set_epoch(0)                                      # from the base, not cumulative
     assert (weights.lr, sigma.lr) == (0.1, 0.01)
+    with pytest.raises(ValueError, match="step_size must be a positive integer"):
+        StepLR([weights], step_size=0, gamma=0.5)
 
 
 # --- state round trip ---------------------------------------------------------------------------

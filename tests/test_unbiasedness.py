@@ -65,6 +65,8 @@ def test_bad_arguments_are_named():
         estimate_sigma_gradient(model, x, y, "reinforce")
     with pytest.raises(ValueError, match="multiple of group_size"):
         estimate_sigma_gradient(model, x, y, draws=1000, group_size=300)
+    with pytest.raises(ValueError, match="group_size must be a positive number of draws, got 0"):
+        estimate_sigma_gradient(model, x, y, draws=1000, group_size=0)
     model.eval()
     with pytest.raises(ValueError, match="evaluation mode"):
         estimate_sigma_gradient(model, x, y, draws=1000, group_size=100)

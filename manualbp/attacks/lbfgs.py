@@ -15,6 +15,9 @@ and ``model.backward`` (:func:`input_gradient`); scipy works in float64 on the h
 randomised model is attacked through one noise draw held fixed for the whole optimisation, so
 the objective the line search sees is deterministic.
 """
+import math
+import numbers
+
 import numpy
 from scipy.optimize import Bounds, minimize
 
@@ -73,9 +76,8 @@ def lbfgs_targeted(model, x, target, c0=0.01, search_steps=10, grow=10.0, max_it
     """
     xp = check_inputs(model, x, target)
     search_steps, max_iter = check_count(search_steps, "search_steps"), check_count(max_iter, "max_iter")
-    c0, grow = check_budget(c0, "c0"), check_budget(grow, "grow")
-    if c0 <= 0 or grow <= 1:
-        raise ValueError(f"need c0 > 0 and grow > 1, got c0={c0}, grow={grow}")
+    if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in (c0, grow)) or c0 <= 0 or grow <= 1:
+        raise ValueError(f"need finite numbers c0 > 0 and grow > 1, got c0={c0!r}, grow={grow!r}")
     budget = None if budget is None else check_budget(budget, "budget")
     bk, shape, n = model.bk, x.shape, len(x)
     x_host = bk.to_host(x).astype(numpy.float64).ravel()
