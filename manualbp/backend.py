@@ -1,9 +1,11 @@
 """The backend: one object that knows the array module, the dtype, the random generator
 and how arrays move between host and device.
 
-This is the only module of the engine that imports NumPy or CuPy. Every layer, model and
-optimiser gets its array module as ``backend.xp``, so the same code runs on the CPU (NumPy)
-and on an NVIDIA GPU (CuPy).
+Of the modules that compute on the device -- layers, kernels, model, optimisers, training,
+attacks -- this is the only one that imports NumPy or CuPy: each gets its array module as
+``backend.xp``, so the same code runs on the CPU (NumPy) and on an NVIDIA GPU (CuPy). Host-side
+modules (data loading, checkpoints, L-BFGS's SciPy interface, corruptions, plots, evaluation's
+counts) use NumPy on host copies.
 """
 import numpy
 

@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .distributed import launched
 
-#: Element count above which im2col, col2im, pooling and noise layers split their work.
+#: Element count above which the fast kernels (im2col, col2im, pooling, noise, batch norm, the
+#: optimisers) split their work.
 PARALLEL_MIN_SIZE = 1 << 20
 #: Blocks per thread in :func:`parallel_blocks`.
 BLOCKS_PER_THREAD = 3

@@ -213,7 +213,7 @@ def adversarial_grid(clean, adversarial, path, predictions=None, image_shape=Non
     return _save(fig, path)
 
 
-# --- Theorem 2 ------------------------------------------------------------------------------
+# --- robustness curves ----------------------------------------------------------------------
 def budget_sweep(sweep, path, title=""):
     """Accuracy against the L-inf budget, FGSM and PGD side by side, one curve per model (the
     curves of :func:`manualbp.robustness.budget_sweep`)."""
@@ -249,6 +249,7 @@ def noise_study(curves, path, title=""):
     return _save(fig, path)
 
 
+# --- Theorem 2: estimators of d E[L] / d sigma -----------------------------------------------
 def estimator_comparison(estimates, path, level=0.99):
     """Left: each estimator's mean of ``d E[L] / d sigma_i`` with its ``level`` confidence
     interval, per noise level. Right: each estimator's variance per draw (log scale).

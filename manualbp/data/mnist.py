@@ -24,11 +24,11 @@ __all__ = ["DATASETS", "FILES", "MIRRORS", "CHECKSUMS", "SYSTEM_DIRS",
 
 DATASETS = ("mnist", "fashion-mnist")
 
-#: (train images, train labels, official test images, official test labels)
 #: class names by label, as the datasets publish them
 CLASSES = {"mnist": tuple(str(d) for d in range(10)),
            "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                              "Sneaker", "Bag", "Ankle boot")}
+#: (train images, train labels, official test images, official test labels)
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 

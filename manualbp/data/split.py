@@ -1,4 +1,4 @@
-"""Seeded train/val/test splits and mini-batch index iteration.
+"""Seeded train/val/test splits.
 
 Rounding: part ``i`` of ``n`` items gets ``floor(n * r_i / sum(r))`` items,
 and the items left over go one each to the parts with the largest

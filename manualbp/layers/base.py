@@ -9,7 +9,8 @@ A layer holds
 
 ``forward(x)`` keeps what ``backward`` needs; ``backward(delta, input_grad=True)`` takes
 ``dL/d(output)``, sets ``grads`` and returns ``dL/d(input)`` -- one step of the paper's Eq. (2)
--- or ``None`` when ``input_grad`` is false (nobody needs it: the first layer in training).
+-- or, when ``input_grad`` is false (nobody needs it: the first layer in training), ``None``
+where skipping it saves work (activations and noise layers return it anyway).
 A layer only ever changes its ``params`` in place (optimisers and checkpoints write them); its
 ``grads`` it may replace or overwrite.
 While ``param_grads`` is false (:func:`manualbp.model.input_gradient_only`), ``backward`` leaves
