@@ -139,7 +139,7 @@ def assert_normwise_close(ours, reference, rtol, what):
     assert error <= rtol, f"{what}: relative error {error:.3g} > {rtol:g}"
 
 
-def _require_module(name):
+def _require_module(name, install="pip install -e '.[test]'"):
     """Import and return module ``name``; skip when it is missing, or fail under
     ``MANUALBP_REQUIRE_<NAME>=1``."""
     flag = f"MANUALBP_REQUIRE_{name.upper()}"
@@ -147,8 +147,8 @@ def _require_module(name):
         return importlib.import_module(name)
     except ImportError as err:
         if _env_flag(flag):
-            pytest.fail(f"{flag}=1 but {name} cannot be imported ({err}); "
-                        "install it with pip install -e '.[test]'", pytrace=False)
+            pytest.fail(f"{flag}=1 but {name} cannot be imported ({err}); install it with {install}",
+                        pytrace=False)
         pytest.skip(f"{name} not installed")
 
 
@@ -160,6 +160,12 @@ def require_torch():
 def require_jax():
     """``jax`` (the JAX parity tests), see :func:`_require_module`."""
     return _require_module("jax")
+
+
+def require_cupy():
+    """The real ``cupy`` (its API, for the stand-in's snapshot; no GPU needed), see
+    :func:`_require_module`."""
+    return _require_module("cupy", "bash .ci/setup (cupy-cuda12x, which imports without a GPU)")
 
 
 def require_mpi():

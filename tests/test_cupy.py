@@ -17,7 +17,7 @@ from manualbp.model import evaluating
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import cnn, mlp, resnet
 
-from conftest import STANDIN_DIR
+from conftest import STANDIN_DIR, require_cupy
 
 pytestmark = pytest.mark.cupy_api
 
@@ -92,10 +92,8 @@ def test_the_api_snapshot_matches_an_installed_cupy():
     """``api.json`` is what ``refresh_cupy_api.py`` writes from the installed CuPy (checked when
     CuPy is installed at the recorded version)."""
     recorded = json.loads((STANDIN_DIR / "cupy" / "api.json").read_text())
-    spec = importlib.util.find_spec("cupy")
-    if spec is None or "standin" in str(spec.origin):
-        pytest.skip("CuPy is not installed")
-    import cupy
+    cupy = require_cupy()
+    assert "standin" not in str(cupy.__file__)
     if cupy.__version__ != recorded["version"]:
         pytest.skip(f"CuPy {cupy.__version__} installed, snapshot of {recorded['version']}: "
                     "run python tests/standin/refresh_cupy_api.py")
