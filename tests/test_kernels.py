@@ -103,6 +103,7 @@ LAYER_CASES = {
     "maxpool-2x2": (lambda bk: MaxPool2d(bk, 2), (4, 3, 6, 8), True, True),
     "maxpool-2x2-cropped": (lambda bk: MaxPool2d(bk, 2), (4, 3, 7, 9), True, True),
     "maxpool-3x3-s2": (lambda bk: MaxPool2d(bk, 3, 2), (4, 3, 7, 9), True, True),
+    "maxpool-2x2-padded": (lambda bk: MaxPool2d(bk, 2, 2, 1), (4, 3, 7, 8), True, True),
     "global-avg-pool": (lambda bk: GlobalAvgPool2d(bk), (4, 3, 5, 5), True, True),
     "flatten": (lambda bk: Flatten(bk), (4, 3, 5, 5), True, True),
     "batchnorm2d-train": (lambda bk: BatchNorm2d(bk, 3), (4, 3, 5, 5), True, True),

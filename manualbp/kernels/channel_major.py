@@ -29,10 +29,9 @@ class Conv2dChannelMajor(Conv2d):
         kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x.shape, self.kernel_size, self.stride, self.padding)
         padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
         padded[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+        windows = xp.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
         cols = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, i, j] = padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+        cols[...] = windows.transpose(0, 4, 5, 1, 2, 3)                  # all windows in one copy
         self.cols = cols.reshape(c * kh * kw, n * oh * ow)
         v = xp.matmul(self.params["weight"].reshape(self.out_channels, -1), self.cols)   # Eq. (1)
         v = v.reshape(self.out_channels, n, oh, ow)
@@ -62,7 +61,8 @@ class Conv2dChannelMajor(Conv2d):
         padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=delta.dtype)
         for i in range(kh):
             for j in range(kw):
-                padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += dcols[:, i, j]
+                view = padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]     # added to in place
+                view += dcols[:, i, j]
         return padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
 
 
@@ -109,13 +109,23 @@ class BatchNorm2dInLayout(BatchNorm2d):
 
 class MaxPool2dChannelMajor(MaxPool2d):
     """What :class:`~manualbp.layers.pool.MaxPool2d` computes, with ``dL/dx`` stored
-    ``(C, N, H, W)`` for the convolution below."""
+    ``(C, N, H, W)`` for the convolution below. Windows that tile the input (stride = kernel)
+    get their gradients in one product, written into ``dL/dx`` seen as ``(C, N, OH, KH, OW, KW)``
+    blocks; overlapping ones one kernel offset after the other."""
 
     def backward(self, delta, input_grad=True):
         if not input_grad:
             return None
-        n, c, h, w = self.x_shape
-        dx = self.xp.zeros((c, n, h, w), dtype=delta.dtype).transpose(1, 0, 2, 3)
-        for k, view in self._windows(dx, *delta.shape[2:]):
+        xp, (n, c, h, w), (kh, kw) = self.xp, self.x_shape, self.kernel_size
+        oh, ow = delta.shape[2:]
+        dx = xp.zeros((c, n, h, w), dtype=delta.dtype)
+        if self.stride == self.kernel_size:
+            blocks = dx[:, :, :oh * kh, :ow * kw].reshape(c, n, oh, kh, ow, kw)       # a view
+            offsets = xp.arange(kh * kw).reshape(kh, 1, kw)                    # i * KW + j at (i, j)
+            first_max = self.argmax.transpose(1, 0, 2, 3)[:, :, :, None, :, None] == offsets
+            xp.multiply(first_max, delta.transpose(1, 0, 2, 3)[:, :, :, None, :, None], out=blocks)
+            return self._cropped(dx.transpose(1, 0, 2, 3))
+        dx = dx.transpose(1, 0, 2, 3)
+        for k, view in self._windows(dx, oh, ow):
             view += delta * (self.argmax == k)             # to the window's maximum only
         return self._cropped(dx)

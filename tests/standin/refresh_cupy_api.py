@@ -4,8 +4,10 @@
     python tests/standin/refresh_cupy_api.py
 
 Functions and classes keep the parameter names of their signature (``null`` when CuPy gives
-none); ufuncs keep ``[nin, nout]``; ``ndarray``, ``random.RandomState`` and ``random.Generator`` methods keep the
-parameters of their docstring's first line, where Cython puts the signature.
+none); ufuncs keep ``[nin, nout]``; ``ndarray``, ``random.RandomState`` and ``random.Generator`` methods
+keep the parameters of their docstring's first line, where Cython puts the signature. Recorded:
+``cupy``, ``cupy.random``, ``cupy.lib.stride_tricks``, those three classes, and the names of
+``cupy.cuda`` and ``cupy.cuda.runtime``.
 """
 import inspect
 import json
@@ -70,12 +72,14 @@ def methods(cls):
 
 def snapshot():
     """The API record of the installed CuPy."""
+    import cupy.lib.stride_tricks
     return {"version": cupy.__version__, "cupy": namespace(cupy), "cupy.random": namespace(cupy.random),
-           "cupy.ndarray": methods(cupy.ndarray),
-           "cupy.random.RandomState": methods(cupy.random.RandomState),
-           "cupy.random.Generator": methods(cupy.random.Generator),
-           "cupy.cuda": sorted(n for n in dir(cupy.cuda) if not n.startswith("_")),
-           "cupy.cuda.runtime": sorted(n for n in dir(cupy.cuda.runtime) if not n.startswith("_"))}
+            "cupy.lib.stride_tricks": namespace(cupy.lib.stride_tricks),
+            "cupy.ndarray": methods(cupy.ndarray),
+            "cupy.random.RandomState": methods(cupy.random.RandomState),
+            "cupy.random.Generator": methods(cupy.random.Generator),
+            "cupy.cuda": sorted(n for n in dir(cupy.cuda) if not n.startswith("_")),
+            "cupy.cuda.runtime": sorted(n for n in dir(cupy.cuda.runtime) if not n.startswith("_"))}
 
 
 def main():

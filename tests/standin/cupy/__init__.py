@@ -545,6 +545,26 @@ random = _Namespace("cupy.random", API["cupy.random"]["functions"], RandomState=
                     Generator=Generator, default_rng=lambda seed=None: Generator(seed))
 
 
+def _stride_trick(name):
+    """``cupy.lib.stride_tricks.<name>``: NumPy's, on the array behind a device array (a view);
+    writeable windows refused, as CuPy refuses them."""
+    target = getattr(numpy.lib.stride_tricks, name)
+    params = API["cupy.lib.stride_tricks"]["functions"][name]
+
+    @functools.wraps(target)
+    def call(x, *args, **kwargs):
+        _check_keywords(f"cupy.lib.stride_tricks.{name}", params, kwargs)
+        if kwargs.get("writeable"):
+            raise NotImplementedError("Writeable views are not supported.")
+        return _wrap(target(_unwrap(x, f"cupy.lib.stride_tricks.{name}"), *args, **kwargs))
+    return call
+
+
+_TRICKS = API["cupy.lib.stride_tricks"]["functions"]
+lib = _Namespace("cupy.lib", ["stride_tricks"], stride_tricks=_Namespace(
+    "cupy.lib.stride_tricks", _TRICKS, **{name: _stride_trick(name) for name in _TRICKS}))
+
+
 class _Device:
     def __init__(self, device=None):
         self.id = 0 if device is None else int(device)
