@@ -88,6 +88,24 @@ def test_the_stand_in_counts_a_result_sized_by_the_data_as_a_sync(cupy_standin):
     assert by_kind(cp.syncs) == {"boolean index": 1, "nonzero": 2, "flatnonzero": 1, "where": 1}
 
 
+def test_the_stand_in_counts_device_work_as_launches(cupy_standin):
+    """A ufunc, an assignment, an in-place operator, a product, a draw and a new array from a
+    function, method or index each launch work on a GPU; views and bare allocation do not."""
+    cp = cupy_standin
+    a = cp.asarray(np.arange(12.0).reshape(3, 4))
+    a.T, a[1:], a.reshape(4, 3), cp.broadcast_to(a, (2, 3, 4)), cp.empty((3, 4)), cp.empty_like(a)
+    cp.lib.stride_tricks.sliding_window_view(a, (2, 2))
+    assert cp.launches == {}
+    a + 1
+    a[0] = 0
+    a *= 2
+    a @ a.T
+    a.sum(axis=0), cp.zeros(3), a[cp.asarray(np.array([0, 2]))]
+    cp.random.default_rng(0).standard_normal(3)
+    assert by_kind(cp.launches) == {"add": 1, "assignment": 1, "multiply in place": 1, "matmul": 1,
+                                    "ndarray.sum": 1, "zeros": 1, "index": 1, "random": 1}
+
+
 def test_the_api_snapshot_matches_an_installed_cupy():
     """``api.json`` is what ``refresh_cupy_api.py`` writes from the installed CuPy (checked when
     CuPy is installed at the recorded version)."""
@@ -104,7 +122,7 @@ def test_the_api_snapshot_matches_an_installed_cupy():
     assert module.snapshot() == recorded
 
 
-# --- no host sync in a step, no relayout in a ResNet step --------------------------------------------
+# --- no host sync in a step, no relayout in a ResNet step, few launches -----------------------------
 
 FAMILIES = {
     "mlp": (lambda bk: mlp(bk, "mlpn", "relu", sizes=(784, 32, 16, 10)), (784,)),
@@ -173,6 +191,26 @@ def test_a_deferred_check_fails_at_the_next_host_read(cupy_standin):
     assert dict(cupy_standin.syncs) == {}
     with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9 \(checked on the device"):
         trainer.bk.scalar(trainer.loss.losses.sum())
+
+
+#: Kernel launches of a training step and of a 3-step PGD attack (batch of 8), on the stand-in's
+#: count (docs/performance.md): a change that launches more fails here.
+LAUNCHES = {"mlp": (87, 152), "cnn": (134, 299), "resnet18": (1120, 1928)}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_step_launches_no_more_kernels_than_recorded(name, cupy_standin):
+    """Small models on a GPU wait on launches, not arithmetic: one operation per kernel
+    offset or per window position would multiply them."""
+    trainer, x, y = _trainer(name)
+    trainer.step(x[:8], y[:8])
+    cupy_standin.reset()
+    trainer.step(x[:8], y[:8])
+    step = sum(cupy_standin.launches.values())
+    cupy_standin.reset()
+    pgd(trainer.model, x[:8], y[:8], 0.1, 0.02, 3)
+    attack = sum(cupy_standin.launches.values())
+    assert step <= LAUNCHES[name][0] and attack <= LAUNCHES[name][1], (step, attack)
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])

@@ -20,9 +20,13 @@ And it counts, by the engine's call site (``file:line``):
   boolean array, ``nonzero`` and its kin, ``where`` with one argument);
 * ``relayouts``: every copy made only to change memory order -- a ``reshape`` or ``ravel`` that
   cannot be a view, ``ascontiguousarray`` of a non-C-contiguous array, and a ``tensordot`` /
-  ``matmul`` operand that is not a strided matrix cuBLAS could read as it is.
+  ``matmul`` operand that is not a strided matrix cuBLAS could read as it is;
+* ``launches``: every call that runs work on the device, each a kernel launch (or a cuBLAS
+  call) on a GPU -- a ufunc, an assignment or in-place operator, a matrix product, a random
+  draw, and a function, method or index whose result is a new array (not a view; allocation
+  alone, ``empty`` / ``empty_like``, runs nothing).
 
-``reset()`` clears both counters.
+``reset()`` clears the counters.
 """
 import collections
 import functools
@@ -39,14 +43,16 @@ __version__ = API["version"] + "+standin"
 
 syncs = collections.Counter()
 relayouts = collections.Counter()
+launches = collections.Counter()
 _NUMPY_DIR = os.path.dirname(numpy.__file__)
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))
 
 
 def reset():
-    """Clear the sync and relayout counters."""
+    """Clear the counters."""
     syncs.clear()
     relayouts.clear()
+    launches.clear()
 
 
 def _site():
@@ -66,6 +72,21 @@ def _sync(kind):
 
 def _relayout(kind):
     relayouts[(kind, _site())] += 1
+
+
+#: Functions that only allocate: no kernel runs.
+ALLOCATE_ONLY = {"empty", "empty_like"}
+
+
+def _launch(kind):
+    launches[(kind, _site())] += 1
+
+
+def _launch_if_new(kind, result, inputs):
+    """A launch when ``result`` is a new array, not a view of one of ``inputs``."""
+    if (isinstance(result, numpy.ndarray) and kind not in ALLOCATE_ONLY
+            and not any(isinstance(a, numpy.ndarray) and numpy.may_share_memory(result, a) for a in inputs)):
+        _launch(kind)
 
 
 # --- crossing between host and device -------------------------------------------------------
@@ -134,6 +155,7 @@ def _ufunc_call(name, args, kwargs):
     """The NumPy ufunc ``name`` on device arrays; a new result is C-ordered, as CuPy's are."""
     params = ["out", "casting", "dtype"]
     _check_keywords(f"cupy.{name}", params, kwargs)
+    _launch(name)
     inputs = _unwrap(tuple(args), f"cupy.{name}")
     if "out" in kwargs:
         out = kwargs["out"]
@@ -180,6 +202,7 @@ def tensordot(a, b, axes=2):
         axes_a = [axes_a] if isinstance(axes_a, int) else list(axes_a)
         axes_b = [axes_b] if isinstance(axes_b, int) else list(axes_b)
     x, y = _unwrap((a, b), "cupy.tensordot")
+    _launch("tensordot")
     axes_a = [k % x.ndim for k in axes_a]
     axes_b = [k % y.ndim for k in axes_b]
     free_a = [k for k in range(x.ndim) if k not in axes_a]
@@ -197,6 +220,7 @@ def matmul(x1, x2, out=None, **kwargs):
     """``cupy.matmul``; an operand whose matrices are not strided matrices is copied."""
     _check_keywords("cupy.matmul", API["cupy"]["functions"]["matmul"], kwargs)
     a, b = _unwrap((x1, x2), "cupy.matmul")
+    _launch("matmul")
     for m in (a, b):
         if m.ndim >= 2 and m.size and (m.strides[-1] != m.itemsize and m.strides[-2] != m.itemsize):
             _relayout("matmul")
@@ -210,6 +234,7 @@ def ascontiguousarray(a, dtype=None):
     x = _unwrap(a, "cupy.ascontiguousarray")
     if not x.flags.c_contiguous:
         _relayout("ascontiguousarray")
+        _launch("ascontiguousarray")
     return _wrap(numpy.ascontiguousarray(x, dtype=dtype))
 
 
@@ -317,6 +342,7 @@ class ndarray:
                             **{k: _unwrap(v, f"cupy.ndarray.{name}") for k, v in kwargs.items()})
             if name in ("reshape", "ravel", "flatten") and self._a.size and not numpy.shares_memory(result, self._a):
                 _relayout(name)
+            _launch_if_new(f"ndarray.{name}", result, [self._a])
             return _wrap(_allocated(result, [self._a], name))
         return call
 
@@ -341,9 +367,12 @@ class ndarray:
         if any(isinstance(p, numpy.ndarray) and p.dtype == bool for p in (index if isinstance(index, tuple)
                                                                            else (index,))):
             _sync("boolean index")
-        return _wrap(self._a[index])
+        result = self._a[index]
+        _launch_if_new("index", result, [self._a])
+        return _wrap(result)
 
     def __setitem__(self, key, value):
+        _launch("assignment")
         self._a[self._key(key)] = _unwrap(value, "cupy.ndarray assignment")
 
     def __neg__(self):
@@ -375,6 +404,7 @@ def _operators():
 
     def inplace(uf):
         def op(self, other):
+            _launch(f"{uf} in place")
             getattr(numpy, uf)(self._a, _unwrap(other, f"cupy.ndarray {uf}="), out=self._a)
             return self
         return op
@@ -448,6 +478,7 @@ def _function(name):
         _count_data_sized(name, args)
         inputs = _unwrap(args, f"cupy.{name}")
         result = target(*inputs, **{k: _unwrap(v, f"cupy.{name}") for k, v in kwargs.items()})
+        _launch_if_new(name, result, inputs)
         return _wrap(_allocated(result, inputs, name))
     return call
 
@@ -502,6 +533,7 @@ class _Generator:
         return checked
 
     def _draw(self, values, dtype, out=None):
+        _launch("random")
         if out is None:
             return _wrap(values.astype(dtype, copy=False))
         _unwrap(out, "out=")[...] = values
@@ -528,6 +560,7 @@ class _Generator:
         return self._draw(self._rng.uniform(low, high, size), dtype)
 
     def permutation(self, num):
+        _launch("random")
         return _wrap(self._rng.permutation(_unwrap(num, "permutation")))
 
 
