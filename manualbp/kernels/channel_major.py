@@ -50,10 +50,10 @@ class Conv2dChannelMajor(Conv2d):
         kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(self.x_shape, self.kernel_size, self.stride, self.padding)
         d = delta.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)     # a view when channel-major
         weight = self.params["weight"]
-        if self.param_grads:
-            self.grads["weight"] = xp.matmul(d, self.cols.T).reshape(weight.shape)
+        if self.param_grads:                                                # written in place
+            xp.matmul(d, self.cols.T, out=self.grads["weight"].reshape(self.out_channels, -1))
             if "bias" in self.params:
-                self.grads["bias"] = d.sum(axis=1)
+                d.sum(axis=1, out=self.grads["bias"])
         if not input_grad:
             return None
         dcols = xp.matmul(weight.reshape(self.out_channels, -1).T, d)       # Eq. (2)
