@@ -100,10 +100,10 @@ def test_the_stand_in_counts_device_work_as_launches(cupy_standin):
     a[0] = 0
     a *= 2
     a @ a.T
-    a.sum(axis=0), cp.zeros(3), a[cp.asarray(np.array([0, 2]))]
+    a.sum(axis=0), cp.zeros(3), a[cp.asarray(np.array([0, 2]))], a.fill(1)
     cp.random.default_rng(0).standard_normal(3)
     assert by_kind(cp.launches) == {"add": 1, "assignment": 1, "multiply in place": 1, "matmul": 1,
-                                    "ndarray.sum": 1, "zeros": 1, "index": 1, "random": 1}
+                                    "ndarray.sum": 1, "zeros": 1, "index": 1, "ndarray.fill": 1, "random": 1}
 
 
 def test_the_api_snapshot_matches_an_installed_cupy():

@@ -342,6 +342,8 @@ class ndarray:
                             **{k: _unwrap(v, f"cupy.ndarray.{name}") for k, v in kwargs.items()})
             if name in ("reshape", "ravel", "flatten") and self._a.size and not numpy.shares_memory(result, self._a):
                 _relayout(name)
+            if result is None:                                     # in place: fill, sort, put
+                _launch(f"ndarray.{name}")
             _launch_if_new(f"ndarray.{name}", result, [self._a])
             return _wrap(_allocated(result, [self._a], name))
         return call
