@@ -34,13 +34,13 @@ part() {  # part SECONDS NAME COMMAND...: run COMMAND for at most SECONDS x scal
     if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
 }
 part 10 gpu python3 -c "import cupy; print(cupy.cuda.runtime.getDeviceProperties(0)['name'].decode(), 'CuPy', cupy.__version__)"
-part 190 tests python3 -m pytest -v -p no:cacheprovider -m gpu
+part 220 tests python3 -m pytest -v -p no:cacheprovider -m gpu
 run=(python3 examples/mnist_mlp.py --backend cupy --dataset fashion-mnist --variant mlpn --activation relu
      --out "$out/mlp-run")
 part 40 train "${run[@]}" --epochs 2 --overwrite
 part 30 resume "${run[@]}" --epochs 3 --resume
-part 60 bench_mlp python3 benchmarks/bench_mlp.py --backend cupy --repeats 3 --sigma-rounds 10 --json "$out/bench_mlp.json"
-part 60 bench_cnn python3 benchmarks/bench_cnn.py --backend cupy --json "$out/bench_cnn.json"
+part 50 bench_mlp python3 benchmarks/bench_mlp.py --backend cupy --repeats 3 --sigma-rounds 10 --json "$out/bench_mlp.json"
+part 50 bench_cnn python3 benchmarks/bench_cnn.py --backend cupy --json "$out/bench_cnn.json"
 part 40 bench_pgd python3 benchmarks/bench_pgd.py --backend cupy --json "$out/bench_pgd.json"
-part 90 bench_resnet python3 benchmarks/bench_resnet.py --backend cupy --json "$out/bench_resnet.json"
+part 80 bench_resnet python3 benchmarks/bench_resnet.py --backend cupy --json "$out/bench_resnet.json"
 exit $status
