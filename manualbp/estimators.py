@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from . import zoo
 from .layers import SoftmaxCrossEntropy
-from .model import held_noise, noise_layers
+from .model import held_noise, noise_layers, state_restored
 
 METHODS = ("pathwise", "finite_difference", "likelihood_ratio")
 
@@ -149,7 +149,8 @@ def estimate_sigma_gradient(model, x, y, method="pathwise", draws=10000, group_s
 
     ``method`` is one of :data:`METHODS`; ``h`` is the finite-difference step. The backend's
     generator is re-seeded from ``(seed, method)``, so the three methods use independent draws.
-    Returns an :class:`Estimate`.
+    The model runs in training mode, and its running statistics and gradients are given back as
+    they were (:func:`~manualbp.model.state_restored`). Returns an :class:`Estimate`.
     """
     if method not in _ESTIMATORS:
         raise ValueError(f"unknown estimator {method!r}: expected one of {', '.join(METHODS)}")
@@ -166,8 +167,9 @@ def estimate_sigma_gradient(model, x, y, method="pathwise", draws=10000, group_s
     xs, ys = xp.tile(x, tile), xp.tile(y, group_size)
     loss = SoftmaxCrossEntropy(bk)
     bk.seed([seed, METHODS.index(method)])
-    rows = [xp.concatenate(_ESTIMATORS[method](model, loss, xs, ys, layers, h))
-            for _ in range(draws // group_size)]
+    with state_restored(model):
+        rows = [xp.concatenate(_ESTIMATORS[method](model, loss, xs, ys, layers, h))
+                for _ in range(draws // group_size)]
     return Estimate(method, sigma_names(model), bk.to_host(xp.stack(rows)), group_size)
 
 

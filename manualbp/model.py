@@ -121,3 +121,18 @@ def held_noise(model):
     finally:
         for layer, hold_eps in saved:                      # as before, also when nested
             layer.hold_eps = hold_eps
+
+
+@contextmanager
+def state_restored(model):
+    """Within the block the model may move its buffers (batch norm's running statistics) and
+    write its gradients; afterwards each holds, in the same array, what it held before (for
+    measurements that must run in training mode, such as the estimators of Theorem 2)."""
+    saved = [(arrays, key, arrays[key], arrays[key].copy()) for _, m in model.modules()
+             for arrays in (m.buffers, m.grads) for key in arrays]
+    try:
+        yield model
+    finally:
+        for arrays, key, array, value in saved:
+            arrays[key] = array
+            array[...] = value

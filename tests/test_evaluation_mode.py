@@ -1,8 +1,9 @@
-"""Evaluation never changes what it evaluates: every attack, the corruption cells, saliency maps
-and accuracy leave each parameter and buffer bit for bit as they were and give every layer back
-in the mode it came in (training or evaluation, and its ``eval_noise``); a model in training mode
-is attacked in evaluation mode, so batch-norm running statistics stay put and fixed ("+") noise
-is off, and a model loaded from a checkpoint comes back in evaluation mode."""
+"""Evaluation never changes what it evaluates: every attack, the corruption cells, saliency maps,
+accuracy and the estimators of Theorem 2 leave each parameter and buffer bit for bit as they
+were and give every layer back in the mode it came in (training or evaluation, and its
+``eval_noise``); a model in training mode is attacked in evaluation mode, so batch-norm running
+statistics stay put and fixed ("+") noise is off, and a model loaded from a checkpoint comes
+back in evaluation mode."""
 import contextlib
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from manualbp import evaluate, get_backend, robustness
 from manualbp.attacks import eot_pgd, expected_gradient, fgsm, input_gradient, lbfgs, lbfgs_targeted, pgd
 from manualbp.datasets import DATASETS
+from manualbp.estimators import METHODS, estimate_sigma_gradient
 from manualbp.model import evaluating, held_noise
 from manualbp.optim import Adam
 from manualbp.saliency import score_gradient, smoothgrad
@@ -87,6 +89,22 @@ def test_corruption_cells_leave_the_model_as_they_found_it():
     robustness.corruption_cells({"cnn-an": model}, images, y,
                                 robustness.Settings(mnist.attacks, mnist.corruptions, draws=1))
     assert_unchanged(model, before, "corruption_cells")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", ["resnet18-an", "cnn-an"])
+def test_the_estimators_give_back_the_running_statistics_and_gradients(name, method):
+    """Theorem 2's estimators run in training mode, which moves batch norm's running statistics
+    and writes gradients: both are given back as they were, in the same arrays."""
+    model = MODELS[name](get_backend("numpy", "float64", 0)).train()
+    x, y = batch(model, n=2)
+    grads = {k: (v, np.array(v)) for k, v in model.named_gradients().items()}
+    before = snapshot(model)
+    estimate_sigma_gradient(model, x, y, method, draws=4, group_size=2)
+    assert_unchanged(model, before, method)
+    for k, (array, value) in grads.items():
+        assert model.named_gradients()[k] is array, f"{method} replaced the gradient array {k}"
+        np.testing.assert_array_equal(array, value, err_msg=f"{method} changed the gradient {k}")
 
 
 def test_an_attack_on_a_training_model_runs_it_in_evaluation_mode():
