@@ -1,6 +1,7 @@
 """Every benchmark script runs end to end (tiny settings) and writes its figures: the scripts are
 how speed is shown, so they must not rot. Timings themselves are not asserted."""
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,41 @@ def test_the_torch_side_is_the_twin_of_the_manualbp_model():
         text = script.read_text()
         assert "torch.nn.Module" not in text and "torch.nn.Linear" not in text, script.name
         assert "torch_twin(" in text or "to_torch(" in text, script.name
+
+
+#: Runs a script with its flags parsed and nothing else: ``python -c PARSE_ONLY script args...``.
+PARSE_ONLY = """
+import argparse, os, runpy, sys
+parse = argparse.ArgumentParser.parse_args
+def parse_only(self, *args, **kwargs):
+    parse(self, *args, **kwargs)
+    sys.exit(0)
+argparse.ArgumentParser.parse_args = parse_only
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_the_gpu_script_runs_every_part_with_flags_its_script_takes(tmp_path):
+    """``benchmarks/gpu.sh`` is run where GPU time is short: with a stand-in ``timeout`` that
+    records each part's command instead of running it, the script runs through (its shell is
+    sound), lists its eight parts, and every Python script among them accepts its flags."""
+    stub = tmp_path / "bin" / "timeout"
+    stub.parent.mkdir()
+    stub.write_text('#!/usr/bin/env bash\nshift 3\nprintf "%s\\0" "$@" >> "$RECORD"; printf "\\n" >> "$RECORD"\n')
+    stub.chmod(0o755)
+    record, out = tmp_path / "commands", tmp_path / "out"
+    env = checkout_env(PATH=f"{stub.parent}{os.pathsep}{os.environ['PATH']}", RECORD=str(record))
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    parts = [line.split()[0] for line in (out / "parts.txt").read_text().splitlines()]
+    assert parts == ["gpu", "tests", "train", "resume", "bench_mlp", "bench_cnn", "bench_pgd", "bench_resnet"]
+    commands = [line.strip("\0").split("\0") for line in record.read_text().splitlines()]
+    scripts = [c for c in commands if c[0] == "python3" and c[1].endswith(".py")]
+    assert len(scripts) == 6
+    for command in scripts:
+        parsed = subprocess.run([sys.executable, "-c", PARSE_ONLY, *command[1:]], cwd=ROOT, capture_output=True,
+                                text=True, env=checkout_env(STANDIN_DIR), timeout=120)
+        assert parsed.returncode == 0, (command, parsed.stderr[-2000:])
