@@ -110,22 +110,25 @@ class BatchNorm2dInLayout(BatchNorm2d):
 class MaxPool2dChannelMajor(MaxPool2d):
     """What :class:`~manualbp.layers.pool.MaxPool2d` computes, with ``dL/dx`` stored
     ``(C, N, H, W)`` for the convolution below. Windows that tile the input (stride = kernel)
-    get their gradients in one product, written into ``dL/dx`` seen as ``(C, N, OH, KH, OW, KW)``
-    blocks; overlapping ones one kernel offset after the other."""
+    get their gradients in one product, as ``(C, N, OH, KH, OW, KW)`` blocks; overlapping ones
+    one kernel offset after the other."""
 
     def backward(self, delta, input_grad=True):
         if not input_grad:
             return None
         xp, (n, c, h, w), (kh, kw) = self.xp, self.x_shape, self.kernel_size
         oh, ow = delta.shape[2:]
-        dx = xp.zeros((c, n, h, w), dtype=delta.dtype)
         if self.stride == self.kernel_size:
-            blocks = dx[:, :, :oh * kh, :ow * kw].reshape(c, n, oh, kh, ow, kw)       # a view
+            blocks = xp.empty((c, n, oh, kh, ow, kw), dtype=delta.dtype)
             offsets = xp.arange(kh * kw).reshape(kh, 1, kw)                    # i * KW + j at (i, j)
             first_max = self.argmax.transpose(1, 0, 2, 3)[:, :, :, None, :, None] == offsets
             xp.multiply(first_max, delta.transpose(1, 0, 2, 3)[:, :, :, None, :, None], out=blocks)
+            dx = tiled = blocks.reshape(c, n, oh * kh, ow * kw)
+            if tiled.shape[2:] != (h, w):                  # rows or columns that no window covers
+                dx = xp.zeros((c, n, h, w), dtype=delta.dtype)
+                dx[:, :, :oh * kh, :ow * kw] = tiled
             return self._cropped(dx.transpose(1, 0, 2, 3))
-        dx = dx.transpose(1, 0, 2, 3)
+        dx = xp.zeros((c, n, h, w), dtype=delta.dtype).transpose(1, 0, 2, 3)
         for k, view in self._windows(dx, oh, ow):
             view += delta * (self.argmax == k)             # to the window's maximum only
         return self._cropped(dx)
