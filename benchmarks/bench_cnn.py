@@ -305,9 +305,10 @@ def main():
         print(f"manualbp CNN-AN / CNN: {own_an:.2f}")
 
     count = (3 if args.backend == "cupy" else 0) if args.epochs is None else args.epochs
-    epochs = whole_epochs(engines, x[:args.images], y[:args.images], count, device) if count else {}
+    epoch_x, epoch_y = x[:args.images], y[:args.images]
+    epochs = whole_epochs(engines, epoch_x, epoch_y, count, device) if count else {}
     if count:
-        print_epochs(epochs, med, len(x[:args.images]), count)
+        print_epochs(epochs, med, len(epoch_x), count)
 
     if args.backend == "numpy":
         parts_all = breakdowns(engines, batches, med, max(3, args.rounds))
@@ -317,7 +318,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"source": source, "backend": args.backend, "threads": threads, "median_step_seconds": med,
-                       "median_epoch_seconds": epochs, "epoch_images": len(x[:args.images]),
+                       "median_epoch_seconds": epochs, "epoch_images": len(epoch_x),
                        "kernels": args.kernels, "steps_per_epoch": STEPS_PER_EPOCH,
                        "breakdown": parts_all, "env": env},
                       f, indent=2)

@@ -42,7 +42,6 @@ def accuracy_over_draws(model, x, y, draws=DRAWS, noise=None, batch_size=1000):
     """``{"mean", "min", "all", "draws"}``: accuracy over ``draws`` noise draws (one pass when
     the model draws no noise in this mode); ``all`` is the worst-of-K accuracy per image."""
     bk, draws = model.bk, check_count(draws, "draws")
-    check_some(x)
     with evaluating(model, noise):
         k = draws if draws_noise(model) else 1
         hits = np.stack([bk.to_host(predict(model, x, batch_size) == y) for _ in range(k)])

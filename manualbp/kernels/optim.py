@@ -39,7 +39,7 @@ class _FlatKernel:
             super().step()
             for _, module, key in self.slots:
                 p = module.params[key]
-                p *= self.xp.abs(p) >= self.tiny
+                self._flush(p, self.xp.empty_like(p), self.xp.empty(p.shape, dtype=bool))
             return
         self.t += 1
         self.store.gather(self.names)
@@ -49,9 +49,13 @@ class _FlatKernel:
     def _update_and_flush(self, part):
         """The update of ``part``, then its subnormal parameters set to zero (module docstring)."""
         self.update_part(part)
-        xp, p, s = self.xp, self.param[part], self.work[part]
-        xp.greater_equal(xp.abs(p, out=s), self.tiny, out=self.normal[part])
-        p *= self.normal[part]
+        self._flush(self.param[part], self.work[part], self.normal[part])
+
+    def _flush(self, p, work, normal):
+        """Set the subnormal entries of ``p`` to zero (``work``, ``normal``: scratch arrays of its
+        shape, float and bool)."""
+        self.xp.greater_equal(self.xp.abs(p, out=work), self.tiny, out=normal)
+        p *= normal
 
     def _decayed_grad(self, part):
         """``g + weight_decay * p`` (L2 weight decay), or ``g`` itself when there is none."""

@@ -82,10 +82,14 @@ def _launch(kind):
     launches[(kind, _site())] += 1
 
 
+def _is_view(result, inputs):
+    """Whether ``result`` shares memory with one of the arrays among ``inputs``."""
+    return any(isinstance(a, numpy.ndarray) and numpy.may_share_memory(result, a) for a in inputs)
+
+
 def _launch_if_new(kind, result, inputs):
     """A launch when ``result`` is a new array, not a view of one of ``inputs``."""
-    if (isinstance(result, numpy.ndarray) and kind not in ALLOCATE_ONLY
-            and not any(isinstance(a, numpy.ndarray) and numpy.may_share_memory(result, a) for a in inputs)):
+    if isinstance(result, numpy.ndarray) and kind not in ALLOCATE_ONLY and not _is_view(result, inputs):
         _launch(kind)
 
 
@@ -127,7 +131,7 @@ def _allocated(result, inputs, name):
     """``result`` as CuPy allocates it: a new array that NumPy laid out like an input becomes
     C-ordered (views, and the functions of :data:`FOLLOW_LAYOUT`, are left as they are)."""
     if (not isinstance(result, numpy.ndarray) or result.flags.c_contiguous or name in FOLLOW_LAYOUT
-            or any(isinstance(a, numpy.ndarray) and numpy.may_share_memory(result, a) for a in inputs)):
+            or _is_view(result, inputs)):
         return result
     return numpy.ascontiguousarray(result)
 
