@@ -11,28 +11,45 @@ their results in the memory layout of their input (``out=`` into ``empty_like``)
     v = W cols               (Eq. 1)
     dL/dW = delta cols^T      dL/dcols = W^T delta      (Eq. 2)
 
-are three GEMMs on views: no relayout copy in a ResNet step (``tests/test_cupy.py`` counts
-them on the CuPy stand-in). The kernels use only array operations, so they run on NumPy too.
+are GEMMs on views: no relayout copy in a ResNet step (``tests/test_cupy.py`` counts them on
+the CuPy stand-in). The kernels use only array operations, so they run on NumPy too.
 """
 from ..layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU
 from ..layers.im2col import conv_geometry
+from .norm import gradient_arrays
+
+
+def columns(xp, a, kernel, stride, padding, out_size):
+    """The columns ``(C KH KW, N OH OW)`` of a channel-major ``a`` ``(C, N, H, W)``, zero-padded,
+    copied in one pass from a sliding-window view."""
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel, stride, padding, out_size
+    c, n, h, w = a.shape
+    if ph or pw:
+        padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=a.dtype)
+        padded[:, :, ph:ph + h, pw:pw + w] = a
+        a = padded
+    windows = xp.lib.stride_tricks.sliding_window_view(a, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    cols = xp.empty((c, kh, kw, n, oh, ow), dtype=a.dtype)
+    cols[...] = windows.transpose(0, 4, 5, 1, 2, 3)
+    return cols.reshape(c * kh * kw, n * oh * ow)
 
 
 class Conv2dChannelMajor(Conv2d):
     """What :class:`~manualbp.layers.conv.Conv2d` computes; the output and ``dL/dx`` are
-    stored ``(C, N, H, W)``."""
+    stored ``(C, N, H, W)``.
+
+    With stride 1 and a kernel of more than 3 elements, ``dL/dx`` is the convolution of
+    ``delta``, padded by ``K - 1 - P``, with the kernel flipped and its channel axes swapped
+    (Eq. 2 regrouped): one GEMM on columns, 5 launches. Otherwise ``dL/dcols = W^T delta`` is
+    added back one kernel offset after the other, 2 + KH KW launches.
+    """
 
     def forward(self, x):
         self.check(x)
         xp = self.xp
         n, c, h, w = self.x_shape = x.shape
         kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x.shape, self.kernel_size, self.stride, self.padding)
-        padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-        padded[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
-        windows = xp.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-        cols = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-        cols[...] = windows.transpose(0, 4, 5, 1, 2, 3)                  # all windows in one copy
-        self.cols = cols.reshape(c * kh * kw, n * oh * ow)
+        self.cols = columns(xp, x.transpose(1, 0, 2, 3), (kh, kw), (sh, sw), (ph, pw), (oh, ow))
         v = xp.matmul(self.params["weight"].reshape(self.out_channels, -1), self.cols)   # Eq. (1)
         v = v.reshape(self.out_channels, n, oh, ow)
         if "bias" in self.params:
@@ -48,15 +65,23 @@ class Conv2dChannelMajor(Conv2d):
         xp = self.xp
         n, c, h, w = self.x_shape
         kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(self.x_shape, self.kernel_size, self.stride, self.padding)
-        d = delta.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)     # a view when channel-major
+        d = delta.transpose(1, 0, 2, 3)
+        flat = d.reshape(self.out_channels, -1)                             # a view: channel-major
         weight = self.params["weight"]
         if self.param_grads:                                                # written in place
-            xp.matmul(d, self.cols.T, out=self.grads["weight"].reshape(self.out_channels, -1))
+            xp.matmul(flat, self.cols.T,
+                      out=self.grads["weight"].reshape(self.out_channels, -1))
             if "bias" in self.params:
-                d.sum(axis=1, out=self.grads["bias"])
+                flat.sum(axis=1, out=self.grads["bias"])
         if not input_grad:
             return None
-        dcols = xp.matmul(weight.reshape(self.out_channels, -1).T, d)       # Eq. (2)
+        if (sh, sw) == (1, 1) and kh * kw > 3 and ph < kh and pw < kw:
+            flipped = xp.empty((c, self.out_channels, kh, kw), dtype=weight.dtype)
+            flipped[...] = weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+            delta_cols = columns(xp, d, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (h, w))
+            dx = xp.matmul(flipped.reshape(c, -1), delta_cols)             # Eq. (2)
+            return dx.reshape(c, n, h, w).transpose(1, 0, 2, 3)
+        dcols = xp.matmul(weight.reshape(self.out_channels, -1).T, flat)   # Eq. (2)
         dcols = dcols.reshape(c, kh, kw, n, oh, ow)
         padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=delta.dtype)
         for i in range(kh):
@@ -94,13 +119,17 @@ class BatchNorm2dInLayout(BatchNorm2d):
 
     def backward(self, delta, input_grad=True):
         xp = self.xp
-        grad_w, grad_b = self.parameter_gradients(delta)
+        if self.param_grads or self.training:
+            grad_w, grad_b = gradient_arrays(self)
+            product = xp.multiply(delta, self.xhat, out=xp.empty_like(delta))
+            product.sum(axis=self.axes, out=grad_w)                    # sum delta * xhat
+            delta.sum(axis=self.axes, out=grad_b)                      # sum delta
         if not input_grad:
             return None
         scale = self._per_feature("weight", self.params) * self.inv_std
         dx = xp.multiply(scale, delta, out=xp.empty_like(delta))
         if self.training:                      # scale * (delta - (dL/dbias + xhat * dL/dweight) / n)
-            correction = xp.multiply(self.xhat, grad_w.reshape(self.shape), out=xp.empty_like(delta))
+            correction = xp.multiply(self.xhat, grad_w.reshape(self.shape), out=product)
             correction += grad_b.reshape(self.shape)
             correction *= scale / self.count
             dx -= correction

@@ -40,7 +40,7 @@ class GaussianNoiseKernel(GaussianNoise):
             if not self.hold_eps:
                 self.eps = None
             if mu is not None:
-                out = v + mu
+                out = xp.add(v, mu, out=xp.empty_like(v))          # v + mu, in v's layout
         return out
 
     def backward(self, delta, input_grad=True):

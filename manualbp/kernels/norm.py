@@ -5,6 +5,15 @@ from ..layers.norm import BatchNorm1d, BatchNorm2d
 from ..parallel import parallel_blocks
 
 
+def gradient_arrays(layer):
+    """Where a batch norm's ``(dL/dweight, dL/dbias)`` are written: its ``grads`` when they are
+    wanted (in place, so the parameter store need not copy them), else arrays of their own
+    (``dL/dx`` needs them with batch statistics)."""
+    if layer.param_grads:
+        return layer.grads["weight"], layer.grads["bias"]
+    return layer.xp.empty_like(layer.grads["weight"]), layer.xp.empty_like(layer.grads["bias"])
+
+
 class _BatchNormKernel:
     """The fast forward and backward shared by both batch norms (mixed in before the layer)."""
 
@@ -50,10 +59,7 @@ class _BatchNormKernel:
 
     def backward(self, delta, input_grad=True):
         xp = self.xp
-        if self.param_grads:
-            grad_w, grad_b = self.grads["weight"], self.grads["bias"]
-        else:                                                 # dL/dx needs them with batch statistics
-            grad_w, grad_b = xp.empty_like(self.grads["weight"]), xp.empty_like(self.grads["bias"])
+        grad_w, grad_b = gradient_arrays(self)
         if self.param_grads or self.training:
             grad_w[...] = self._dot(delta, self.xhat)
             xp.sum(delta, axis=self.axes, out=grad_b)
