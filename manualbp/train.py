@@ -169,11 +169,16 @@ class Trainer:
         self.model.backward(self.loss.backward(), input_grad=False)  # Eq. (2) and (3)
         if self.sigma_penalty is not None:
             self.sigma_penalty.add_gradient(self.model)             # + dR/dsigma, the prior on sigma
+        self.update(share)
+        return loss
+
+    def update(self, share=1):
+        """Algorithm 1's updates from the gradients in the model: with ``comm`` the ranks'
+        gradients summed first, each weighted by its ``share`` of the batch."""
         if self.comm is not None:
             self.comm.average_gradients(self.model, share)          # sum_r share_r * grad_r
         for opt in self.optimizers:                                 # weights, then Eq. (7)
             opt.step()
-        return loss
 
     def idle_step(self):
         """This rank's part of a step whose shard is empty (a last batch smaller than the
@@ -181,9 +186,7 @@ class Trainer:
         store = self.model.parameter_store()
         store.bind_gradients()
         store.grad[...] = 0
-        self.comm.average_gradients(self.model, 0)
-        for opt in self.optimizers:
-            opt.step()
+        self.update(0)
         return 0.0
 
     def batches(self, n):
