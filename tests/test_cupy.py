@@ -71,7 +71,12 @@ def test_the_stand_in_allocates_c_order_and_counts_syncs_and_relayouts(cupy_stan
     cp.tensordot(t, t, axes=([1, 2], [1, 2]))                     # column-major matrices: read as they are
     strided = cp.asarray(np.ones((4, 12)))[:, ::2]
     cp.tensordot(strided, strided, axes=([1], [1]))               # no unit stride: copied
+    cp.einsum("n...->...", t), cp.einsum("ij,ij->ij", strided, strided)
     assert by_kind(cp.relayouts) == {"reshape": 1, "tensordot": 2}
+    cp.einsum("n...,n...->...", t, t)                             # a batched matmul of flattened copies
+    assert by_kind(cp.relayouts) == {"reshape": 1, "tensordot": 2, "einsum": 2}
+    with pytest.raises(TypeError, match="Did not understand"):
+        cp.einsum("ij->i", t[0], out=cp.empty(4))
 
 
 def test_the_stand_in_counts_a_result_sized_by_the_data_as_a_sync(cupy_standin):
@@ -88,13 +93,26 @@ def test_the_stand_in_counts_a_result_sized_by_the_data_as_a_sync(cupy_standin):
     assert by_kind(cp.syncs) == {"boolean index": 1, "nonzero": 2, "flatnonzero": 1, "where": 1}
 
 
+def test_the_stand_in_counts_cupys_sliding_window_check_as_syncs(cupy_standin):
+    """CuPy's ``sliding_window_view`` tests its window shape for negative entries on the device
+    and reads each answer back; ``as_strided`` only makes the view."""
+    cp = cupy_standin
+    a = cp.asarray(np.arange(12.0).reshape(3, 4))
+    assert cp.lib.stride_tricks.sliding_window_view(a, (2, 2)).shape == (2, 3, 2, 2)
+    assert by_kind(cp.syncs) == {"sliding_window_view": 2} and by_kind(cp.launches) == {"less": 2}
+    cp.reset()
+    view = cp.lib.stride_tricks.as_strided(a, (2, 3, 2, 2), (32, 8, 32, 8))
+    assert cp.syncs == {} and cp.launches == {}
+    np.testing.assert_array_equal(view.get(), np.lib.stride_tricks.sliding_window_view(a.get(), (2, 2)))
+
+
 def test_the_stand_in_counts_device_work_as_launches(cupy_standin):
     """A ufunc, an assignment, an in-place operator, a product, a draw and a new array from a
     function, method or index each launch work on a GPU; views and bare allocation do not."""
     cp = cupy_standin
     a = cp.asarray(np.arange(12.0).reshape(3, 4))
     a.T, a[1:], a.reshape(4, 3), cp.broadcast_to(a, (2, 3, 4)), cp.empty((3, 4)), cp.empty_like(a)
-    cp.lib.stride_tricks.sliding_window_view(a, (2, 2))
+    cp.lib.stride_tricks.as_strided(a, (2, 2), (8, 8))
     assert cp.launches == {}
     a + 1
     a[0] = 0
@@ -213,11 +231,11 @@ def test_a_step_launches_no_more_kernels_than_recorded(name, cupy_standin):
     assert step <= LAUNCHES[name][0] and attack <= LAUNCHES[name][1], (step, attack)
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet18"])
-def test_a_convolutional_step_and_attack_make_no_relayout_copy(name, cupy_standin):
-    """Channel-major feature maps (:mod:`manualbp.kernels.channel_major`): every product of a
-    convolution reads its operands as they are, forward and backward, in training and in an
-    attack on the mean model (evaluation mode, no draws)."""
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_step_and_an_attack_make_no_relayout_copy(name, cupy_standin):
+    """The CuPy kernels (:mod:`manualbp.kernels.channel_major`): every product reads its
+    operands as they are, forward and backward, in training and in an attack on the mean model
+    (evaluation mode, no draws)."""
     trainer, x, y = _trainer(name)
     trainer.step(x[:8], y[:8])
     cupy_standin.reset()

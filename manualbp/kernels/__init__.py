@@ -24,7 +24,8 @@ def registry(backend_name):
     from ..model import Sequential
     from ..optim import SGD, Adam
     from ..layers import ReLU
-    from .channel_major import BatchNorm2dInLayout, Conv2dChannelMajor, MaxPool2dChannelMajor, ReLUInLayout
+    from .channel_major import (BatchNorm2dInLayout, Conv2dChannelMajor, GaussianNoiseInLayout,
+                                MaxPool2dChannelMajor, ReLUInLayout)
     from .containers import SequentialKernel
     from .conv import Conv2dKernel
     from .linear import LinearKernel
@@ -39,7 +40,7 @@ def registry(backend_name):
                GlobalAvgPool2d: GlobalAvgPool2dKernel, Flatten: FlattenKernel}
     if backend_name == "cupy":
         return {**generic, Conv2d: Conv2dChannelMajor, BatchNorm2d: BatchNorm2dInLayout, ReLU: ReLUInLayout,
-                MaxPool2d: MaxPool2dChannelMajor}
+                MaxPool2d: MaxPool2dChannelMajor, GaussianNoise: GaussianNoiseInLayout}
     return {**generic, Conv2d: Conv2dKernel, BatchNorm1d: BatchNorm1dKernel, BatchNorm2d: BatchNorm2dKernel,
             MaxPool2d: MaxPool2dKernel}
 

@@ -1,5 +1,5 @@
-"""The CuPy kernels of convolutional networks: feature maps stored channel-major, so that every
-product of a convolution is one GEMM on matrices cuBLAS reads as they are.
+"""The CuPy kernels: feature maps stored channel-major, so that every product of a convolution
+is one GEMM on matrices cuBLAS reads as they are, and every other result in its input's layout.
 
 CuPy's element-wise results are C-ordered, so the NumPy kernels' batch-innermost layout would
 be lost after the first activation, and each convolution would copy its operands into the order
@@ -16,21 +16,25 @@ the CuPy stand-in). The kernels use only array operations, so they run on NumPy 
 """
 from ..layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU
 from ..layers.im2col import conv_geometry
+from .noise import GaussianNoiseKernel
 from .norm import gradient_arrays
 
 
 def columns(xp, a, kernel, stride, padding, out_size):
-    """The columns ``(C KH KW, N OH OW)`` of a channel-major ``a`` ``(C, N, H, W)``, zero-padded,
-    copied in one pass from a sliding-window view."""
+    """The columns ``(C KH KW, N OH OW)`` of ``a`` ``(C, N, H, W)``, zero-padded, copied in one
+    pass from a view of all windows: ``cols[c, i, j, n, y, x] = a[c, n, y SH + i, x SW + j]``.
+    (``as_strided``, not ``sliding_window_view``: CuPy's checks its window shape on the device
+    and reads the answer back, a host sync.)"""
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel, stride, padding, out_size
     c, n, h, w = a.shape
     if ph or pw:
         padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=a.dtype)
         padded[:, :, ph:ph + h, pw:pw + w] = a
         a = padded
-    windows = xp.lib.stride_tricks.sliding_window_view(a, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    s_c, s_n, s_h, s_w = a.strides
+    windows = xp.lib.stride_tricks.as_strided(a, (c, kh, kw, n, oh, ow), (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw))
     cols = xp.empty((c, kh, kw, n, oh, ow), dtype=a.dtype)
-    cols[...] = windows.transpose(0, 4, 5, 1, 2, 3)
+    cols[...] = windows
     return cols.reshape(c * kh * kw, n * oh * ow)
 
 
@@ -89,6 +93,17 @@ class Conv2dChannelMajor(Conv2d):
                 view = padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]     # added to in place
                 view += dcols[:, i, j]
         return padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
+
+
+class GaussianNoiseInLayout(GaussianNoiseKernel):
+    """What :class:`~manualbp.layers.noise.GaussianNoise` computes; the sums over the batch of
+    Eq. (3) are a product in ``delta``'s layout and a reduction written in place. (CuPy's
+    ``einsum`` would copy both operands into the order of a batched matrix product.)"""
+
+    def sum_over_batch(self, a, b, out):
+        if b is not None:
+            a = self.xp.multiply(a, b, out=self.xp.empty_like(a))
+        a.sum(axis=0, out=out)
 
 
 class ReLUInLayout(ReLU):

@@ -14,7 +14,8 @@ class GaussianNoiseKernel(GaussianNoise):
     another order, as are those of a channel-major one on CuPy
     (:mod:`~manualbp.kernels.channel_major`). ``v + sigma * eps + mu`` runs block by block of
     channels on the thread pool (in one piece on CuPy); Eq. (3), ``sum_n delta * eps``, is one
-    ``einsum`` written in place.
+    ``einsum`` (on CuPy a product and a sum, :class:`~manualbp.kernels.channel_major.GaussianNoiseInLayout`),
+    written in place.
     """
 
     def forward(self, v):
@@ -43,18 +44,24 @@ class GaussianNoiseKernel(GaussianNoise):
                 out = xp.add(v, mu, out=xp.empty_like(v))          # v + mu, in v's layout
         return out
 
+    def sum_over_batch(self, a, b, out):
+        """``out = sum_n a[n] * b[n]``, or ``sum_n a[n]`` when ``b`` is None: one ``einsum`` pass."""
+        if b is None:
+            out[...] = self.xp.einsum("n...->...", a)
+        else:
+            out[...] = self.xp.einsum("n...,n...->...", a, b)
+
     def backward(self, delta, input_grad=True):
-        xp = self.xp
         if not self.param_grads:
             return delta
         if "sigma" in self.params:
             grad_sigma = self.grads["sigma"]
             if self.draws:
-                grad_sigma[...] = xp.einsum("n...,n...->...", delta, self.eps)   # Eq. (3)
+                self.sum_over_batch(delta, self.eps, grad_sigma)             # Eq. (3)
                 if self.abs_sigma and not self.released:
-                    grad_sigma *= xp.sign(self.params["sigma"])
+                    grad_sigma *= self.xp.sign(self.params["sigma"])
             else:
                 grad_sigma[...] = 0
         if "mu" in self.params:
-            self.grads["mu"][...] = xp.einsum("n...->...", delta)
+            self.sum_over_batch(delta, None, self.grads["mu"])
         return delta

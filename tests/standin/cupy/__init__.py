@@ -17,10 +17,13 @@ And it counts, by the engine's call site (``file:line``):
 * ``syncs``: every host synchronisation -- ``float()`` / ``int()`` / ``bool()`` / ``.item()`` /
   ``.get()`` / ``asnumpy`` / printing / ``Stream.synchronize``, and the calls whose result's size
   depends on the data, so that CuPy must read a count back before allocating it (indexing with a
-  boolean array, ``nonzero`` and its kin, ``where`` with one argument);
+  boolean array, ``nonzero`` and its kin, ``where`` with one argument), and the reads CuPy's own
+  Python code makes (``lib.stride_tricks.sliding_window_view`` checks its window shape on the
+  device);
 * ``relayouts``: every copy made only to change memory order -- a ``reshape`` or ``ravel`` that
-  cannot be a view, ``ascontiguousarray`` of a non-C-contiguous array, and a ``tensordot`` /
-  ``matmul`` operand that is not a strided matrix cuBLAS could read as it is;
+  cannot be a view, ``ascontiguousarray`` of a non-C-contiguous array, a ``tensordot`` /
+  ``matmul`` operand that is not a strided matrix cuBLAS could read as it is, and both operands
+  of an ``einsum`` that sums over an index they share;
 * ``launches``: every call that runs work on the device, each a kernel launch (or a cuBLAS
   call) on a GPU -- a ufunc, an assignment or in-place operator, a matrix product, a random
   draw, and a function, method or index whose result is a new array (not a view; allocation
@@ -232,6 +235,26 @@ def matmul(x1, x2, out=None, **kwargs):
         return _wrap(numpy.matmul(a, b, **kwargs))
     numpy.matmul(a, b, out=_unwrap(out, "cupy.matmul(out=)"), **kwargs)
     return out
+
+
+def einsum(*operands, **kwargs):
+    """``cupy.einsum`` (only ``dtype`` and ``optimize``, as CuPy takes them). CuPy runs a product
+    of two operands that sums over a shared index as a batched ``matmul`` of both transposed to
+    ``(batch, free, summed)`` and flattened: counted, more strictly than CuPy, as a relayout copy
+    of each operand."""
+    unknown = sorted(set(kwargs) - {"dtype", "optimize"})
+    if unknown:
+        raise TypeError(f"Did not understand the following kwargs: {unknown}")
+    subscripts, arrays = operands[0], _unwrap(operands[1:], "cupy.einsum")
+    _launch("einsum")
+    inputs, arrow, output = subscripts.replace(" ", "").partition("->")
+    terms = [set(t) - {"."} for t in inputs.split(",")]
+    if not arrow:                                        # implicit output: the labels seen once
+        output = {c for c in inputs if c.isalpha() and inputs.count(c) == 1}
+    if len(terms) == 2 and (terms[0] & terms[1]) - set(output):
+        _relayout("einsum")
+        _relayout("einsum")
+    return _wrap(_allocated(numpy.einsum(subscripts, *arrays, **kwargs), arrays, "einsum"))
 
 
 def ascontiguousarray(a, dtype=None):
@@ -586,7 +609,9 @@ random = _Namespace("cupy.random", API["cupy.random"]["functions"], RandomState=
 
 def _stride_trick(name):
     """``cupy.lib.stride_tricks.<name>``: NumPy's, on the array behind a device array (a view);
-    writeable windows refused, as CuPy refuses them."""
+    writeable windows refused, as CuPy refuses them. CuPy's ``sliding_window_view`` copies its
+    window shape to the device and tests each entry there for ``< 0``: one host sync and one
+    launch per window dimension."""
     target = getattr(numpy.lib.stride_tricks, name)
     params = API["cupy.lib.stride_tricks"]["functions"][name]
 
@@ -595,6 +620,11 @@ def _stride_trick(name):
         _check_keywords(f"cupy.lib.stride_tricks.{name}", params, kwargs)
         if kwargs.get("writeable"):
             raise NotImplementedError("Writeable views are not supported.")
+        if name == "sliding_window_view":
+            window = args[0] if args else kwargs["window_shape"]
+            for _ in numpy.atleast_1d(window):
+                launches[("less", _site())] += 1
+                _sync("sliding_window_view")
         return _wrap(target(_unwrap(x, f"cupy.lib.stride_tricks.{name}"), *args, **kwargs))
     return call
 
