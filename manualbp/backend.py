@@ -101,7 +101,10 @@ class Backend:
             self._uniforms = [None] * self.NOISE_STREAMS
         else:                             # eps is drawn in place by a Generator (it has out=)
             first, second = (int(s) for s in seq.generate_state(2))
-            self.rng = self.xp.random.RandomState(first)
+            if hasattr(self, "rng"):      # reseeded in place: replacing it frees cuRAND's state
+                self.rng.seed(first)
+            else:
+                self.rng = self.xp.random.RandomState(first)
             self._normals = self.xp.random.default_rng(second)
 
     # --- random draws, always in the working dtype -----------------------------------------
@@ -168,10 +171,12 @@ class Backend:
 
     def permutation(self, n):
         """A random permutation of ``0 .. n-1`` (on the device)."""
-        return self.rng.permutation(n)
+        return self.rng.permutation(int(n))          # CuPy permutes a range only for an int
 
     def uniform(self, low, high, shape):
-        """Uniform draws on ``[low, high)`` in the working dtype."""
+        """Uniform draws on ``[low, high)`` in the working dtype (CuPy draws in it directly)."""
+        if self.name == "cupy":
+            return self.rng.uniform(low, high, size=tuple(shape), dtype=self.dtype)
         return self.rng.uniform(low, high, size=tuple(shape)).astype(self.dtype, copy=False)
 
     # --- arrays ----------------------------------------------------------------------------

@@ -93,6 +93,38 @@ def test_the_stand_in_counts_a_result_sized_by_the_data_as_a_sync(cupy_standin):
     assert by_kind(cp.syncs) == {"boolean index": 1, "nonzero": 2, "flatnonzero": 1, "where": 1}
 
 
+def test_the_stand_in_counts_the_copies_cupy_makes_for_cublas_transfers_and_overlaps(cupy_standin):
+    """CuPy's matmul copies a matrix that is neither C- nor F-contiguous and computes into a new
+    array when ``out`` is not C-contiguous; ``get`` copies a non-contiguous array on the device
+    first; an element-wise kernel copies an input that overlaps ``out`` unless it is ``out``."""
+    cp = cupy_standin
+    a = cp.asarray(np.arange(24.0).reshape(4, 6))
+    cp.matmul(a, a.T), cp.matmul(a[:2], a[:3].T)                # C and F: read as they are
+    assert cp.relayouts == {}
+    cp.matmul(a[:, :3], a[:, ::2].T)                             # neither: both copied
+    cp.matmul(a, a.T, out=cp.empty((4, 4)).T)                    # out not C-contiguous
+    a[:, :4].get()
+    cp.add(a[:, :-1], 1, out=a[:, 1:])                           # overlaps out: copied first
+    cp.add(a, 1, out=a)
+    a[:, 1:] += a[:, :-1]
+    assert by_kind(cp.relayouts) == {"matmul": 2, "matmul out=": 1, "get": 1, "overlaps out=": 2}
+
+
+def test_the_stand_ins_generators_take_what_cupys_take(cupy_standin):
+    """A range is permuted only for a Python int; ``RandomState.seed`` restarts the stream;
+    ``uniform`` draws in the dtype asked for."""
+    cp = cupy_standin
+    rng = cp.random.RandomState(3)
+    first = rng.permutation(5).get()
+    rng.seed(3)
+    np.testing.assert_array_equal(rng.permutation(5).get(), first)
+    with pytest.raises(TypeError, match="has no len"):
+        rng.permutation(np.int64(5))
+    assert rng.uniform(0, 1, size=(3,), dtype=np.float32).dtype == np.float32
+    with pytest.raises(AttributeError):
+        cp.random.default_rng(0).seed(1)
+
+
 def test_the_stand_in_counts_cupys_sliding_window_check_as_syncs(cupy_standin):
     """CuPy's ``sliding_window_view`` tests its window shape for negative entries on the device
     and reads each answer back; ``as_strided`` only makes the view."""

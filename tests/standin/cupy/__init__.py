@@ -22,14 +22,17 @@ And it counts, by the engine's call site (``file:line``):
   device);
 * ``relayouts``: every copy made only to change memory order -- a ``reshape`` or ``ravel`` that
   cannot be a view, ``ascontiguousarray`` of a non-C-contiguous array, a ``tensordot`` /
-  ``matmul`` operand that is not a strided matrix cuBLAS could read as it is, and both operands
-  of an ``einsum`` that sums over an index they share;
+  ``matmul`` operand that is not a C- or F-contiguous matrix (or C-contiguous stack) and a
+  ``matmul`` ``out=`` that is not C-contiguous, both operands of an ``einsum`` that sums over an
+  index they share, ``get`` of a non-contiguous array, and an element-wise input that overlaps
+  ``out=`` without being it;
 * ``launches``: every call that runs work on the device, each a kernel launch (or a cuBLAS
   call) on a GPU -- a ufunc, an assignment or in-place operator, a matrix product, a random
   draw, and a function, method or index whose result is a new array (not a view; allocation
   alone, ``empty`` / ``empty_like``, runs nothing).
 
-``reset()`` clears the counters.
+Launches are a lower bound: some CuPy calls run several kernels (``var``, ``uniform``, a full
+reduction, integer-array indexing). ``reset()`` clears the counters.
 """
 import collections
 import functools
@@ -158,6 +161,15 @@ def _check_keywords(where, params, kwargs):
                         f"{API['version']} does not accept (it takes {', '.join(params) or 'none'})")
 
 
+def _copy_overlapping(inputs, out):
+    """CuPy copies each input whose memory overlaps ``out`` but is not ``out`` itself before an
+    element-wise kernel writes there (NumPy copies less): a relayout and a launch each."""
+    for a in inputs:
+        if isinstance(a, ndarray) and a is not out and numpy.may_share_memory(a._a, out._a):
+            _relayout("overlaps out=")
+            _launch("overlaps out=")
+
+
 def _ufunc_call(name, args, kwargs):
     """The NumPy ufunc ``name`` on device arrays; a new result is C-ordered, as CuPy's are."""
     params = ["out", "casting", "dtype"]
@@ -168,6 +180,8 @@ def _ufunc_call(name, args, kwargs):
         out = kwargs["out"]
         if isinstance(out, tuple):
             out = out[0] if len(out) == 1 else out
+        if isinstance(out, ndarray):
+            _copy_overlapping(args, out)
         getattr(numpy, name)(*inputs, **dict(kwargs, out=_unwrap(out, f"cupy.{name}(out=)")))
         return out
     return _wrap(getattr(numpy, name)(*inputs, order="C", **kwargs))
@@ -189,14 +203,12 @@ class ufunc:
 
 # --- cuBLAS-style operands -------------------------------------------------------------------
 def _matrix_needs_copy(a, rows):
-    """Whether ``a`` cannot be read as a ``(rows, -1)`` strided matrix with one unit stride."""
+    """Whether CuPy copies ``a`` before cuBLAS reads it as a ``(rows, -1)`` matrix: when that
+    is not a view, or not a C- or F-contiguous one."""
     if a.size == 0:
         return False
     view = a.reshape(rows, -1)
-    if not numpy.shares_memory(view, a):
-        return True
-    r, c = view.shape
-    return not (r == 1 or c == 1 or view.strides[1] == a.itemsize or view.strides[0] == a.itemsize)
+    return not numpy.shares_memory(view, a) or not (view.flags.c_contiguous or view.flags.f_contiguous)
 
 
 def tensordot(a, b, axes=2):
@@ -224,16 +236,22 @@ def tensordot(a, b, axes=2):
 
 
 def matmul(x1, x2, out=None, **kwargs):
-    """``cupy.matmul``; an operand whose matrices are not strided matrices is copied."""
+    """``cupy.matmul``. CuPy copies a matrix that is neither C- nor F-contiguous, a stack of
+    matrices (more than 2 dimensions) that is not C-contiguous, and computes into a new array
+    then copies when ``out`` is not C-contiguous of the result's dtype: each a relayout."""
     _check_keywords("cupy.matmul", API["cupy"]["functions"]["matmul"], kwargs)
     a, b = _unwrap((x1, x2), "cupy.matmul")
     _launch("matmul")
     for m in (a, b):
-        if m.ndim >= 2 and m.size and (m.strides[-1] != m.itemsize and m.strides[-2] != m.itemsize):
+        if m.ndim >= 2 and m.size and not (m.flags.c_contiguous or (m.ndim == 2 and m.flags.f_contiguous)):
             _relayout("matmul")
     if out is None:
         return _wrap(numpy.matmul(a, b, **kwargs))
-    numpy.matmul(a, b, out=_unwrap(out, "cupy.matmul(out=)"), **kwargs)
+    target = _unwrap(out, "cupy.matmul(out=)")
+    if not target.flags.c_contiguous or target.dtype != numpy.result_type(a, b):
+        _relayout("matmul out=")
+        _launch("matmul out=")
+    numpy.matmul(a, b, out=target, **kwargs)
     return out
 
 
@@ -292,7 +310,11 @@ class ndarray:
                         "Please use `.get()` to construct a NumPy array explicitly.")
 
     def get(self, stream=None, order="C", out=None, blocking=True):
+        """A host copy; CuPy first copies an array not contiguous in ``order`` on the device."""
         _sync("get")
+        if self._a.size and not (self._a.flags.f_contiguous if order == "F" else self._a.flags.c_contiguous):
+            _relayout("get")
+            _launch("get")
         return numpy.array(self._a, order=order)
 
     def item(self):
@@ -434,6 +456,7 @@ def _operators():
     def inplace(uf):
         def op(self, other):
             _launch(f"{uf} in place")
+            _copy_overlapping((other,), self)
             getattr(numpy, uf)(self._a, _unwrap(other, f"cupy.ndarray {uf}="), out=self._a)
             return self
         return op
@@ -589,8 +612,15 @@ class _Generator:
         return self._draw(self._rng.uniform(low, high, size), dtype)
 
     def permutation(self, num):
+        """CuPy permutes ``range(num)`` only for a Python int; anything else is an array to
+        shuffle (``len(num)``: a NumPy integer fails)."""
         _launch("random")
+        if not isinstance(num, (int, ndarray)) or isinstance(num, bool):
+            raise TypeError(f"object of type {type(num).__name__!r} has no len()")
         return _wrap(self._rng.permutation(_unwrap(num, "permutation")))
+
+    def seed(self, seed=None):
+        self._rng = numpy.random.Generator(numpy.random.PCG64(seed))
 
 
 class RandomState(_Generator):
