@@ -10,7 +10,9 @@ resumed run bit-identical to an uninterrupted one. On the stand-in (``cupy-api``
 are CuPy API conformance, not GPU results: the engine uses only CuPy 14.2's names and keywords,
 never converts a device array to NumPy implicitly nor hands a NumPy array to the device, and
 gives NumPy's numbers. The example scripts' quick modes (``--backend cupy`` in subprocesses on
-the stand-in, the tests ``test_cupy_api_conformance_*``) are CuPy API conformance only.
+the stand-in, the tests ``test_cupy_api_conformance_*``) are CuPy API conformance only. On a
+real GPU alone, a timing test shows that a training step and an attack only queue their work
+(no host synchronisation), which the stand-in can only count.
 
 Noise draws: the libraries' samplers differ, so the comparisons feed both backends the same
 draws from the host -- ``eps`` held in the noise layers, or a backend whose ``normal`` draws on
@@ -20,11 +22,12 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, STANDIN_DIR, assert_normwise_close as assert_close, checkout_env
+from conftest import CUPY_UNAVAILABLE, ROOT, STANDIN_DIR, assert_normwise_close as assert_close, checkout_env
 from manualbp import checkpoint, get_backend, robustness
 from manualbp.attacks import eot_pgd, fgsm, lbfgs, pgd
 from manualbp.datasets import DATASETS
@@ -435,3 +438,53 @@ def test_cupy_api_conformance_saliency_and_unbiasedness_examples(cupy_standin, t
     load_example("unbiasedness").main(["--backend", "cupy", "--out", str(tmp_path / "unbiasedness"),
                                        "--draws", "200", "--group-size", "100"])
     assert "pathwise, Eq. (3)" in (tmp_path / "unbiasedness" / "unbiasedness.md").read_text()
+
+
+# --- 8. on a real GPU: a step only queues work ----------------------------------------------------
+
+#: CUDA C of a kernel that keeps one GPU thread busy for ``cycles`` clock ticks
+SPIN = r'''
+extern "C" __global__ void spin(long long cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) { }
+}'''
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUPY_UNAVAILABLE is not None, reason=f"no usable GPU: {CUPY_UNAVAILABLE}")
+@pytest.mark.parametrize("name", ["mlpn", "cnn-an"])
+def test_a_step_and_an_attack_return_before_the_gpu_has_run_them(name):
+    """No host synchronisation, measured on the hardware rather than counted on the stand-in:
+    queued behind a kernel that keeps the GPU busy for half a second, a training step (batch
+    128) and a 3-step PGD attack return to the host long before that kernel ends."""
+    import cupy
+    if cupy.__version__.endswith("+standin"):
+        pytest.skip("needs a real GPU: the busy kernel is CUDA C")
+    spin = cupy.RawKernel(SPIN, "spin")
+    stream = cupy.cuda.get_current_stream()
+
+    def busy(cycles):
+        spin((1,), (1,), (np.int64(cycles),))
+
+    busy(1)                                     # compiled on first use
+    stream.synchronize()
+    start = time.perf_counter()
+    busy(10 ** 8)
+    stream.synchronize()
+    cycles = int(10 ** 8 * 0.5 / max(time.perf_counter() - start, 1e-6))      # about 0.5 s
+    bk = get_backend("cupy", "float32", 0)
+    model = mlp(bk, "mlpn", "relu") if name == "mlpn" else cnn(bk, "cnn-an")
+    x, y = on(bk, *images(model, 128))
+    trainer = Trainer(model, make_optimizers(model)[0], batch_size=128, progress=False)
+    work = {"training step": lambda: trainer.step(x, y),
+            "PGD attack": lambda: pgd(model, x, y, 0.1, 0.02, 3)}
+    for what, run in work.items():
+        run()                                   # compiles CuPy's kernels, fills the memory pool
+        stream.synchronize()
+        busy(cycles)
+        start = time.perf_counter()
+        run()
+        queued = time.perf_counter() - start
+        stream.synchronize()
+        done = time.perf_counter() - start
+        assert queued < 0.5 * done, f"{name}: a {what} waited {queued:.3f} s of {done:.3f} s for the GPU"
