@@ -305,3 +305,24 @@ def test_input_gradient_only_gives_the_same_input_gradient_and_leaves_grads(inde
     kept = {n: g for n, g in model.named_gradients().items() if not (train and ".bn" in "." + n)}
     assert kept and all(np.isnan(g).all() for g in kept.values())
     assert all(m.param_grads for _, m in model.modules())     # switched back on after the block
+
+
+def test_a_training_backward_ends_at_the_first_layer_with_parameters(monkeypatch):
+    """``input_grad=False``: the layers below the first one with parameters (here a
+    ``Normalize``) are not run backward, and the gradients are those of the full chain."""
+    from manualbp.layers import Linear, Normalize, ReLU
+    from manualbp.model import Sequential
+    bk = get_backend("numpy", "float64", 0)
+    model = Sequential(bk, [("norm", Normalize(bk, [0.5, 0.2], [2.0, 3.0])), ("act", ReLU(bk)),
+                            ("fc", Linear(bk, 2, 3))])
+    x = bk.asarray(np.random.default_rng(0).standard_normal((4, 2)))
+    model.forward(x)
+    delta = bk.asarray(np.ones((4, 3)))
+    dx = model.backward(delta)
+    full = {k: v.copy() for k, v in model.named_gradients().items()}
+    assert dx.shape == (4, 2)
+    for name in ("norm", "act"):
+        monkeypatch.setattr(model.children[name], "backward", lambda *a, **k: pytest.fail("ran backward"))
+    assert model.backward(delta, input_grad=False) is None
+    for k, v in model.named_gradients().items():
+        np.testing.assert_array_equal(v, full[k])

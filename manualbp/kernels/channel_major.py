@@ -21,10 +21,11 @@ from .norm import gradient_arrays
 
 
 def columns(xp, a, kernel, stride, padding, out_size):
-    """The columns ``(C KH KW, N OH OW)`` of ``a`` ``(C, N, H, W)``, zero-padded, copied in one
-    pass from a view of all windows: ``cols[c, i, j, n, y, x] = a[c, n, y SH + i, x SW + j]``.
-    (``as_strided``, not ``sliding_window_view``: CuPy's checks its window shape on the device
-    and reads the answer back, a host sync.)"""
+    """The columns ``(C KH KW, N OH OW)`` of ``a`` ``(C, N, H, W)`` zero-padded by ``(PH, PW)``
+    into ``p``, copied in one pass from a view of all windows:
+    ``cols[c, i, j, n, y, x] = p[c, n, y SH + i, x SW + j]``. (``as_strided``, not
+    ``sliding_window_view``: CuPy's checks its window shape on the device and reads the answer
+    back, a host sync.)"""
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel, stride, padding, out_size
     c, n, h, w = a.shape
     if ph or pw:
@@ -42,10 +43,13 @@ class Conv2dChannelMajor(Conv2d):
     """What :class:`~manualbp.layers.conv.Conv2d` computes; the output and ``dL/dx`` are
     stored ``(C, N, H, W)``.
 
-    With stride 1 and a kernel of more than 3 elements, ``dL/dx`` is the convolution of
-    ``delta``, padded by ``K - 1 - P``, with the kernel flipped and its channel axes swapped
-    (Eq. 2 regrouped): one GEMM on columns, 5 launches. Otherwise ``dL/dcols = W^T delta`` is
-    added back one kernel offset after the other, 2 + KH KW launches.
+    With stride 1, padding ``P < K`` and a kernel of more than 3 elements, ``dL/dx`` is the
+    convolution of ``delta``, padded by ``K - 1 - P``, with the kernel flipped and its channel
+    axes swapped (Eq. 2 regrouped): one GEMM on columns, 5 launches (3 when ``P = K - 1``).
+    Otherwise ``dL/dcols = W^T delta`` is added back one kernel offset after the other,
+    2 + KH KW launches. The columns of ``delta`` are written and read once, ``dL/dcols`` is
+    written, read and added twice over, so the first moves no more memory while
+    ``C_out <= 2 C_in`` (not so for a first convolution, 3 -> 64 channels, in an attack).
     """
 
     def forward(self, x):
@@ -69,23 +73,22 @@ class Conv2dChannelMajor(Conv2d):
         xp = self.xp
         n, c, h, w = self.x_shape
         kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(self.x_shape, self.kernel_size, self.stride, self.padding)
-        d = delta.transpose(1, 0, 2, 3)
-        flat = d.reshape(self.out_channels, -1)                             # a view: channel-major
+        d = delta.transpose(1, 0, 2, 3)                                    # (C_out, N, OH, OW)
         weight = self.params["weight"]
         if self.param_grads:                                                # written in place
-            xp.matmul(flat, self.cols.T,
-                      out=self.grads["weight"].reshape(self.out_channels, -1))
+            flat = d.reshape(self.out_channels, -1)                         # a view: channel-major
+            xp.matmul(flat, self.cols.T, out=self.grads["weight"].reshape(self.out_channels, -1))
             if "bias" in self.params:
                 flat.sum(axis=1, out=self.grads["bias"])
         if not input_grad:
             return None
-        if (sh, sw) == (1, 1) and kh * kw > 3 and ph < kh and pw < kw:
+        if (sh, sw) == (1, 1) and kh * kw > 3 and ph < kh and pw < kw and self.out_channels <= 2 * c:
             flipped = xp.empty((c, self.out_channels, kh, kw), dtype=weight.dtype)
             flipped[...] = weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
             delta_cols = columns(xp, d, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (h, w))
             dx = xp.matmul(flipped.reshape(c, -1), delta_cols)             # Eq. (2)
             return dx.reshape(c, n, h, w).transpose(1, 0, 2, 3)
-        dcols = xp.matmul(weight.reshape(self.out_channels, -1).T, flat)   # Eq. (2)
+        dcols = xp.matmul(weight.reshape(self.out_channels, -1).T, d.reshape(self.out_channels, -1))   # Eq. (2)
         dcols = dcols.reshape(c, kh, kw, n, oh, ow)
         padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=delta.dtype)
         for i in range(kh):

@@ -25,9 +25,14 @@ a subclass that computes the same thing.
 
 def backward_chain(layers, delta, input_grad=True):
     """Eq. (2) through ``layers`` applied in order: their ``backward`` in reverse, each passing
-    ``dL/d(its input)`` to the one before; only the first skips it when ``input_grad`` is false."""
-    for i in range(len(layers) - 1, -1, -1):
-        delta = layers[i].backward(delta, input_grad=input_grad or i > 0)
+    ``dL/d(its input)`` to the one before. Without ``input_grad`` the chain ends at its first
+    layer with parameters, which skips its ``dL/dx``: the layers below it have nothing to learn
+    (e.g. a ``Normalize`` before the first convolution)."""
+    first = 0
+    if not input_grad:
+        first = next((i for i, layer in enumerate(layers) if layer.parameter_slots()), max(len(layers) - 1, 0))
+    for i in range(len(layers) - 1, first - 1, -1):
+        delta = layers[i].backward(delta, input_grad=input_grad or i > first)
     return delta
 
 

@@ -236,14 +236,16 @@ def tensordot(a, b, axes=2):
 
 
 def matmul(x1, x2, out=None, **kwargs):
-    """``cupy.matmul``. CuPy copies a matrix that is neither C- nor F-contiguous, a stack of
-    matrices (more than 2 dimensions) that is not C-contiguous, and computes into a new array
-    then copies when ``out`` is not C-contiguous of the result's dtype: each a relayout."""
+    """``cupy.matmul``. CuPy copies an operand that is neither C- nor F-contiguous and, in a
+    product of stacks of matrices (more than 2 dimensions), one that is not C-contiguous; it
+    computes into a new array, then copies, when ``out`` is not C-contiguous of the result's
+    dtype: each a relayout."""
     _check_keywords("cupy.matmul", API["cupy"]["functions"]["matmul"], kwargs)
     a, b = _unwrap((x1, x2), "cupy.matmul")
     _launch("matmul")
+    stacked = max(a.ndim, b.ndim) > 2
     for m in (a, b):
-        if m.ndim >= 2 and m.size and not (m.flags.c_contiguous or (m.ndim == 2 and m.flags.f_contiguous)):
+        if m.size and not (m.flags.c_contiguous or (not stacked and m.flags.f_contiguous)):
             _relayout("matmul")
     if out is None:
         return _wrap(numpy.matmul(a, b, **kwargs))
@@ -312,7 +314,9 @@ class ndarray:
     def get(self, stream=None, order="C", out=None, blocking=True):
         """A host copy; CuPy first copies an array not contiguous in ``order`` on the device."""
         _sync("get")
-        if self._a.size and not (self._a.flags.f_contiguous if order == "F" else self._a.flags.c_contiguous):
+        flags = self._a.flags
+        fortran = order.upper() == "F" or (order.upper() == "A" and flags.f_contiguous)
+        if self._a.size and not (flags.f_contiguous if fortran else flags.c_contiguous):
             _relayout("get")
             _launch("get")
         return numpy.array(self._a, order=order)
@@ -615,7 +619,7 @@ class _Generator:
         """CuPy permutes ``range(num)`` only for a Python int; anything else is an array to
         shuffle (``len(num)``: a NumPy integer fails)."""
         _launch("random")
-        if not isinstance(num, (int, ndarray)) or isinstance(num, bool):
+        if not isinstance(num, (int, ndarray)):
             raise TypeError(f"object of type {type(num).__name__!r} has no len()")
         return _wrap(self._rng.permutation(_unwrap(num, "permutation")))
 
