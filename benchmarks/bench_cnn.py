@@ -54,8 +54,8 @@ from manualbp import get_backend
 from manualbp.experiments import add_kernels_argument
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import cnn
-from common import (N_TRAIN, cell, gpu_name, manualbp_epoch, ratio, same_threads, time_steps, timed,
-                    torch_device_for, torch_epoch, torch_synchronize, torch_twin, training_data)
+from common import (N_TRAIN, cell, gpu_name, manualbp_epoch, medians, on_devices, ratio, same_threads, time_steps,
+                    timed, torch_device_for, torch_epoch, torch_synchronize, torch_twin, training_data)
 
 kernel_conv = importlib.import_module("manualbp.kernels.conv")      # the modules, not the classes
 layer_conv = importlib.import_module("manualbp.layers.conv")
@@ -210,15 +210,14 @@ def whole_epochs(engines, x, y, count, device):
     """Median seconds of ``count`` epochs over ``x, y`` (host arrays) of each model's engines,
     alternating, the data on the device before timing."""
     bk = engines[MODELS[0]]["manualbp"].bk
-    xm, ym = bk.asarray(x), bk.asarray(y, dtype="int64")
-    tx, ty = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) if device else (None, None)
+    (xm, ym), (tx, ty) = on_devices(bk, device, x, y)
     times = {v: {k: [] for k in engines[v]} for v in MODELS}
     for r in range(count):
         for v in MODELS:
             times[v]["manualbp"].append(manualbp_epoch(engines[v]["manualbp"], xm, ym))
             if device:
                 times[v]["torch"].append(torch_epoch(engines[v]["torch"], tx, ty, BATCH, r, device))
-    return {v: {k: statistics.median(t) for k, t in times[v].items()} for v in MODELS}
+    return medians(times)
 
 
 def print_epochs(epochs, med, images, count):
@@ -282,7 +281,7 @@ def main():
             if device:
                 times[v]["torch"].append(time_steps(engines[v]["torch"], torch_batches, torch_sync))
             times[v]["manualbp"].append(time_steps(engines[v]["manualbp"].step, batches, bk.synchronize))
-    med = {v: {k: statistics.median(t) for k, t in times[v].items()} for v in MODELS}
+    med = medians(times)
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                             "OPENBLAS_THREAD_TIMEOUT", "MANUALBP_NUM_THREADS")}
@@ -306,8 +305,9 @@ def main():
 
     count = (3 if args.backend == "cupy" else 0) if args.epochs is None else args.epochs
     epoch_x, epoch_y = x[:args.images], y[:args.images]
-    epochs = whole_epochs(engines, epoch_x, epoch_y, count, device) if count else {}
+    epochs = {}
     if count:
+        epochs = whole_epochs(engines, epoch_x, epoch_y, count, device)
         print_epochs(epochs, med, len(epoch_x), count)
 
     if args.backend == "numpy":

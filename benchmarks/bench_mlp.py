@@ -28,8 +28,8 @@ from manualbp import get_backend
 from manualbp.experiments import add_kernels_argument
 from manualbp.train import Trainer, make_optimizers
 from manualbp.zoo import mlp
-from common import (cell, gpu_name, manualbp_epoch, ratio, same_threads, time_steps, timed, torch_device_for,
-                    torch_epoch, torch_synchronize, torch_twin, training_data)
+from common import (cell, gpu_name, manualbp_epoch, medians, on_devices, ratio, same_threads, time_steps, timed,
+                    torch_device_for, torch_epoch, torch_synchronize, torch_twin, training_data)
 
 VARIANTS = ("mlp", "mlp+", "mlpn")
 BATCH = 128
@@ -103,8 +103,7 @@ def main():
     x, y, source = training_data()
     x, y = x[:args.images], y[:args.images]
     bk = get_backend(args.backend, "float32", 0, args.kernels)
-    xm, ym = bk.asarray(x), bk.asarray(y, dtype="int64")          # on the device once, before timing
-    tx, ty = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) if device else (None, None)
+    (xm, ym), (tx, ty) = on_devices(bk, device, x, y)
     times = {v: {"manualbp": [], **({"torch": []} if device else {})} for v in VARIANTS}
     trainer, torch_step = build("mlp", 0, args.backend, args.kernels, device)   # warm-up: touch the data once
     manualbp_epoch(trainer, xm, ym)
@@ -116,7 +115,7 @@ def main():
             times[v]["manualbp"].append(manualbp_epoch(trainer, xm, ym))
             if device:
                 times[v]["torch"].append(torch_epoch(torch_step, tx, ty, BATCH, r, device))
-    med = {v: {k: statistics.median(t) for k, t in times[v].items()} for v in VARIANTS}
+    med = medians(times)
     where = f"threads: {threads}" if args.backend == "numpy" else f"cupy on {gpu_name()}"
     print(f"data: {source}, {len(x)} images, batch {BATCH}; kernels: {args.kernels}; {where}; "
           f"torch {torch.__version__}, numpy {np.__version__}; median of {args.repeats} epochs")

@@ -5,6 +5,7 @@ Eq. (7) update: Adam on sigma, then the absolute value), the same thread count f
 the device PyTorch runs on beside manualbp's backend, timing that waits for queued GPU work (of
 steps and of whole epochs), the table cells of a skipped PyTorch side, and the Fashion-MNIST
 training images."""
+import statistics
 import time
 
 import numpy as np
@@ -124,6 +125,18 @@ def torch_epoch(step, x, y, batch, seed, device):
             idx = perm[i:i + batch]
             step(x[idx], y[idx])
     return timed(epoch, lambda: torch_synchronize(device))
+
+
+def on_devices(bk, device, x, y):
+    """Host ``x, y`` on manualbp's device and on PyTorch's (``None, None`` without PyTorch),
+    moved once, before timing."""
+    mine = bk.asarray(x), bk.asarray(y, dtype="int64")
+    return mine, (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) if device else (None, None)
+
+
+def medians(times):
+    """``{model: {engine: median seconds}}`` of ``{model: {engine: [seconds, ...]}}``."""
+    return {v: {k: statistics.median(t) for k, t in engines.items()} for v, engines in times.items()}
 
 
 def ratio(mine, theirs):

@@ -10,11 +10,10 @@ Images are ``(N, C, H, W)`` pixels in ``[0, 1]``; every cell is the dict of
 """
 from dataclasses import dataclass, field
 
-from .attacks import eot_pgd, fgsm, lbfgs, pgd
+from .attacks import eot, eot_pgd, fgsm, lbfgs, pgd
 from .attacks.base import draws_noise
 from .attacks.published import COLUMNS
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from .attacks import eot
 from .evaluate import ATTACK_BATCH, DRAWS, accuracy_over_draws, noise_defaults, perturbation_norms, predict, run_attack
 from .model import evaluating
 

@@ -30,7 +30,8 @@ def backward_chain(layers, delta, input_grad=True):
     (e.g. a ``Normalize`` before the first convolution)."""
     first = 0
     if not input_grad:
-        first = next((i for i, layer in enumerate(layers) if layer.parameter_slots()), max(len(layers) - 1, 0))
+        first = next((i for i, layer in enumerate(layers) if any(m.params for _, m in layer.modules())),
+                     max(len(layers) - 1, 0))
     for i in range(len(layers) - 1, first - 1, -1):
         delta = layers[i].backward(delta, input_grad=input_grad or i > first)
     return delta

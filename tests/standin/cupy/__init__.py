@@ -390,7 +390,8 @@ class ndarray:
 
         def call(*args, **kwargs):
             _check_keywords(f"cupy.ndarray.{name}", params, kwargs)
-            _count_data_sized(name, (self, *args))
+            if name in DATA_SIZED:
+                _sync(name)
             result = method(*_unwrap(args, f"cupy.ndarray.{name}"),
                             **{k: _unwrap(v, f"cupy.ndarray.{name}") for k, v in kwargs.items()})
             if name in ("reshape", "ravel", "flatten") and self._a.size and not numpy.shares_memory(result, self._a):
@@ -572,7 +573,7 @@ class _Generator:
     api = None                               # the API entry of the CuPy class
 
     def __init__(self, seed=None, method=None):
-        self._rng = numpy.random.Generator(numpy.random.PCG64(seed))
+        _Generator.seed(self, seed)                  # not self.seed: a Generator has no seed()
 
     def __getattribute__(self, name):
         if name.startswith("_"):
@@ -657,7 +658,7 @@ def _stride_trick(name):
         if name == "sliding_window_view":
             window = args[0] if args else kwargs["window_shape"]
             for _ in numpy.atleast_1d(window):
-                launches[("less", _site())] += 1
+                _launch("less")
                 _sync("sliding_window_view")
         return _wrap(target(_unwrap(x, f"cupy.lib.stride_tricks.{name}"), *args, **kwargs))
     return call
