@@ -46,10 +46,10 @@ class Backend:
     name : "numpy" or "cupy".
     dtype : "float32" (default, for training) or "float64" (for gradient checks).
     seed : seed of the generator that draws initial weights and every noise sample ``eps``.
-    kernels : ``"fast"`` (default): layers and optimisers for which :mod:`manualbp.kernels` has a
-        fast kernel on this backend are built as that kernel (a subclass computing the same
-        thing); ``"reference"``: every layer and optimiser is the plain code of
-        :mod:`manualbp.layers` and :mod:`manualbp.optim`.
+    kernels : ``"fast"`` (default): each op (:mod:`manualbp.ops`) runs the fast pair registered
+        for this backend where it has one, and optimisers step the flat parameter store on
+        threads; ``"reference"``: every op runs its reference pair, every optimiser its
+        per-parameter update (:meth:`table` lists what runs).
     device : the GPU that CuPy uses, counted modulo the GPUs this process sees (rank ``r`` of
         a data-parallel job passes ``r``); ``None``: CuPy's current device. NumPy ignores it.
     """
@@ -78,18 +78,16 @@ class Backend:
     def __repr__(self):
         return f"Backend({self.name!r}, dtype={self.dtype.name!r}, kernels={self.kernels!r})"
 
-    def implementation(self, cls):
-        """The class to build for the reference layer or optimiser ``cls``: its registered fast
-        kernel on this backend with ``kernels="fast"``, else ``cls`` itself."""
-        if self.kernels == "reference":
-            return cls
-        from .kernels import registry
-        return registry(self.name).get(cls, cls)
+    def kernel(self, op):
+        """``(forward, backward)`` of ``op`` (:mod:`manualbp.ops`) that run here: its fast pair
+        registered for this backend with ``kernels="fast"``, else its reference pair."""
+        return op.pair(self.name, self.kernels)
 
-    def reference(self, cls):
-        """The reference class that ``cls`` computes: the one it is the kernel of, or itself."""
-        from .kernels import reference_of
-        return reference_of(cls)
+    def table(self):
+        """Which function runs for each op here: ``{op name: (forward, backward) qualified
+        names}`` -- the visible table of this backend and kernel setting."""
+        from .ops import OPS
+        return {op.name: tuple(f"{f.__module__}.{f.__qualname__}" for f in self.kernel(op)) for op in OPS}
 
     def seed(self, seed):
         """Restart the random generator from ``seed`` (an int or a sequence of ints)."""
@@ -108,6 +106,13 @@ class Backend:
             self._normals = self.xp.random.default_rng(second)
 
     # --- random draws, always in the working dtype -----------------------------------------
+    def normal_like(self, v):
+        """``eps ~ N(0, 1)`` of ``v``'s shape for a noise layer (Eq. 1), in the layout its path
+        keeps: with ``kernels="fast"`` in ``v``'s memory layout (the batch-innermost or
+        channel-major feature maps of the fast convolutions), with ``"reference"`` in C order.
+        A C-ordered ``v`` (every dense layer) gets the same draws either way."""
+        return self.normal(v.shape, out=self.xp.empty_like(v) if self.kernels == "fast" else None)
+
     def normal(self, shape, out=None):
         """Standard normal draws ``eps ~ N(0, 1)`` in the working dtype; written into ``out`` when
         it has that shape and dtype and is dense (no gaps or overlaps) in any memory order, e.g.

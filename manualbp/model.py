@@ -1,59 +1,12 @@
-"""Containers: chain forward passes, and run Eq. (2) as a loop over the layers in reverse."""
+"""Models: the graph containers (:mod:`manualbp.layers.graph`: ``Graph``, ``Sequential``,
+``Add``) and helpers over a model's noise layers and modes."""
 from contextlib import contextmanager
 
-from .layers.base import Module, backward_chain
+from .layers.graph import INPUT, Add, Graph, Sequential
 from .layers.noise import GaussianNoise
 
-
-class Sequential(Module):
-    """Layers applied in order; ``backward`` walks them in reverse (Eq. 2) and returns ``dL/dx``.
-
-    ``layers``: ``(name, layer)`` pairs (or a dict), e.g. ``[("fc1", Linear(...)), ("act1",
-    ReLU(bk)), ...]``. ``input_shape`` (per sample, e.g. ``(784,)``), when given, makes ``forward``
-    check its input: shape, dtype and finiteness -- the checks a top-level model needs.
-    """
-
-    def __init__(self, bk, layers, input_shape=None):
-        super().__init__(bk)
-        self.children.update(dict(layers))
-        self.input_shape = None if input_shape is None else tuple(input_shape)
-
-    def check_input(self, x):
-        """Raise a clear error for input that is not an array of the backend, or of the wrong
-        shape or dtype, or with NaN/inf values (a :meth:`~manualbp.backend.Backend.require`
-        check: deferred on the GPU)."""
-        if not isinstance(x, self.xp.ndarray):
-            raise TypeError(f"model input must be an array of the backend ({self.bk.name}), got "
-                            f"{type(x).__name__}; convert with backend.asarray(x)")
-        expected = "(N, " + ", ".join(map(str, self.input_shape)) + ")"
-        if tuple(x.shape[1:]) != self.input_shape or x.ndim != len(self.input_shape) + 1:
-            raise ValueError(f"model input must have shape {expected}, got {tuple(x.shape)}")
-        if x.dtype != self.bk.dtype:
-            raise TypeError(f"model input must have dtype {self.bk.dtype.name} (the backend's), "
-                            f"got {x.dtype}; convert with backend.asarray(x)")
-        self.bk.require(self.xp.isfinite(x).all(), "model input contains NaN or infinite values")
-
-    def chain(self):
-        """The layers in the order ``forward`` runs them (``backward`` runs them in reverse)."""
-        return list(self.children.values())
-
-    def forward(self, x):
-        if self.input_shape is not None:
-            self.check_input(x)
-        for layer in self.chain():
-            x = layer.forward(x)
-        self.forwarded = True
-        return x
-
-    def backward(self, delta, input_grad=True):
-        """Propagate the residual error from the output down to the input: Eq. (2).
-
-        Returns ``dL/dx``; with ``input_grad=False`` the first layer skips it (training)."""
-        if not getattr(self, "forwarded", False):
-            raise RuntimeError("backward before forward: run model.forward(x) first, it keeps what "
-                               "backward needs")
-        return backward_chain(self.chain(), delta, input_grad)
-
+__all__ = ["INPUT", "Add", "Graph", "Sequential", "evaluating", "held_noise", "input_gradient_only", "named_eps",
+           "noise_layers", "sigma_summary", "state_restored"]
 
 def noise_layers(model):
     """``{full name: GaussianNoise}`` of every noise layer in ``model``."""
@@ -128,11 +81,10 @@ def state_restored(model):
     """Within the block the model may move its buffers (batch norm's running statistics) and
     write its gradients; afterwards each holds, in the same array, what it held before (for
     measurements that must run in training mode, such as the estimators of Theorem 2)."""
-    saved = [(arrays, key, arrays[key], arrays[key].copy()) for _, m in model.modules()
-             for arrays in (m.buffers, m.grads) for key in arrays]
+    saved = [(array, array.copy()) for _, m in model.modules() for arrays in (m.buffers, m.grads)
+             for array in arrays.values()]
     try:
         yield model
     finally:
-        for arrays, key, array, value in saved:
-            arrays[key] = array
+        for array, value in saved:
             array[...] = value

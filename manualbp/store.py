@@ -13,9 +13,8 @@ class ParameterStore:
     Parameters are stored in the order of ``model.parameter_slots()``, the noise levels last, so
     that the weights' optimiser and the Eq. (7) optimiser each own one contiguous span. When the
     store is made, every layer's ``params[key]`` and ``grads[key]`` become views of these arrays
-    (values kept). Layers change parameters only in place, so ``param`` always holds them;
-    :meth:`gather` brings ``grad`` up to date with gradients that a layer replaced instead of
-    writing in place (the fast kernels write in place, and then there is nothing to copy).
+    (values kept): from then on the store owns that memory. Modules change parameters and write
+    gradients only in place (replacing one raises), so ``param`` and ``grad`` always hold them.
     """
 
     def __init__(self, model):
@@ -25,13 +24,11 @@ class ParameterStore:
         self.offsets = {name: sum(sizes[:i]) for i, name in enumerate(self.names)}
         self.sizes = dict(zip(self.names, sizes))
         self.param, self.grad = model.bk.zeros((sum(sizes),)), model.bk.zeros((sum(sizes),))
-        self.grad_views = {}
         for name, module, key in self.slots:
             for arrays, flat in ((module.params, self.param), (module.grads, self.grad)):
                 view = self.view(flat, name).reshape(arrays[key].shape)
                 view[...] = arrays[key]
-                arrays[key] = view
-            self.grad_views[name] = module.grads[key]
+                arrays.rebind(key, view)
 
     def view(self, flat, name):
         """The 1-D part of ``flat`` (``param``, ``grad`` or an array of their size) holding ``name``."""
@@ -45,19 +42,3 @@ class ParameterStore:
         if stop - start != sum(self.sizes[n] for n in set(names)):
             return None
         return slice(start, stop)
-
-    def gather(self, names=None):
-        """Copy into ``grad`` each gradient (of ``names``, default all) that is not its view."""
-        wanted = None if names is None else set(names)
-        for name, module, key in self.slots:
-            if wanted is None or name in wanted:
-                view = self.grad_views[name]
-                if module.grads[key] is not view:
-                    view[...] = module.grads[key]
-        return self.grad
-
-    def bind_gradients(self):
-        """Make every layer's ``grads[key]`` the view of ``grad`` again (after ``grad`` was
-        changed as a whole, e.g. all-reduced over ranks), so layers and optimisers see it."""
-        for name, module, key in self.slots:
-            module.grads[key] = self.grad_views[name]

@@ -164,7 +164,7 @@ def resnet(bk, variant, blocks, dataset="cifar10", width=64, input_size=None, cl
     finite differences of the whole model exact).
     """
     from .layers import BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool2d, Normalize
-    from .layers.im2col import output_size
+    from .ops.im2col import output_size
 
     if dataset not in RESNET_HEADS:
         raise ValueError(f"no ResNet set-up for dataset {dataset!r}: expected one of {', '.join(RESNET_HEADS)}")

@@ -15,7 +15,7 @@ from manualbp.gradcheck import check_gradients
 from manualbp.kernels import im2col as fast
 from manualbp.kernels.conv import Conv2dKernel
 from manualbp.layers import Conv2d, GaussianNoise
-from manualbp.layers.im2col import col2im, conv2d_naive, conv_geometry, im2col
+from manualbp.ops.im2col import col2im, conv2d_naive, conv_geometry, im2col
 
 TOL = 1e-7
 

@@ -13,11 +13,12 @@ from .normalize import Normalize
 
 __all__ += ["BatchNorm1d", "BatchNorm2d", "Normalize"]
 from .conv import Conv2d
-from .im2col import col2im, conv2d_naive, im2col
+from ..ops.im2col import col2im, conv2d_naive, im2col
 from .pool import AdaptiveAvgPool2d, AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 
 __all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "MaxPool2d", "col2im",
             "conv2d_naive", "im2col"]
+from .graph import INPUT, Add, Graph, Sequential
 from .residual import BasicBlock, Projection
 
-__all__ += ["BasicBlock", "Projection"]
+__all__ += ["Add", "BasicBlock", "Graph", "INPUT", "Projection", "Sequential"]

@@ -1,73 +1,129 @@
-"""The layer protocol shared by every layer, block and model.
+"""The module: what a layer, block or model holds -- parameters, buffers, mode -- around the
+ops it runs (:mod:`manualbp.ops`).
 
-A layer holds
+A module holds
 
 * ``params``   -- trained arrays by local name (``"weight"``, ``"sigma"``, ...);
 * ``grads``    -- their gradients, written in place by ``backward`` (same names and shapes);
 * ``buffers``  -- arrays that are state but not trained (a fixed ``sigma``, running statistics);
-* ``children`` -- sub-layers by local name, in forward order.
+* ``children`` -- sub-modules by local name, in forward order.
 
-``forward(x)`` keeps what ``backward`` needs; ``backward(delta, input_grad=True)`` takes
-``dL/d(output)``, sets ``grads`` and returns ``dL/d(input)`` -- one step of the paper's Eq. (2)
--- or, when ``input_grad`` is false (nobody needs it: the first layer in training), ``None``
-where skipping it saves work (activations and noise layers return it anyway).
-A layer only ever changes its ``params`` in place (optimisers and checkpoints write them); its
-``grads`` it may replace or overwrite.
-While ``param_grads`` is false (:func:`manualbp.model.input_gradient_only`), ``backward`` leaves
-``grads`` as they are and computes only what ``dL/d(input)`` needs (attacks, saliency maps).
-Full names join the local names with dots: ``"fc1.weight"``, ``"fc1.noise.sigma"``.
+Each array is registered once and then only changed in place (``params["weight"][...] = w``):
+optimisers, checkpoints and the parameter store hold the same memory, and replacing an array
+raises. Full names join the local names with dots: ``"fc1.weight"``, ``"fc1.noise.sigma"``.
 
-Building a layer builds what its backend asks for (:meth:`Backend.implementation`): the class
-itself, or with ``kernels="fast"`` the fast kernel registered for it in :mod:`manualbp.kernels`,
-a subclass that computes the same thing.
+A leaf module runs one op (``op``): ``forward(x)`` calls the op's forward through the backend's
+table (:meth:`Backend.kernel`) with ``x``, the module's arrays named by the op's inputs and
+:meth:`settings`, and keeps the cache; ``backward(delta, input_grad=True)`` hands ``delta =
+dL/d(output)`` and that cache to the op's backward -- one step of Eq. (2) -- writes the parameter
+gradients into ``grads`` and returns ``dL/d(input)`` (``None`` without ``input_grad``: nobody
+needs it, as for the first layer in training). While ``param_grads`` is false
+(:func:`manualbp.model.input_gradient_only`) no parameter gradient is computed. A module whose
+op computes ``v`` may carry the noise term ``z`` of Eq. (1) as its child ``"noise"``.
 """
 
 
-def backward_chain(layers, delta, input_grad=True):
-    """Eq. (2) through ``layers`` applied in order: their ``backward`` in reverse, each passing
-    ``dL/d(its input)`` to the one before. Without ``input_grad`` the chain ends at its first
-    layer with parameters, which skips its ``dL/dx``: the layers below it have nothing to learn
-    (e.g. a ``Normalize`` before the first convolution)."""
-    first = 0
-    if not input_grad:
-        first = next((i for i, layer in enumerate(layers) if any(m.params for _, m in layer.modules())),
-                     max(len(layers) - 1, 0))
-    for i in range(len(layers) - 1, first - 1, -1):
-        delta = layers[i].backward(delta, input_grad=input_grad or i > first)
-    return delta
+class Arrays(dict):
+    """A module's named arrays, each registered once and from then on changed in place only."""
+
+    def __init__(self, what):
+        super().__init__()
+        self.what = what
+
+    def __setitem__(self, key, value):
+        if key in self and self[key] is not value:
+            raise ValueError(f"{self.what} {key!r} is already registered: change it in place "
+                             f"({self.what}s[{key!r}][...] = value), so that optimisers and checkpoints, "
+                             f"which hold its memory, see the change")
+        super().__setitem__(key, value)
+
+    def rebind(self, key, value):
+        """Make ``value`` (a view holding the same numbers, e.g. of the parameter store) the array."""
+        super().__setitem__(key, value)
 
 
 class Module:
-    """Base class: naming, state and train/eval switches; subclasses write forward/backward."""
+    """Base class: naming, state, train/eval switches and the call of a leaf's op."""
 
-    def __new__(cls, bk, *args, **kwargs):
-        return super().__new__(bk.implementation(cls))
+    op = None               # the op a leaf module runs (manualbp.ops)
+    arity = 1               # how many of the op's inputs are values flowing in (the rest: arrays)
 
     def __init__(self, bk):
         self.bk = bk
         self.xp = bk.xp
-        self.params = {}
-        self.grads = {}
-        self.buffers = {}
+        self.params = Arrays("param")
+        self.grads = Arrays("grad")
+        self.buffers = Arrays("buffer")
         self.children = {}
         self.training = True
         self.param_grads = True
+        self.cache = None
 
     @property
     def kind(self):
-        """The layer's type by name as built: a fast kernel's is its reference layer's."""
-        return self.bk.reference(type(self)).__name__
-
-    def forward(self, x):
-        raise NotImplementedError
-
-    def backward(self, delta, input_grad=True):
-        raise NotImplementedError
+        """The module's type by name (error messages)."""
+        return type(self).__name__
 
     def add_param(self, name, value):
         """Register a trained array and a zero gradient of its shape."""
         self.params[name] = value
         self.grads[name] = self.xp.zeros_like(value)
+
+    # --- a leaf's op ---------------------------------------------------------------------
+    def array(self, key):
+        """The module's array for the op input ``key``: a parameter or buffer, else ``None``."""
+        return self.params.get(key, self.buffers.get(key))
+
+    def settings(self, training):
+        """The op's settings (keyword arguments) in the mode ``training``."""
+        return {}
+
+    def check(self, x):
+        """Raise a clear error for an input the module cannot take (before any work)."""
+
+    def forward(self, x):
+        """``output = op(x, arrays, settings)`` (+ the noise term ``z`` of Eq. 1)."""
+        self.check(x)
+        v = self.run(self.op, x, *[self.array(key) for key in self.op.inputs[self.arity:]],
+                     **self.settings(self.training))
+        return self.children["noise"].forward(v) if "noise" in self.children else v
+
+    def backward(self, delta, input_grad=True):
+        """``dL/d(input)`` from ``delta = dL/d(output)`` (Eq. 2); parameter gradients into ``grads``."""
+        if "noise" in self.children:
+            delta = self.children["noise"].backward(delta)             # fills dL/dsigma, Eq. (3)
+        return self.run_backward(delta, input_grad)
+
+    def run(self, op, *inputs, **settings):
+        """The forward pass of ``op`` as the backend's table says; keeps its cache for
+        :meth:`run_backward`."""
+        forward, _ = self.bk.kernel(op)
+        out, cache = forward(self.xp, *inputs, **settings)
+        self.cache = (op, cache, out.shape)
+        return out
+
+    def run_backward(self, delta, input_grad=True):
+        """The backward pass of the op the last forward ran, on its cache: the parameter
+        gradients written into ``grads``, ``dL/d(input)`` returned (a tuple, one per input, for a
+        module of several inputs). Each module keeps the cache of its last forward pass only, so
+        backward differentiates the most recent forward (as often as asked); a ``delta`` of
+        another shape than that pass's output stops with an error."""
+        if self.cache is None:
+            raise RuntimeError(f"{self.kind}: backward before forward: run forward first, it keeps "
+                               f"what backward needs")
+        op, cache, shape = self.cache
+        if tuple(delta.shape) != tuple(shape):
+            raise ValueError(f"{self.kind}: backward got delta of shape {tuple(delta.shape)}, but the last "
+                             f"forward pass gave an output of shape {tuple(shape)}: backward differentiates "
+                             f"the most recent forward pass, so run forward again before this backward")
+        keys = op.inputs[self.arity:]
+        need = (*[True if input_grad else None] * self.arity,
+                *[self.grads[k] if self.param_grads and k in self.params else None for k in keys])
+        grads = self.bk.kernel(op)[1](self.xp, delta, cache, need)
+        for target, grad in zip(need[self.arity:], grads[self.arity:]):
+            if target is not None and grad is not target:
+                target[...] = grad
+        return grads[0] if self.arity == 1 else grads[:self.arity]
 
     # --- walking the tree ----------------------------------------------------------------
     def modules(self, prefix=""):
@@ -94,7 +150,7 @@ class Module:
 
     def parameter_store(self):
         """The :class:`~manualbp.store.ParameterStore` of this model: every parameter in one
-        flat array, every gradient gathered into another (made on the first call)."""
+        flat array, every gradient in another (made on the first call)."""
         if getattr(self, "store", None) is None:
             from ..store import ParameterStore
             self.store = ParameterStore(self)

@@ -1,8 +1,9 @@
 """2-D convolution by im2col and one matrix product: Eq. (1) for every neuron of a feature map."""
 import math
 
+from ..ops import conv2d
+from ..ops.im2col import conv_geometry, pair
 from .base import Module
-from .im2col import col2im, conv_geometry, im2col, pair
 
 
 class Conv2d(Module):
@@ -11,15 +12,18 @@ class Conv2d(Module):
     Every element ``v[n, o, oh, ow]`` of the output is one neuron of Eq. (1): the dot product of
     kernel ``o`` with the patch of ``x`` under it, plus the bias, plus the noise ``z``.
 
-    Shapes (notation of :mod:`manualbp.layers.im2col`): ``x`` ``(N, C_in, H, W)`` ->
+    Shapes (notation of :mod:`manualbp.ops.im2col`): ``x`` ``(N, C_in, H, W)`` ->
     ``v`` ``(N, C_out, OH, OW)``; ``weight`` ``(C_out, C_in, KH, KW)`` (PyTorch's layout);
     ``bias`` ``(C_out,)``. ``kernel_size``, ``stride`` and ``padding`` are ints or pairs.
 
     ``noise`` (optional, a :class:`GaussianNoise` of shape ``(C_out, OH, OW)``) adds ``z`` to
     ``v`` -- one ``sigma`` (and, with ``learn_mean``, one ``mu``) per element of the feature map,
     the paper's Fig. 1 (right). It becomes the child ``"noise"`` (``"conv1.noise.sigma"``).
-    Weights and bias start as PyTorch's do: uniform on ``+-1/sqrt(C_in KH KW)``.
+    Weights and bias start as PyTorch's do: uniform on ``+-1/sqrt(C_in KH KW)``. Runs the op
+    :data:`~manualbp.ops.conv2d`.
     """
+
+    op = conv2d
 
     def __init__(self, bk, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  noise=None):
@@ -56,30 +60,5 @@ class Conv2d(Module):
                              f"(input shape {tuple(x.shape)})")
         conv_geometry(x.shape, self.kernel_size, self.stride, self.padding)
 
-    def forward(self, x):
-        self.check(x)
-        self.x_shape = x.shape
-        self.cols = im2col(x, self.kernel_size, self.stride, self.padding, self.xp)  # (N, C, KH, KW, OH, OW)
-        w = self.params["weight"]
-        v = self.xp.tensordot(self.cols, w, axes=((1, 2, 3), (1, 2, 3)))  # sum_j theta_ij x_j, Eq. (1)
-        v = v.transpose(0, 3, 1, 2)                                        # (N, C_out, OH, OW)
-        if "bias" in self.params:
-            v = v + self.params["bias"].reshape(1, -1, 1, 1)            # theta_i0 * x_0, x_0 = 1, Eq. (1)
-        if "noise" in self.children:
-            v = self.children["noise"].forward(v)                          # + z_i, Eq. (1)
-        return v
-
-    def backward(self, delta, input_grad=True):
-        """``delta``: ``dL/dv`` ``(N, C_out, OH, OW)``; returns ``dL/dx`` (Eq. 2) or ``None``."""
-        if "noise" in self.children:
-            delta = self.children["noise"].backward(delta)                 # fills dL/dsigma, Eq. (3)
-        xp = self.xp
-        if self.param_grads:                                            # dL/dtheta_ij = delta_i x_j, beside Eq. (2)
-            self.grads["weight"] = xp.tensordot(delta, self.cols, axes=((0, 2, 3), (0, 4, 5)))
-            if "bias" in self.params:
-                self.grads["bias"] = delta.sum(axis=(0, 2, 3))          # dL/dtheta_i0 = delta_i (x_0 = 1), beside Eq. (2)
-        if not input_grad:
-            return None
-        dcols = xp.tensordot(delta, self.params["weight"], axes=(1, 0))  # sum_j theta_ji delta_j, Eq. (2)
-        dcols = dcols.transpose(0, 3, 4, 5, 1, 2)                          # (N, C, KH, KW, OH, OW)
-        return col2im(dcols, self.x_shape, self.kernel_size, self.stride, self.padding, xp)
+    def settings(self, training):
+        return {"stride": self.stride, "padding": self.padding}

@@ -3,6 +3,7 @@ with probability ``1 - p`` and scaled by ``1 / (1 - p)``; in evaluation the laye
 
 Shapes: any; output and gradients have the shape of the input.
 """
+from ..ops import dropout
 from .base import Module
 
 
@@ -17,20 +18,20 @@ class Dropout(Module):
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p, self.mask, self.hold_mask = float(p), None, False
 
-    def forward(self, v):
-        self.applied = None
-        if not self.training or self.p == 0:
-            return v                                          # evaluation: the identity
-        if not self.hold_mask:
-            keep = self.bk.uniform(0, 1, v.shape) >= self.p
-            self.mask = keep.astype(v.dtype) / (1 - self.p)   # kept elements scaled by 1 / (1 - p)
-        self.applied = self.mask
-        return v * self.mask
+    op = dropout
 
-    def backward(self, delta, input_grad=True):
-        if not input_grad:
-            return None
-        return delta if self.applied is None else delta * self.applied   # mask * delta, Eq. (2)
+    def array(self, key):
+        return self.applied if key == "mask" else super().array(key)
+
+    def forward(self, v):
+        """Draw the mask in training (unless held); ``v * mask``, or ``v`` in evaluation."""
+        self.applied = None
+        if self.training and self.p > 0:
+            if not self.hold_mask:
+                keep = self.bk.uniform(0, 1, v.shape) >= self.p
+                self.mask = keep.astype(v.dtype) / (1 - self.p)   # kept elements scaled by 1 / (1 - p)
+            self.applied = self.mask
+        return super().forward(v)
 
     def __repr__(self):
         return f"Dropout(p={self.p})"

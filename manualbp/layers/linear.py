@@ -1,6 +1,7 @@
 """Fully connected layer: the linear part of Eq. (1), with its backward from Eq. (2)."""
 import math
 
+from ..ops import linear
 from .base import Module
 
 
@@ -12,8 +13,11 @@ class Linear(Module):
 
     ``noise`` (optional, a :class:`GaussianNoise` of shape ``(out_features,)``) adds the noise
     term ``z`` of Eq. (1) to ``v``; it becomes the child ``"noise"`` (``"fc1.noise.sigma"``).
-    Weights start as PyTorch's do: uniform on ``+-1/sqrt(in_features)``.
+    Weights start as PyTorch's do: uniform on ``+-1/sqrt(in_features)``. Runs the op
+    :data:`~manualbp.ops.linear`.
     """
+
+    op = linear
 
     def __init__(self, bk, in_features, out_features, bias=True, noise=None):
         super().__init__(bk)
@@ -28,25 +32,3 @@ class Linear(Module):
     def check(self, x):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects input (N, {self.in_features}), got {tuple(x.shape)}")
-
-    def forward(self, x):
-        self.check(x)
-        self.x = x
-        v = x @ self.params["weight"].T                      # sum_j theta_ij x_j, Eq. (1)
-        if "bias" in self.params:
-            v = v + self.params["bias"]                                 # theta_i0 * x_0, x_0 = 1, Eq. (1)
-        if "noise" in self.children:
-            v = self.children["noise"].forward(v)            # + z_i, Eq. (1)
-        return v
-
-    def backward(self, delta, input_grad=True):
-        """``delta``: ``dL/dv`` ``(N, out_features)``; returns ``theta^T delta`` (Eq. 2)."""
-        if "noise" in self.children:
-            delta = self.children["noise"].backward(delta)   # fills dL/dsigma, Eq. (3)
-        if self.param_grads:
-            self.grads["weight"] = delta.T @ self.x                     # dL/dtheta_ij = delta_i x_j, beside Eq. (2)
-            if "bias" in self.params:
-                self.grads["bias"] = delta.sum(axis=0)                  # dL/dtheta_i0 = delta_i (x_0 = 1), beside Eq. (2)
-        if input_grad:
-            return delta @ self.params["weight"]             # sum_j theta_ji delta_j, Eq. (2)
-        return None

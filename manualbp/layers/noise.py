@@ -1,4 +1,5 @@
 """Gaussian noise on neurons: the noise term ``z = mu + sigma * eps`` of Eq. (1), and Eq. (3)."""
+from ..ops import gaussian_noise
 from .base import Module
 
 NOISE_MODES = ("off", "fixed", "learned")
@@ -28,8 +29,10 @@ class GaussianNoise(Module):
 
     After ``forward``, ``eps`` holds the last draw (``None`` when no noise was drawn). While
     ``hold_eps`` is true, forward reuses that draw instead of drawing anew (gradient checks,
-    parity tests).
+    parity tests). Runs the op :data:`~manualbp.ops.gaussian_noise`.
     """
+
+    op = gaussian_noise
 
     def __init__(self, bk, shape, mode="learned", sigma0=1.0, learn_mean=False, eval_noise=False,
                  abs_sigma=False, released=False):
@@ -72,30 +75,20 @@ class GaussianNoise(Module):
             raise ValueError(f"noise layer expects input (N, {', '.join(map(str, self.shape))}), "
                              f"got {tuple(v.shape)}")
 
+    def array(self, key):
+        if key == "eps":
+            return self.eps if self.draws else None
+        return super().array(key)
+
+    def settings(self, training):
+        return {"abs_sigma": self.abs_sigma, "released": self.released}
+
     def forward(self, v):
+        """Draw ``eps`` (unless held), then ``v + sigma * eps (+ mu)``."""
         self.check(v)
         if self.draws:
             if not (self.hold_eps and self.eps is not None and self.eps.shape == v.shape):
-                self.eps = self.bk.normal(v.shape)             # eps ~ N(0, 1), Eq. (1)
-            v = v + self.noise_level() * self.eps              # v + z, z = sigma * eps, Eq. (1)
+                self.eps = self.bk.normal_like(v)                      # eps ~ N(0, 1), Eq. (1)
         elif not self.hold_eps:
             self.eps = None
-        if "mu" in self.params:
-            v = v + self.params["mu"]                          # + mu
-        return v
-
-    def backward(self, delta, input_grad=True):
-        """``delta`` passes through unchanged (``dv/dz = 1``); the noise parameters get
-        ``dL/dsigma = sum_n delta * eps`` (Eq. 3) and ``dL/dmu = sum_n delta``."""
-        if not self.param_grads:
-            return delta
-        if "sigma" in self.params:
-            if self.draws:
-                self.grads["sigma"] = (delta * self.eps).sum(axis=0)   # sum_n delta * eps, Eq. (3)
-            else:
-                self.grads["sigma"] = self.xp.zeros_like(self.params["sigma"])   # no noise drawn
-            if self.abs_sigma and not self.released:
-                self.grads["sigma"] *= self.xp.sign(self.params["sigma"])    # d|sigma| / dsigma
-        if "mu" in self.params:
-            self.grads["mu"] = delta.sum(axis=0)
-        return delta
+        return super().forward(v)

@@ -5,8 +5,10 @@ the batch axis (``BatchNorm1d``, input ``(N, F)``) or per channel over the batch
 (``BatchNorm2d``, input ``(N, C, H, W)``). Conventions follow PyTorch: ``floor = 1e-5`` (PyTorch's
 ``eps``; here ``eps`` is always the noise draw), running
 statistics ``r <- (1 - momentum) r + momentum * batch statistic`` with ``momentum = 0.1``, and the
-running variance updated with the unbiased batch variance.
+running variance updated with the unbiased batch variance. Both run the op
+:data:`~manualbp.ops.batch_norm`.
 """
+from ..ops import batch_norm
 from .base import Module
 
 
@@ -20,7 +22,7 @@ class _BatchNorm(Module):
     Buffers: ``running_mean`` (zeros) and ``running_var`` (ones), both ``(features,)``.
     """
 
-    axes = None             # the axes reduced over: the batch axis, and the spatial axes of a map
+    op = batch_norm
     running_statistics = ("running_mean", "running_var")   # buffers estimated from training batches
     ndim = None
 
@@ -31,10 +33,6 @@ class _BatchNorm(Module):
         self.add_param("bias", bk.zeros((self.num_features,)))
         self.buffers["running_mean"] = bk.zeros((self.num_features,))
         self.buffers["running_var"] = bk.full((self.num_features,), 1.0)
-        self.shape = (1, self.num_features) + (1,) * (self.ndim - 2)   # broadcasts over x
-
-    def _per_feature(self, name, source):
-        return source[name].reshape(self.shape)
 
     def check(self, x):
         if x.ndim != self.ndim or x.shape[1] != self.num_features:
@@ -45,57 +43,13 @@ class _BatchNorm(Module):
             raise ValueError(f"{self.kind} needs more than one value per feature "
                              f"in training mode, got input {tuple(x.shape)}")
 
-    def update_running(self, mean, var, count):
-        """``r <- (1 - momentum) r + momentum * batch statistic``, the variance unbiased."""
-        m, buffers = self.momentum, self.buffers
-        buffers["running_mean"][...] = (1 - m) * buffers["running_mean"] + m * mean.reshape(-1)
-        buffers["running_var"][...] = (1 - m) * buffers["running_var"] + m * count / (count - 1) * var.reshape(-1)
-
-    def statistics(self, x):
-        """``(mean, var)`` that normalise ``x``: in training the batch's, which also update the
-        running statistics; in evaluation the running ones."""
-        if not self.training:
-            return self._per_feature("running_mean", self.buffers), self._per_feature("running_var", self.buffers)
-        self.count = x.size // self.num_features              # values per feature in the batch
-        mean, var = x.mean(axis=self.axes, keepdims=True), x.var(axis=self.axes, keepdims=True)
-        self.update_running(mean, var, self.count)
-        return mean, var
-
-    def parameter_gradients(self, delta):
-        """``(dL/dweight, dL/dbias) = (sum delta * xhat, sum delta)``, kept in ``grads`` when
-        the parameters' gradients are wanted."""
-        grad_w = (delta * self.xhat).sum(axis=self.axes)
-        grad_b = delta.sum(axis=self.axes)
-        if self.param_grads:
-            self.grads["weight"], self.grads["bias"] = grad_w, grad_b
-        return grad_w, grad_b
-
-    def forward(self, x):
-        self.check(x)
-        mean, var = self.statistics(x)
-        self.inv_std = 1 / self.xp.sqrt(var + self.floor)
-        self.xhat = (x - mean) * self.inv_std                  # xhat = (x - mean) / sqrt(var + floor)
-        return self._per_feature("weight", self.params) * self.xhat + self._per_feature("bias", self.params)
-
-    def backward(self, delta, input_grad=True):
-        """``dL/dweight = sum delta * xhat``, ``dL/dbias = sum delta``. With batch statistics
-        ``dL/dx = weight * inv_std * (delta - (dL/dbias + xhat * dL/dweight) / n)`` (the closed
-        form of ``inv_std / n * (n dxhat - sum dxhat - xhat sum dxhat xhat)``,
-        ``dxhat = weight * delta``); with running statistics ``dL/dx = weight * inv_std * delta``."""
-        grad_w, grad_b = self.parameter_gradients(delta)
-        if not input_grad:
-            return None
-        scale = self._per_feature("weight", self.params) * self.inv_std
-        if not self.training:
-            return scale * delta
-        gw, gb = grad_w.reshape(self.shape), grad_b.reshape(self.shape)
-        return scale * (delta - (gb + self.xhat * gw) / self.count)
+    def settings(self, training):
+        return {"training": training, "momentum": self.momentum, "floor": self.floor}
 
 
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation of dense features: input ``(N, F)``, statistics over the batch."""
 
-    axes = (0,)
     ndim = 2
 
 
@@ -103,5 +57,4 @@ class BatchNorm2d(_BatchNorm):
     """Batch normalisation of feature maps: input ``(N, C, H, W)``, statistics per channel over
     the batch and both spatial axes."""
 
-    axes = (0, 2, 3)
     ndim = 4

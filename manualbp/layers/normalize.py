@@ -3,6 +3,7 @@
 Keeping it inside the model lets data, attacks and corruptions all work in pixel space
 ``[0, 1]``: an attack's ``dL/dx`` from ``model.backward`` is the gradient with respect to pixels.
 """
+from ..ops import normalize
 from .base import Module
 
 
@@ -26,15 +27,8 @@ class Normalize(Module):
         self.buffers["mean"] = bk.asarray(mean)
         self.buffers["std"] = bk.asarray(std)
 
-    def _per_channel(self, name, ndim):
-        return self.buffers[name].reshape((1, self.channels) + (1,) * (ndim - 2))
+    op = normalize
 
-    def forward(self, x):
+    def check(self, x):
         if x.ndim < 2 or x.shape[1] != self.channels:
             raise ValueError(f"Normalize expects input (N, {self.channels}, ...), got {tuple(x.shape)}")
-        return (x - self._per_channel("mean", x.ndim)) / self._per_channel("std", x.ndim)
-
-    def backward(self, delta, input_grad=True):
-        if not input_grad:
-            return None
-        return delta / self._per_channel("std", delta.ndim)

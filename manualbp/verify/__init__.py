@@ -11,7 +11,6 @@ compares every gradient of the user's own module with the hand-written backward 
 
 The reference frameworks are imported only when a comparison runs or a model is converted.
 """
-from . import containers  # noqa: F401  (registers the container rules)
 from .compare import TOLERANCES, FrameworkMissing, Report, Row, verify_model
 from .walk import RULES, ConversionError, Walker, register
 

@@ -1,104 +1,11 @@
-"""The JAX reference: each manualbp layer written with ``jax.numpy`` / ``jax.lax`` on the same
-arrays, differentiated by ``jax.value_and_grad`` and compiled once by ``jax.jit``. Imported only
+"""The JAX reference: a manualbp model through its ops' JAX rules (``op.rule("jax")``, written
+with ``jax.numpy`` / ``jax.lax`` beside each op's code) on the same arrays, differentiated by
+``jax.value_and_grad`` and compiled once by ``jax.jit``. Imported only
 when a JAX comparison is asked for; float64 comparisons switch on JAX's ``jax_enable_x64``."""
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from .walk import Walker, register
-
-
-@register("jax", "Linear")
-def linear(w, m, x, path):
-    v = x @ w.array(path, "weight").T
-    if "bias" in m.params:
-        v = v + w.array(path, "bias")
-    return w.noise(m, v, path)
-
-
-@register("jax", "Conv2d")
-def conv2d(w, m, x, path):
-    (ph, pw) = m.padding
-    v = lax.conv_general_dilated(x, w.array(path, "weight"), window_strides=tuple(m.stride),
-                                 padding=[(ph, ph), (pw, pw)],
-                                 dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                                 precision=lax.Precision.HIGHEST)
-    if "bias" in m.params:
-        v = v + w.array(path, "bias").reshape(1, -1, 1, 1)
-    return w.noise(m, v, path)
-
-
-def _pool(x, m, init, op):
-    window, strides = (1, 1) + tuple(m.kernel_size), (1, 1) + tuple(m.stride)
-    (ph, pw) = m.padding
-    return lax.reduce_window(x, x.dtype.type(init), op, window, strides,     # a constant: differentiable
-                             [(0, 0), (0, 0), (ph, ph), (pw, pw)])
-
-
-@register("jax", "MaxPool2d")
-def max_pool2d(w, m, x, path):
-    return _pool(x, m, -jnp.inf, lax.max)
-
-
-@register("jax", "AvgPool2d")
-def avg_pool2d(w, m, x, path):
-    (kh, kw) = m.kernel_size
-    return _pool(x, m, 0, lax.add) / (kh * kw)
-
-
-@register("jax", "GlobalAvgPool2d")
-def global_avg_pool2d(w, m, x, path):
-    return x.mean(axis=(2, 3))
-
-
-@register("jax", "AdaptiveAvgPool2d")
-def adaptive_avg_pool2d(w, m, x, path):
-    return x.mean(axis=(2, 3), keepdims=True)
-
-
-@register("jax", "Flatten")
-def flatten(w, m, x, path):
-    return x.reshape(x.shape[0], -1)
-
-
-@register("jax", "ReLU")
-def relu(w, m, x, path):
-    return jnp.where(x > 0, x, 0)           # derivative 0 at 0, as the engine's and PyTorch's
-
-
-@register("jax", "LeakyReLU")
-def leaky_relu(w, m, x, path):
-    return jnp.where(x > 0, x, m.slope * x)
-
-
-@register("jax", "Sigmoid")
-def sigmoid(w, m, x, path):
-    return jax.nn.sigmoid(x)
-
-
-@register("jax", "Tanh")
-def tanh(w, m, x, path):
-    return jnp.tanh(x)
-
-
-@register("jax", "Dropout")
-def dropout(w, m, x, path):
-    mask = w.mask(m, path)
-    return x if mask is None else x * jnp.asarray(mask, dtype=x.dtype)
-
-
-@register("jax", "BatchNorm1d", "BatchNorm2d")
-def batch_norm(w, m, x, path):
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    if m.training:
-        axes = (0,) + tuple(range(2, x.ndim))
-        mean = x.mean(axis=axes, keepdims=True)
-        var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-    else:
-        mean = w.array(path, "running_mean").reshape(shape)
-        var = w.array(path, "running_var").reshape(shape)
-    xhat = (x - mean) / jnp.sqrt(var + m.floor)
-    return xhat * w.array(path, "weight").reshape(shape) + w.array(path, "bias").reshape(shape)
+from .walk import Walker
 
 
 def version():

@@ -14,7 +14,6 @@ every noise layer that is not ``"off"``, in evaluation mode those whose ``eval_n
 """
 import torch
 
-from . import torch_ref  # noqa: F401  (registers the torch rules)
 from .walk import Walker, join, rule_of
 
 __all__ = ["TorchTwin", "to_torch"]
@@ -102,6 +101,8 @@ class TwinWalker(Walker):
             return torch.as_tensor(held, dtype=sigma.dtype, device=sigma.device)
         return torch.randn((self.batch, *sigma.shape), dtype=sigma.dtype, device=sigma.device)
 
-    def mask(self, module, path):
-        """None: a dropout layer of the twin draws its own mask with torch."""
-        return None
+    def mask_like(self, module, path, x):
+        """A fresh mask drawn by torch for a dropout layer of the twin in training mode."""
+        if not self.nodes[path].training or module.p == 0:
+            return None
+        return (torch.rand_like(x) >= module.p).to(x.dtype) / (1 - module.p)

@@ -1,16 +1,14 @@
-"""The PyTorch rules, both directions in one table: for each layer type, the manualbp layer as a
-``torch.nn.functional`` computation on the same arrays (``@register("torch", kind)``, what
-:func:`~manualbp.verify.verify_model` and :func:`~manualbp.verify.to_torch` run, differentiated
-by autograd), and next to it the rule that imports the torch module of that type into manualbp
-(``@imports(torch type)``, what :func:`~manualbp.verify.from_torch` runs). Imported only when
-torch is asked for."""
+"""PyTorch: the rules that import a torch module of each type into manualbp (``@imports(torch
+type)``, what :func:`~manualbp.verify.from_torch` runs), and :func:`reference`, the forward and
+backward pass in PyTorch of a manualbp model through its ops' torch rules (``op.rule("torch")``
+beside each op's code, :mod:`manualbp.ops`). Imported only when torch is asked for."""
 import torch
 import torch.nn.functional as F
 
 from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BasicBlock, BatchNorm1d, BatchNorm2d, Conv2d, Dropout,
                       Flatten, LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid, Tanh)
 from ..model import Sequential
-from .walk import ConversionError, Walker, join, register
+from .walk import ConversionError, Walker, join
 
 #: torch module type name -> ``rule(importer, module, path, where) -> manualbp layer``: the
 #: import rules (:class:`manualbp.verify.torch_import.Importer` runs them; ``path`` is the torch
@@ -32,24 +30,11 @@ def refuse(path, module, what):
     raise ConversionError(f"cannot import {path or '<model>'!r} of type {type(module).__name__}: {what}")
 
 
-@register("torch", "Linear")
-def linear(w, m, x, path):
-    v = F.linear(x, w.array(path, "weight"), w.array(path, "bias") if "bias" in m.params else None)
-    return w.noise(m, v, path)
-
-
 @imports("Linear")
 def import_linear(imp, m, path, where):
     layer = Linear(imp.bk, m.in_features, m.out_features, bias=m.bias is not None)
     imp.weights(layer, m, path, where)
     return layer
-
-
-@register("torch", "Conv2d")
-def conv2d(w, m, x, path):
-    v = F.conv2d(x, w.array(path, "weight"), w.array(path, "bias") if "bias" in m.params else None,
-                 stride=m.stride, padding=m.padding)
-    return w.noise(m, v, path)
 
 
 @imports("Conv2d")
@@ -62,16 +47,6 @@ def import_conv2d(imp, m, path, where):
                    bias=m.bias is not None)
     imp.weights(layer, m, path, where)
     return layer
-
-
-@register("torch", "MaxPool2d")
-def max_pool2d(w, m, x, path):
-    return F.max_pool2d(x, m.kernel_size, m.stride, m.padding)
-
-
-@register("torch", "AvgPool2d")
-def avg_pool2d(w, m, x, path):
-    return F.avg_pool2d(x, m.kernel_size, m.stride, m.padding)
 
 
 @imports("MaxPool2d", "AvgPool2d")
@@ -87,16 +62,6 @@ def import_pool(imp, m, path, where):
     return AvgPool2d(imp.bk, m.kernel_size, m.stride, m.padding)
 
 
-@register("torch", "GlobalAvgPool2d")
-def global_avg_pool2d(w, m, x, path):
-    return x.mean(dim=(2, 3))
-
-
-@register("torch", "AdaptiveAvgPool2d")
-def adaptive_avg_pool2d(w, m, x, path):
-    return F.adaptive_avg_pool2d(x, 1)
-
-
 @imports("AdaptiveAvgPool2d")
 def import_adaptive_avg_pool2d(imp, m, path, where):
     if m.output_size not in (1, (1, 1)):
@@ -104,36 +69,11 @@ def import_adaptive_avg_pool2d(imp, m, path, where):
     return AdaptiveAvgPool2d(imp.bk, 1)
 
 
-@register("torch", "Flatten")
-def flatten(w, m, x, path):
-    return torch.flatten(x, 1)
-
-
 @imports("Flatten")
 def import_flatten(imp, m, path, where):
     if (m.start_dim, m.end_dim) != (1, -1):
         refuse(path, m, f"start_dim {m.start_dim}, end_dim {m.end_dim}; expected 1 and -1")
     return Flatten(imp.bk)
-
-
-@register("torch", "ReLU")
-def relu(w, m, x, path):
-    return F.relu(x)
-
-
-@register("torch", "LeakyReLU")
-def leaky_relu(w, m, x, path):
-    return F.leaky_relu(x, m.slope)
-
-
-@register("torch", "Sigmoid")
-def sigmoid(w, m, x, path):
-    return torch.sigmoid(x)
-
-
-@register("torch", "Tanh")
-def tanh(w, m, x, path):
-    return torch.tanh(x)
 
 
 @imports("ReLU", "Sigmoid", "Tanh", "LeakyReLU")
@@ -144,25 +84,9 @@ def import_activation(imp, m, path, where):
     return {"ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}[kind](imp.bk)
 
 
-@register("torch", "Dropout")
-def dropout(w, m, x, path):
-    """The mask the manualbp layer applied, or (the PyTorch twin) a fresh one drawn by torch."""
-    if not w.training(m, path) or m.p == 0:
-        return x
-    mask = w.mask(m, path)
-    return F.dropout(x, m.p, training=True) if mask is None else x * torch.as_tensor(mask, dtype=x.dtype)
-
-
 @imports("Dropout")
 def import_dropout(imp, m, path, where):
     return Dropout(imp.bk, m.p)
-
-
-@register("torch", "BatchNorm1d", "BatchNorm2d")
-def batch_norm(w, m, x, path):
-    return F.batch_norm(x, w.array(path, "running_mean"), w.array(path, "running_var"),
-                        w.array(path, "weight"), w.array(path, "bias"), training=w.training(m, path),
-                        momentum=m.momentum, eps=m.floor)
 
 
 @imports("BatchNorm1d", "BatchNorm2d")
@@ -177,7 +101,7 @@ def import_batch_norm(imp, m, path, where):
     return layer
 
 
-# --- containers (their forward rules, shared by every framework, are in containers.py) --------
+# --- containers: walked as graphs (manualbp.verify.walk.graph) --------------------------------
 @imports("Identity")
 def import_identity(imp, m, path, where):
     return Sequential(imp.bk, [])

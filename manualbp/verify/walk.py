@@ -1,16 +1,15 @@
-"""Walking a manualbp model in another framework: one rule per layer type, looked up by name.
+"""Walking a manualbp model in another framework.
 
-A rule is ``rule(walker, module, x, path) -> output``: it computes the layer's forward pass from
-the same arrays the manualbp layer holds (``walker.array(path, key)``, its parameters or buffers)
-and the same noise draw (``walker.eps(path)``), in the mode ``walker.training(module, path)``,
-and recurses into children with ``walker.child(module, name, x, path)``. The framework then
-differentiates the result itself. A subclass of :class:`Walker` may answer the mode and the
-draws otherwise (the PyTorch twin of :mod:`manualbp.verify.torch_module`: its own torch mode,
-fresh draws).
+A leaf module runs its op with the op's rule for the framework (``op.rule("torch")`` beside the
+op's code, :mod:`manualbp.ops`), on the same arrays the module holds (``walker.array(path,
+key)``), the same noise draw (``walker.eps(path)``) and dropout mask, in the mode
+``walker.training(module, path)``; a graph routes values between its nodes as its own forward
+does. The framework then differentiates the result itself. A subclass of :class:`Walker` may
+answer the mode and the draws otherwise (the PyTorch twin of
+:mod:`manualbp.verify.torch_module`: its own torch mode, fresh draws).
 
-Rules are keyed by the exact class name (a subclass may compute something else, so it needs its own
-rule); a fast kernel takes the rule of the reference layer it is proven equal to
-(:attr:`Module.kind`). Register one for a new layer with :func:`register`.
+A module of your own whose ``forward`` is not one op (no ``op``) can still be walked: register a
+rule ``rule(walker, module, x, path) -> output`` for its class with :func:`register`.
 """
 
 RULES = {"torch": {}, "jax": {}}
@@ -37,16 +36,39 @@ def register(framework, *type_names):
 
 
 def rule_of(framework, module, path=""):
-    """The ``framework`` rule of the layer ``module`` at ``path``; :class:`ConversionError` when
-    there is none."""
-    name = module.kind
-    rule = RULES[framework].get(name)
-    if rule is None:
-        raise ConversionError(
-            f"cannot convert layer {path or '<model>'!r} of type {name}: no {framework} rule "
-            f"for it (rules exist for {', '.join(sorted(RULES[framework]))}); add one with "
-            f"manualbp.verify.register({framework!r}, {name!r})")
-    return rule
+    """The ``framework`` rule of the module at ``path``: a graph's routing, a leaf's op rule, or
+    one registered for its class; :class:`ConversionError` when there is none."""
+    from ..layers import Graph
+    if isinstance(module, Graph):
+        return graph
+    registered = RULES[framework].get(module.kind)
+    if registered is not None:
+        return registered
+    if module.op is not None and framework in module.op.rules:
+        return leaf
+    what = f"op {module.op.name!r} has no {framework} rule" if module.op is not None else "it runs no op"
+    raise ConversionError(
+        f"cannot convert layer {path or '<model>'!r} of type {module.kind}: {what}; give the op one with "
+        f"@op.rule({framework!r}), or register a rule for the module with "
+        f"manualbp.verify.register({framework!r}, {module.kind!r})")
+
+
+def graph(w, m, x, path):
+    """A graph: its nodes in order, each on the values it takes, as :meth:`Graph.forward` does."""
+    from ..layers.graph import INPUT
+    values = {INPUT: x}
+    for name, inputs in m.edges:
+        xs = [values[i] for i in inputs]
+        values[name] = w.child(m, name, xs[0] if len(xs) == 1 else tuple(xs), path)
+    return values[m.output]
+
+
+def leaf(w, m, x, path):
+    """A leaf: its op's rule on the module's arrays and settings (+ its noise child, Eq. 1)."""
+    xs = x if m.arity > 1 else (x,)
+    inputs = [w.input(m, path, key, xs[0]) for key in m.op.inputs[m.arity:]]
+    v = m.op.rules[w.framework](*xs, *inputs, **m.settings(w.training(m, path)))
+    return w.noise(m, v, path)
 
 
 class Walker:
@@ -74,6 +96,28 @@ class Walker:
 
     def array(self, path, key):
         return self.arrays[join(path, key)]
+
+    def input(self, module, path, key, x):
+        """The array the op input ``key`` of the module at ``path`` takes: a noise draw, a
+        dropout mask (as an array of ``x``'s kind), else its parameter or buffer (``None`` when
+        it has none, e.g. no bias)."""
+        if key == "eps":
+            return self.eps(path)
+        if key == "mask":
+            return self.mask_like(module, path, x)
+        return self.arrays.get(join(path, key))
+
+    def mask_like(self, module, path, x):
+        """The scaled mask the dropout layer at ``path`` applied in its last forward pass (as
+        an array like ``x``), ``None`` when it applied none."""
+        mask = self.mask(module, path)
+        if mask is None:
+            return None
+        if self.framework == "torch":
+            import torch
+            return torch.as_tensor(mask, dtype=x.dtype)
+        import jax.numpy as jnp
+        return jnp.asarray(mask, dtype=x.dtype)
 
     def training(self, module, path):
         """Whether the layer at ``path`` runs in training mode (batch statistics): the manualbp

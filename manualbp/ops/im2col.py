@@ -20,7 +20,7 @@ im2col unfolds the image ``x`` ``(N, C, H, W)`` into the columns ``cols``
 where ``x_pad`` is ``x`` with ``PH`` / ``PW`` zeros around it. A convolution is then one
 product over ``(C, KH, KW)``, and col2im -- the adjoint of im2col, summing where patches overlap
 -- takes ``dL/dcols`` back to ``dL/dx``. Both loop only over the ``KH * KW`` kernel offsets
-``(i, j)``, each copying (or adding) one strided slice of the image.
+``(i, j)`` (:func:`windows`), each copying (or adding) one strided slice of the image.
 """
 
 
@@ -60,14 +60,24 @@ def conv_geometry(x_shape, kernel_size, stride=1, padding=0):
     return kh, kw, sh, sw, ph, pw, output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
 
 
+def windows(a, kernel_size, stride, out_size):
+    """Yield ``(i, j, view)`` for every kernel offset ``(i, j)`` in row-major order: the
+    ``(..., OH, OW)`` strided view of the (padded) image ``a`` holding what offset ``(i, j)`` of
+    every window sees. The one kernel-offset loop: im2col and col2im, pooling and the CuPy
+    kernels all run over it."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel_size, stride, out_size
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, a[..., i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+
 def im2col(x, kernel_size, stride, padding, xp):
     """The patches of ``x`` ``(N, C, H, W)`` as ``cols`` ``(N, C, KH, KW, OH, OW)``."""
     kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x.shape, kernel_size, stride, padding)
     x_pad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     cols = xp.empty(x.shape[:2] + (kh, kw, oh, ow), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):                           # what kernel offset (i, j) sees
-            cols[:, :, i, j] = x_pad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+    for i, j, view in windows(x_pad, (kh, kw), (sh, sw), (oh, ow)):
+        cols[:, :, i, j] = view                       # what kernel offset (i, j) sees
     return cols
 
 
@@ -77,16 +87,15 @@ def col2im(cols, x_shape, kernel_size, stride, padding, xp):
     n, c, h, w = x_shape
     kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x_shape, kernel_size, stride, padding)
     x_pad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            x_pad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[:, :, i, j]
+    for i, j, view in windows(x_pad, (kh, kw), (sh, sw), (oh, ow)):
+        view += cols[:, :, i, j]
     return x_pad[:, :, ph:ph + h, pw:pw + w]
 
 
 def conv2d_naive(x, weight, bias, stride, padding, xp):
     """The convolution written the obvious way, for teaching and testing: loops over output
     pixels, each one a dot product of a patch with every kernel (slow; use
-    :class:`~manualbp.layers.conv.Conv2d`).
+    :class:`~manualbp.layers.Conv2d`).
 
     ``x`` ``(N, C, H, W)``, ``weight`` ``(C_out, C, KH, KW)``, ``bias`` ``(C_out,)`` or ``None``;
     returns ``(N, C_out, OH, OW)`` with

@@ -1,8 +1,8 @@
-"""Fast im2col and col2im for :class:`~manualbp.kernels.conv.Conv2dKernel`: the reference
-functions of :mod:`manualbp.layers.im2col` in the batch-innermost column layout, without a padded
-copy, on threads.
+"""The NumPy path's im2col and col2im (the fast ``conv2d`` of :mod:`manualbp.ops.conv`): the
+reference functions of :mod:`manualbp.ops.im2col` in the batch-innermost column layout, without
+a padded copy, on threads.
 
-Notation: that of :mod:`manualbp.layers.im2col`, with ``K = C * KH * KW`` (the length of one
+Notation: that of :mod:`manualbp.ops.im2col`, with ``K = C * KH * KW`` (the length of one
 patch) and ``P = N * OH * OW`` (the number of patches).
 
 Shapes
@@ -31,7 +31,7 @@ On NumPy, large im2col and col2im calls split the channels (or the batch) into b
 several threads (:func:`manualbp.parallel.parallel_blocks`): the blocks touch disjoint memory,
 so the result is the same bit for bit, only faster on several cores.
 """
-from ..layers.im2col import conv_geometry
+from .im2col import conv_geometry
 from ..parallel import parallel_blocks
 
 
@@ -70,7 +70,7 @@ def im2col(x, kernel_size, stride, padding, xp, out=None):
         out = xp.empty(shape, dtype=x.dtype)
     elif tuple(out.shape) != shape:
         raise ValueError(f"im2col: out has shape {tuple(out.shape)}, expected {shape}")
-    xt = _in_layout_of(x.transpose(1, 0, 2, 3), out[:, 0, 0], xp)   # (C, N, H, W) view
+    xt = in_layout_of(x.transpose(1, 0, 2, 3), out[:, 0, 0], xp)   # (C, N, H, W) view
     offsets = list(_offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow))
 
     def unfold(cs, ns):                                        # one block of channels or samples
@@ -106,7 +106,7 @@ def col2im(cols, x_shape, kernel_size, stride, padding, xp, out=None):
     if tuple(cols.shape) != (c, kh, kw, n, oh, ow):
         raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, expected {(c, kh, kw, n, oh, ow)}")
     if out is None:
-        out = _empty_in_layout_of((c, n, h, w), cols[:, 0, 0], xp).transpose(1, 0, 2, 3)
+        out = empty_in_layout_of((c, n, h, w), cols[:, 0, 0], xp).transpose(1, 0, 2, 3)
     elif tuple(out.shape) != tuple(x_shape):
         raise ValueError(f"col2im: out has shape {tuple(out.shape)}, expected {tuple(x_shape)}")
     xt = out.transpose(1, 0, 2, 3)                             # (C, N, H, W) view
@@ -130,7 +130,7 @@ def col2im(cols, x_shape, kernel_size, stride, padding, xp, out=None):
     return out
 
 
-def _memory_order(a):
+def memory_order(a):
     """Axes of ``a`` from the largest stride to the smallest (its memory order)."""
     return sorted(range(a.ndim), key=lambda k: (-abs(a.strides[k]), k))
 
@@ -142,16 +142,16 @@ def _inverse(perm):
     return inv
 
 
-def _empty_in_layout_of(shape, template, xp, dtype=None):
+def empty_in_layout_of(shape, template, xp, dtype=None):
     """A new array of ``shape`` whose memory order is that of ``template`` (same ndim)."""
-    order = _memory_order(template)
+    order = memory_order(template)
     dtype = template.dtype if dtype is None else dtype
     return xp.empty([shape[k] for k in order], dtype=dtype).transpose(_inverse(order))
 
 
-def _in_layout_of(a, template, xp):
+def in_layout_of(a, template, xp):
     """``a`` itself if its memory order is that of ``template``, else a copy in that order."""
-    order = _memory_order(template)
+    order = memory_order(template)
     if a.transpose(order).flags.c_contiguous:
         return a
     return xp.ascontiguousarray(a.transpose(order)).transpose(_inverse(order))

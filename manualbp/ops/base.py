@@ -1,0 +1,81 @@
+"""The op: a reference pair of plain functions with an explicit cache, fast kernels of the same
+signature per backend, and the rules that compute it in PyTorch and JAX -- all registered by the
+op object itself, beside its code.
+
+Signatures (every op, reference and fast alike)::
+
+    forward(xp, *inputs, **settings) -> (output, cache)
+    backward(xp, d_output, cache, need) -> (d_input_0, d_input_1, ...)
+
+``xp`` is the backend's array module (NumPy or CuPy, :attr:`Backend.xp`).
+
+``need[i]`` is ``None`` when the gradient of input ``i`` is not wanted (a buffer, a layer whose
+parameters are not trained now, the first layer's ``dL/dx`` in training) and that gradient is
+then returned as ``None``; otherwise it is ``True`` or, for a parameter, the parameter's own
+gradient array, which a fast kernel may fill in place and return (a reference returns a new
+array; the module copies it in). ``cache`` is whatever ``forward`` kept for ``backward``: one
+forward, one cache, one backward.
+
+A rule ``rule(x, *inputs, **settings)`` computes the forward pass in another framework from the
+same arrays (``op.rule("torch")``); that framework's autograd then differentiates it, which is
+how :mod:`manualbp.verify` checks the hand-written ``backward``.
+"""
+
+#: every op, in the order they were made (:func:`manualbp.backend.Backend.table` lists them)
+OPS = []
+FRAMEWORKS = ("torch", "jax")
+
+
+class Op:
+    """One operation. ``inputs`` names its array inputs in order (``("x", "weight", "bias")``);
+    ``forward`` / ``backward`` are the reference pair; :meth:`kernel` registers fast ones."""
+
+    def __init__(self, name, inputs, forward, backward):
+        self.name, self.inputs = name, tuple(inputs)
+        self.forward, self.backward = forward, backward
+        self.kernels = {}          # backend name -> (forward, backward)
+        self.rules = {}            # framework -> rule
+        OPS.append(self)
+
+    def __repr__(self):
+        return f"Op({self.name!r})"
+
+    def kernel(self, backend, forward=None, backward=None):
+        """Register the fast pair of ``backend`` (``"numpy"`` or ``"cupy"``); a missing half is
+        the reference's."""
+        self.kernels[backend] = (forward or self.forward, backward or self.backward)
+        return self
+
+    def rule(self, framework):
+        """Decorator: the function computes this op in ``framework`` (``"torch"`` or ``"jax"``)."""
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {framework!r}: expected one of {', '.join(FRAMEWORKS)}")
+
+        def register(function):
+            self.rules[framework] = function
+            return function
+        return register
+
+    def pair(self, backend, kernels="fast"):
+        """``(forward, backward)`` that runs on ``backend`` with ``kernels`` ``"fast"`` or
+        ``"reference"``."""
+        if kernels == "fast" and backend in self.kernels:
+            return self.kernels[backend]
+        return self.forward, self.backward
+
+
+def destination(flag):
+    """Where a fast kernel may write a wanted gradient: the array ``need[i]`` gave, or ``None``
+    (make a new one) when it gave ``True``."""
+    return None if flag is True else flag
+
+
+def put(flag, value):
+    """``value`` as the gradient ``need[i]`` (``flag``) asks for: ``None`` when not wanted,
+    copied into the given array, or ``value`` itself."""
+    if flag is None:
+        return None
+    if flag is True:
+        return value
+    flag[...] = value
+    return flag
