@@ -57,8 +57,8 @@ from manualbp.zoo import cnn
 from common import (N_TRAIN, cell, gpu_name, manualbp_epoch, medians, on_devices, ratio, same_threads, time_steps,
                     timed, torch_device_for, torch_epoch, torch_synchronize, torch_twin, training_data)
 
-kernel_conv = importlib.import_module("manualbp.kernels.conv")      # the modules, not the classes
-layer_conv = importlib.import_module("manualbp.layers.conv")
+conv_ops = importlib.import_module("manualbp.ops.conv")            # the modules, not the functions
+fast_im2col = importlib.import_module("manualbp.ops.im2col_fast")
 
 BATCH = 128
 STEPS_PER_EPOCH = -(-N_TRAIN // BATCH)
@@ -75,10 +75,10 @@ def steppers(variant, seed, backend, kernels, device):
     return {"manualbp": Trainer(model, optimizers, batch_size=BATCH, seed=seed, progress=False), **torch_side}
 
 
-#: Per ``--kernels``: the module whose im2col/col2im the conv layers call (imported there by name,
-#: so patched there), the conv layers' class, and the array function doing their GEMMs.
-CONV_PATHS = {"fast": (kernel_conv, kernel_conv.Conv2dKernel, "matmul"),
-              "reference": (layer_conv, layer_conv.Conv2d, "tensordot")}
+#: Per ``--kernels``: the module whose im2col/col2im the conv op calls (looked up there by name,
+#: so patched there), the conv op's forward that runs, and the array function doing its GEMMs.
+CONV_PATHS = {"fast": (fast_im2col, conv_ops.conv_forward_batch_inner, "matmul"),
+              "reference": (conv_ops, conv_ops.conv_forward, "tensordot")}
 PARTS = ("conv GEMM", "im2col/col2im", "noise draws")
 
 
@@ -94,18 +94,18 @@ def gemm_flops(name, result, a, b, axes=2, **_):
 
 class Instrumented:
     """Within the block, the wall time of the parts of a step on the path ``bk.kernels`` selects:
-    the GEMMs of its conv layers (``xp.matmul`` of :class:`~manualbp.kernels.conv.Conv2dKernel`,
-    or ``xp.tensordot`` of the reference :class:`~manualbp.layers.conv.Conv2d`, with its internal
-    copies), the im2col/col2im those layers call, and the backend's noise draws. The timed calls
+    the GEMMs of its conv layers (``xp.matmul`` of the NumPy ``conv2d`` kernel, or
+    ``xp.tensordot`` of the reference, with its internal copies), the im2col/col2im that op
+    calls, and the backend's noise draws. The timed calls
     return only when their threads are done and none runs inside another, so in one pass the
     parts add up to at most the step."""
 
     def __init__(self, bk, model):
-        self.module, cls, self.gemm_name = CONV_PATHS[bk.kernels]
-        self.bk, self.layers = bk, [m for _, m in model.modules() if isinstance(m, layer_conv.Conv2d)]
-        if not self.layers or any(type(m) is not cls for m in self.layers):
-            raise RuntimeError(f"kernels={bk.kernels!r}: expected {cls.__name__} conv layers, got "
-                               f"{sorted({type(m).__name__ for m in self.layers})}")
+        self.module, forward, self.gemm_name = CONV_PATHS[bk.kernels]
+        self.bk, self.layers = bk, [m for _, m in model.modules() if m.op is conv_ops.conv2d]
+        if not self.layers or bk.kernel(conv_ops.conv2d)[0] is not forward:
+            raise RuntimeError(f"kernels={bk.kernels!r}: expected conv layers running {forward.__name__}, "
+                               f"got {bk.kernel(conv_ops.conv2d)[0].__name__}")
         self.reset()
 
     def reset(self):

@@ -156,12 +156,10 @@ class Communicator:
         """Weight this rank's gradients by ``share`` (its shard's fraction of the batch) and sum
         them over the ranks: one all-reduce of the parameter store's flat ``grad``, after which
         every layer's ``grads`` hold the batch gradient (sigma's Eq. 3 and mu's included)."""
-        store = model.parameter_store()
-        grad = store.gather()
+        grad = model.parameter_store().grad                 # every layer's grads are views of it
         if share != 1:
             grad *= share
         self.allreduce(model.bk, grad)
-        store.bind_gradients()
 
     def average_running_statistics(self, model):
         """Replace every batch-norm running statistic by its mean over the ranks (one

@@ -183,9 +183,7 @@ class Trainer:
     def idle_step(self):
         """This rank's part of a step whose shard is empty (a last batch smaller than the
         number of ranks): zero gradients into the all-reduce, then the update every rank takes."""
-        store = self.model.parameter_store()
-        store.bind_gradients()
-        store.grad[...] = 0
+        self.model.parameter_store().grad[...] = 0
         self.update(0)
         return 0.0
 

@@ -98,9 +98,7 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     convolutions keep their bias. ``noise_options`` (``abs_sigma``, ``learn_mean`` for the dense
     layer) go to every :class:`GaussianNoise`.
 
-    Layer order is the paper's: convolution (with its noise), ReLU, max-pool. (The fast kernels
-    run each ReLU after the pool that follows it, an exact equivalence:
-    :class:`~manualbp.kernels.containers.SequentialKernel`.)
+    Layer order is the paper's: convolution (with its noise), ReLU, max-pool.
     """
     from .layers import Conv2d, Flatten, MaxPool2d, ReLU
 

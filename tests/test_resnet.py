@@ -51,8 +51,11 @@ def test_basic_block_gradients(bk64, in_c, out_c, stride, size, noise, training)
 
 def test_basic_block_structure(bk32):
     block = BasicBlock(bk32, 4, 8, stride=2)
-    assert list(block.children) == ["conv1", "bn1", "act1", "conv2", "bn2", "shortcut", "act2"]
-    assert list(BasicBlock(bk32, 4, 4).children) == ["conv1", "bn1", "act1", "conv2", "bn2", "act2"]
+    assert list(block.children) == ["conv1", "bn1", "act1", "conv2", "bn2", "shortcut", "add", "act2"]
+    assert dict(block.edges)["add"] == ("bn2", "shortcut")
+    identity = BasicBlock(bk32, 4, 4)
+    assert list(identity.children) == ["conv1", "bn1", "act1", "conv2", "bn2", "add", "act2"]
+    assert dict(identity.edges)["add"] == ("bn2", "input")
     assert block.output_shape((4, 9, 9)) == (8, 5, 5)
     x = bk32.asarray(host_normal(0, (2, 4, 9, 9)))
     y = block.forward(x)

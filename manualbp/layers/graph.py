@@ -94,6 +94,7 @@ class Graph(Module):
             raise RuntimeError("backward before forward: run model.forward(x) first, it keeps what "
                                "backward needs")
         wanted, deltas = self.wanted(input_grad), {self.output: delta}
+        add = self.bk.kernel(ops.add)[0]
         for name, inputs in reversed(self.edges):
             d = deltas.pop(name, None)
             if d is None or not wanted[name]:
@@ -102,7 +103,7 @@ class Graph(Module):
             grads = self.children[name].backward(d, input_grad=needs_input)
             for i, g in zip(inputs, grads if len(inputs) > 1 else (grads,)):
                 if wanted[i] and g is not None:
-                    deltas[i] = deltas[i] + g if i in deltas else g       # deltas add, Eq. (2)
+                    deltas[i] = add(self.xp, deltas[i], g)[0] if i in deltas else g   # deltas add (Eq. 2) by the add op
         return deltas.get(INPUT) if input_grad else None
 
 

@@ -70,6 +70,13 @@ def destination(flag):
     return None if flag is True else flag
 
 
+def filled(flag, value):
+    """The gradient ``need[i]`` (``flag``) that a fast kernel wrote with ``out=destination(flag)``:
+    the given array itself (``value``, what the call returned, may be another object on its
+    memory, which the module would copy in), or ``value`` when it gave ``True``."""
+    return value if flag is True else flag
+
+
 def put(flag, value):
     """``value`` as the gradient ``need[i]`` (``flag``) asks for: ``None`` when not wanted,
     copied into the given array, or ``value`` itself."""

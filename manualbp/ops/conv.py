@@ -6,7 +6,7 @@ Three paths, one signature: the reference (:mod:`manualbp.ops.im2col`, columns
 channel-major (:func:`columns`). Notation: that of :mod:`manualbp.ops.im2col`.
 """
 from . import im2col_fast
-from .base import Op, destination, put
+from .base import Op, destination, filled, put
 from .im2col import col2im, conv_geometry, im2col, windows
 
 
@@ -150,7 +150,7 @@ def conv_backward_channel_major(xp, delta, cache, need):
         g = xp.matmul(flat, cols.T, out=None if dw is None else dw.reshape(c_out, -1))
         dw = g.reshape(weight.shape) if dw is None else dw
     if need[2] is not None:
-        db = flat.sum(axis=1, out=destination(need[2]))
+        db = filled(need[2], flat.sum(axis=1, out=destination(need[2])))
     if not need[0]:
         return dx, dw, db
     if (sh, sw) == (1, 1) and kh * kw > 3 and ph < kh and pw < kw and c_out <= 2 * c:

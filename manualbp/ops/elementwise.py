@@ -16,6 +16,15 @@ def add_backward(xp, delta, cache, need):
 add = Op("add", ("a", "b"), add_forward, add_backward)
 
 
+def add_forward_in_layout(xp, a, b):
+    """``a + b`` in ``a``'s memory layout: CuPy would write it C-ordered, and a convolution below
+    would then copy its ``delta`` back into channel-major order."""
+    return xp.add(a, b, out=xp.empty_like(a)), None
+
+
+add.kernel("cupy", add_forward_in_layout)
+
+
 def _per_channel(a, ndim):
     return a.reshape((1, -1) + (1,) * (ndim - 2))
 

@@ -1,5 +1,5 @@
 """``linear``: the weighted sum of Eq. (1) for every neuron of a dense layer, and its backward."""
-from .base import Op, destination
+from .base import Op, destination, filled
 
 
 def linear_forward(xp, x, weight, bias):
@@ -36,8 +36,8 @@ def linear_backward_fast(xp, delta, cache, need):
     allocates no fresh weight-gradient array (a 300 KB array page-faults anew on every step)."""
     x, weight = cache
     dx = delta @ weight if need[0] else None
-    dw = xp.matmul(delta.T, x, out=destination(need[1])) if need[1] is not None else None
-    db = delta.sum(axis=0, out=destination(need[2])) if need[2] is not None else None
+    dw = filled(need[1], xp.matmul(delta.T, x, out=destination(need[1]))) if need[1] is not None else None
+    db = filled(need[2], delta.sum(axis=0, out=destination(need[2]))) if need[2] is not None else None
     return dx, dw, db
 
 

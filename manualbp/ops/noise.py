@@ -1,6 +1,6 @@
 """``gaussian_noise``: the noise term ``z = sigma * eps (+ mu)`` of Eq. (1), and Eq. (3)."""
 from ..parallel import parallel_blocks
-from .base import Op, destination
+from .base import Op, destination, filled, put
 
 
 def noise_forward(xp, v, sigma, mu, eps, abs_sigma=False, released=False):
@@ -75,13 +75,13 @@ def _noise_backward_with(batch_sum):
         d_sigma = d_mu = None
         if need[1] is not None:
             if eps is None:
-                d_sigma = xp.zeros_like(sigma)
+                d_sigma = put(need[1], xp.zeros_like(sigma))
             else:
-                d_sigma = batch_sum(xp, delta, eps, destination(need[1]))          # Eq. (3)
+                d_sigma = filled(need[1], batch_sum(xp, delta, eps, destination(need[1])))   # Eq. (3)
                 if signed:
                     d_sigma *= xp.sign(sigma)
         if need[2] is not None:
-            d_mu = batch_sum(xp, delta, None, destination(need[2]))
+            d_mu = filled(need[2], batch_sum(xp, delta, None, destination(need[2])))
         return (delta if need[0] else None), d_sigma, d_mu, None
     backward.__doc__ = f"The reference's gradients, each batch sum by ``{batch_sum.__name__}`` in place."
     return backward
