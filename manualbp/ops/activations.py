@@ -115,3 +115,15 @@ def tanh_torch(v):
 def tanh_jax(v):
     import jax.numpy as jnp
     return jnp.tanh(v)
+
+
+@relu.imports("ReLU")
+@sigmoid.imports("Sigmoid")
+@tanh.imports("Tanh")
+@leaky_relu.imports("LeakyReLU")
+def activation_from_torch(imp, m, path, where):
+    from .. import layers
+    kind = type(m).__name__
+    if kind == "LeakyReLU":
+        return layers.LeakyReLU(imp.bk, m.negative_slope)
+    return getattr(layers, kind)(imp.bk)

@@ -18,7 +18,9 @@ forward, one cache, one backward.
 
 A rule ``rule(x, *inputs, **settings)`` computes the forward pass in another framework from the
 same arrays (``op.rule("torch")``); that framework's autograd then differentiates it, which is
-how :mod:`manualbp.verify` checks the hand-written ``backward``.
+how :mod:`manualbp.verify` checks the hand-written ``backward``. An import rule
+(``op.imports("Conv2d")``) builds the manualbp module that runs the op from a torch module of
+that type (:func:`manualbp.verify.from_torch`).
 """
 
 #: every op, in the order they were made (:func:`manualbp.backend.Backend.table` lists them)
@@ -35,6 +37,7 @@ class Op:
         self.forward, self.backward = forward, backward
         self.kernels = {}          # backend name -> (forward, backward)
         self.rules = {}            # framework -> rule
+        self.importers = {}        # torch module type name -> import rule
         OPS.append(self)
 
     def __repr__(self):
@@ -53,6 +56,16 @@ class Op:
 
         def register(function):
             self.rules[framework] = function
+            return function
+        return register
+
+    def imports(self, *torch_types):
+        """Decorator: ``rule(importer, module, path, where) -> manualbp module`` builds the module
+        running this op from a torch module of one of the named types (refusing, with
+        :func:`manualbp.verify.walk.refuse`, settings the op does not compute)."""
+        def register(function):
+            for name in torch_types:
+                self.importers[name] = function
             return function
         return register
 

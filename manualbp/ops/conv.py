@@ -182,3 +182,17 @@ def conv2d_jax(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     v = lax.conv_general_dilated(x, weight, window_strides=tuple(stride), padding=[(ph, ph), (pw, pw)],
                                  dimension_numbers=("NCHW", "OIHW", "NCHW"), precision=lax.Precision.HIGHEST)
     return v if bias is None else v + bias.reshape(1, -1, 1, 1)
+
+
+@conv2d.imports("Conv2d")
+def conv2d_from_torch(imp, m, path, where):
+    from ..layers import Conv2d
+    from ..verify.walk import refuse
+    if isinstance(m.padding, str) or m.padding_mode != "zeros":
+        refuse(path, m, f"padding {m.padding!r} / padding_mode {m.padding_mode!r}; expected integer zero padding")
+    if tuple(m.dilation) != (1, 1) or m.groups != 1:
+        refuse(path, m, f"dilation {m.dilation} and groups {m.groups}; expected dilation 1 and groups 1")
+    layer = Conv2d(imp.bk, m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                   bias=m.bias is not None)
+    imp.weights(layer, m, path, where)
+    return layer

@@ -73,3 +73,9 @@ def normalize_rule(x, mean, std):
 @dropout.rule("jax")
 def dropout_rule(v, mask):
     return v if mask is None else v * mask
+
+
+@dropout.imports("Dropout")
+def dropout_from_torch(imp, m, path, where):
+    from ..layers import Dropout
+    return Dropout(imp.bk, m.p)

@@ -55,3 +55,11 @@ def linear_torch(x, weight, bias):
 def linear_jax(x, weight, bias):
     v = x @ weight.T
     return v if bias is None else v + bias
+
+
+@linear.imports("Linear")
+def linear_from_torch(imp, m, path, where):
+    from ..layers import Linear
+    layer = Linear(imp.bk, m.in_features, m.out_features, bias=m.bias is not None)
+    imp.weights(layer, m, path, where)
+    return layer

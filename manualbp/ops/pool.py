@@ -266,3 +266,37 @@ def global_avg_pool2d_jax(x, keepdims=False):
 @flatten.rule("jax")
 def flatten_rule(x):
     return x.reshape(x.shape[0], -1)
+
+
+@max_pool2d.imports("MaxPool2d")
+@avg_pool2d.imports("AvgPool2d")
+def pool_from_torch(imp, m, path, where):
+    from ..layers import AvgPool2d, MaxPool2d
+    from ..verify.walk import refuse
+    if m.ceil_mode:
+        refuse(path, m, "ceil_mode=True; expected ceil_mode=False")
+    if type(m).__name__ == "MaxPool2d":
+        if m.dilation not in (1, (1, 1)) or m.return_indices:
+            refuse(path, m, "dilation or return_indices; expected dilation 1 and no indices")
+        return MaxPool2d(imp.bk, m.kernel_size, m.stride, m.padding)
+    if not m.count_include_pad or m.divisor_override is not None:
+        refuse(path, m, "expected count_include_pad=True and no divisor_override")
+    return AvgPool2d(imp.bk, m.kernel_size, m.stride, m.padding)
+
+
+@global_avg_pool2d.imports("AdaptiveAvgPool2d")
+def adaptive_avg_pool2d_from_torch(imp, m, path, where):
+    from ..layers import AdaptiveAvgPool2d
+    from ..verify.walk import refuse
+    if m.output_size not in (1, (1, 1)):
+        refuse(path, m, f"output_size {m.output_size!r}; expected 1")
+    return AdaptiveAvgPool2d(imp.bk, 1)
+
+
+@flatten.imports("Flatten")
+def flatten_from_torch(imp, m, path, where):
+    from ..layers import Flatten
+    from ..verify.walk import refuse
+    if (m.start_dim, m.end_dim) != (1, -1):
+        refuse(path, m, f"start_dim {m.start_dim}, end_dim {m.end_dim}; expected 1 and -1")
+    return Flatten(imp.bk)

@@ -1,8 +1,8 @@
 """Any PyTorch model as a manualbp model, and every gradient of the two compared.
 
 :func:`from_torch` builds a manualbp model with the structure, weights and buffers of a
-``torch.nn.Module``, by the import rule of each module type (:data:`IMPORTS`, in
-:mod:`manualbp.verify.torch_ref` beside the rule that runs the same layer in PyTorch);
+``torch.nn.Module``, by the import rule of each module type (an op's, beside its code in
+:mod:`manualbp.ops`, or a container's in :mod:`manualbp.verify.torch_ref`);
 :func:`compare_torch` runs the user's module itself (autograd) and that model (the hand-written
 backward) on the same input and labels and reports, per tensor, the relative and the absolute
 error. Imported only when it is used (it imports torch).
@@ -15,14 +15,14 @@ from ..backend import get_backend
 from ..layers import SoftmaxCrossEntropy
 from ..model import Sequential
 from .compare import TOLERANCES, Report, compare
-from .torch_ref import IMPORTS
+from .torch_ref import import_rules
 from .walk import ConversionError, join
 
-__all__ = ["IMPORTS", "Importer", "compare_torch", "convert", "from_torch"]
+__all__ = ["Importer", "compare_torch", "convert", "from_torch"]
 
 
 class Importer:
-    """Builds manualbp layers from torch modules on backend ``bk`` by :data:`IMPORTS`; records,
+    """Builds manualbp layers from torch modules on backend ``bk`` by their import rules; records,
     for every array it copies, the torch name it came from (``names``: manualbp full name ->
     torch full name) and, for every layer, the torch module it mirrors (``sources``)."""
 
@@ -32,11 +32,11 @@ class Importer:
     def layer(self, module, path, where=None):
         """The manualbp layer of ``module`` (at torch path ``path``; ``where``: its manualbp path,
         default the same)."""
-        kind = type(module).__name__
-        rule = IMPORTS.get(kind)
+        kind, rules = type(module).__name__, import_rules()
+        rule = rules.get(kind)
         if rule is None:
             raise ConversionError(f"cannot import {path or '<model>'!r} of type {kind}: supported are "
-                                  f"{', '.join(sorted(IMPORTS))}")
+                                  f"{', '.join(sorted(rules))}")
         where = path if where is None else where
         layer = rule(self, module, path, where)
         self.sources[where] = module
@@ -91,7 +91,7 @@ def convert(module, input_shape, backend=None):
 
 def from_torch(module, input_shape, backend=None):
     """A manualbp model with the structure, weights and buffers of the ``torch.nn.Module``
-    ``module`` (see :func:`convert`). A module of a type without a rule in :data:`IMPORTS` stops
+    ``module`` (see :func:`convert`). A module of a type without an import rule stops
     the import with one line naming its path, its type and the supported types."""
     return convert(module, input_shape, backend)[0]
 

@@ -1,6 +1,6 @@
 """Any manualbp model as a ``torch.nn.Module``: :func:`to_torch`.
 
-The twin runs the same walker and the same PyTorch rules (:mod:`manualbp.verify.torch_ref`) as
+The twin runs the same walker and the same PyTorch rules (each op's, ``op.rule("torch")``) as
 :func:`~manualbp.verify.verify_model`, on its own copies of the model's arrays: its parameters
 (``sigma`` and ``mu`` included) are ``torch.nn.Parameter`` s and its buffers (batch norm's
 running statistics, a fixed ``sigma``, normalisation constants) torch buffers, under the

@@ -1,18 +1,20 @@
-"""PyTorch: the rules that import a torch module of each type into manualbp (``@imports(torch
-type)``, what :func:`~manualbp.verify.from_torch` runs), and :func:`reference`, the forward and
+"""PyTorch: the rules that import a torch container of each type into manualbp (``@imports(torch
+type)``; an op's own module is imported by the op's rule, ``op.imports``), what
+:func:`~manualbp.verify.from_torch` runs, and :func:`reference`, the forward and
 backward pass in PyTorch of a manualbp model through its ops' torch rules (``op.rule("torch")``
 beside each op's code, :mod:`manualbp.ops`). Imported only when torch is asked for."""
 import torch
 import torch.nn.functional as F
 
-from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BasicBlock, BatchNorm1d, BatchNorm2d, Conv2d, Dropout,
-                      Flatten, LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid, Tanh)
+from ..layers import BasicBlock, Flatten
 from ..model import Sequential
-from .walk import ConversionError, Walker, join
+from ..ops import OPS
+from .walk import Walker, join, refuse
 
-#: torch module type name -> ``rule(importer, module, path, where) -> manualbp layer``: the
-#: import rules (:class:`manualbp.verify.torch_import.Importer` runs them; ``path`` is the torch
-#: module's path, ``where`` the manualbp layer's)
+#: torch module type name -> ``rule(importer, module, path, where) -> manualbp module``: the
+#: import rules of the containers, here, and of every op's module (``op.imports``, beside the
+#: op's code); :class:`manualbp.verify.torch_import.Importer` runs them (``path`` is the torch
+#: module's path, ``where`` the manualbp module's)
 IMPORTS = {}
 
 
@@ -25,80 +27,10 @@ def imports(*type_names):
     return decorate
 
 
-def refuse(path, module, what):
-    """Stop an import: the module at ``path`` has a setting manualbp does not compute."""
-    raise ConversionError(f"cannot import {path or '<model>'!r} of type {type(module).__name__}: {what}")
-
-
-@imports("Linear")
-def import_linear(imp, m, path, where):
-    layer = Linear(imp.bk, m.in_features, m.out_features, bias=m.bias is not None)
-    imp.weights(layer, m, path, where)
-    return layer
-
-
-@imports("Conv2d")
-def import_conv2d(imp, m, path, where):
-    if isinstance(m.padding, str) or m.padding_mode != "zeros":
-        refuse(path, m, f"padding {m.padding!r} / padding_mode {m.padding_mode!r}; expected integer zero padding")
-    if tuple(m.dilation) != (1, 1) or m.groups != 1:
-        refuse(path, m, f"dilation {m.dilation} and groups {m.groups}; expected dilation 1 and groups 1")
-    layer = Conv2d(imp.bk, m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-                   bias=m.bias is not None)
-    imp.weights(layer, m, path, where)
-    return layer
-
-
-@imports("MaxPool2d", "AvgPool2d")
-def import_pool(imp, m, path, where):
-    if m.ceil_mode:
-        refuse(path, m, "ceil_mode=True; expected ceil_mode=False")
-    if type(m).__name__ == "MaxPool2d":
-        if m.dilation not in (1, (1, 1)) or m.return_indices:
-            refuse(path, m, "dilation or return_indices; expected dilation 1 and no indices")
-        return MaxPool2d(imp.bk, m.kernel_size, m.stride, m.padding)
-    if not m.count_include_pad or m.divisor_override is not None:
-        refuse(path, m, "expected count_include_pad=True and no divisor_override")
-    return AvgPool2d(imp.bk, m.kernel_size, m.stride, m.padding)
-
-
-@imports("AdaptiveAvgPool2d")
-def import_adaptive_avg_pool2d(imp, m, path, where):
-    if m.output_size not in (1, (1, 1)):
-        refuse(path, m, f"output_size {m.output_size!r}; expected 1")
-    return AdaptiveAvgPool2d(imp.bk, 1)
-
-
-@imports("Flatten")
-def import_flatten(imp, m, path, where):
-    if (m.start_dim, m.end_dim) != (1, -1):
-        refuse(path, m, f"start_dim {m.start_dim}, end_dim {m.end_dim}; expected 1 and -1")
-    return Flatten(imp.bk)
-
-
-@imports("ReLU", "Sigmoid", "Tanh", "LeakyReLU")
-def import_activation(imp, m, path, where):
-    kind = type(m).__name__
-    if kind == "LeakyReLU":
-        return LeakyReLU(imp.bk, m.negative_slope)
-    return {"ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}[kind](imp.bk)
-
-
-@imports("Dropout")
-def import_dropout(imp, m, path, where):
-    return Dropout(imp.bk, m.p)
-
-
-@imports("BatchNorm1d", "BatchNorm2d")
-def import_batch_norm(imp, m, path, where):
-    if not (m.affine and m.track_running_stats) or m.momentum is None:
-        refuse(path, m, "expected affine=True, track_running_stats=True and a momentum (not None)")
-    kind = BatchNorm1d if type(m).__name__ == "BatchNorm1d" else BatchNorm2d
-    layer = kind(imp.bk, m.num_features, momentum=m.momentum, floor=m.eps)
-    imp.weights(layer, m, path, where)
-    for key in ("running_mean", "running_var"):
-        imp.copy(layer, "buffers", key, getattr(m, key), where, path)
-    return layer
+def import_rules():
+    """Every import rule: the containers' and every op's (an op made after this module was
+    imported, in a user's file, included)."""
+    return {**{name: rule for op in OPS for name, rule in op.importers.items()}, **IMPORTS}
 
 
 # --- containers: walked as graphs (manualbp.verify.walk.graph) --------------------------------

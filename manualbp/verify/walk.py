@@ -19,6 +19,11 @@ class ConversionError(TypeError):
     """A layer of the model has no rule in the reference framework."""
 
 
+def refuse(path, module, what):
+    """Stop an import: the torch module at ``path`` has a setting manualbp does not compute."""
+    raise ConversionError(f"cannot import {path or '<model>'!r} of type {type(module).__name__}: {what}")
+
+
 def join(path, name):
     return f"{path}.{name}" if path else name
 
