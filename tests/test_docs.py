@@ -138,21 +138,21 @@ def test_worked_examples_run(torch):
 
 # --- the checker itself ---------------------------------------------------------------------
 def test_checker_accepts_a_true_excerpt_with_elision():
-    doc = ("File: manualbp/layers/noise.py (GaussianNoise.backward)\n```python\n"
-           "if \"sigma\" in self.params:\n    if   self.draws:\n...\n"
-           "return delta\n```\n")
+    doc = ("File: manualbp/ops/noise.py (noise_backward)\n```python\n"
+           "d_sigma = d_mu = None\nif   need[1] is not None:\n...\n"
+           "d_mu = delta.sum(axis=0)\n```\n")
     assert check_document(doc) == 1
 
 
 @pytest.mark.parametrize("doc, message", [
-    ("File: manualbp/layers/noise.py\n```python\nsigma = sigma * 2    # made up\n```\n", "not found"),
-    ("File: manualbp/layers/noise.py (GaussianNoise.forward)\n```python\nreturn delta\n```\n",
+    ("File: manualbp/ops/noise.py\n```python\nsigma = sigma * 2    # made up\n```\n", "not found"),
+    ("File: manualbp/ops/noise.py (noise_forward)\n```python\nd_mu = delta.sum(axis=0)\n```\n",
      "not found"),                                            # true line, wrong function
-    ("File: manualbp/layers/noise.py\n```python\nreturn delta\n...\nclass GaussianNoise(Module):\n```\n",
-     "not found in order"),
+    ("File: manualbp/ops/noise.py\n```python\nd_mu = delta.sum(axis=0)\n...\ndef noise_forward(xp, v, sigma, mu, "
+     "eps, abs_sigma=False, released=False):\n```\n", "not found in order"),
     ("File: manualbp/layers/noise.py (GaussianNoise.nothing)\n```python\nreturn delta\n```\n", "has no"),
     ("File: manualbp/no_such_file.py\n```python\nx = 1\n```\n", "does not exist"),
-    ("File: manualbp/layers/noise.py\n\n```python\nreturn delta\n```\n", "directly followed"),
+    ("File: manualbp/ops/noise.py\n\n```python\nd_mu = delta.sum(axis=0)\n```\n", "directly followed"),
 ])
 def test_checker_rejects_made_up_excerpts(doc, message):
     with pytest.raises(DocError, match=message):

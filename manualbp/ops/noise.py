@@ -91,13 +91,10 @@ gaussian_noise.kernel("numpy", noise_forward_fast, _noise_backward_with(_batch_s
 gaussian_noise.kernel("cupy", noise_forward_fast, _noise_backward_with(_batch_sum_in_layout))
 
 
-def _noise_rule(abs_):
-    def rule(v, sigma, mu, eps, abs_sigma=False, released=False):
-        if eps is not None:
-            v = v + (abs_(sigma) if abs_sigma else sigma) * eps       # z = sigma * eps, Eq. (1)
-        return v if mu is None else v + mu
-    return rule
-
-
-gaussian_noise.rule("torch")(_noise_rule(abs))
-gaussian_noise.rule("jax")(_noise_rule(abs))
+@gaussian_noise.rule("torch")
+@gaussian_noise.rule("jax")
+def noise_rule(v, sigma, mu, eps, abs_sigma=False, released=False):
+    """``v + sigma * eps (+ mu)`` with the engine's draw, in any framework (its own ``abs``)."""
+    if eps is not None:
+        v = v + (abs(sigma) if abs_sigma else sigma) * eps             # z = sigma * eps, Eq. (1)
+    return v if mu is None else v + mu
