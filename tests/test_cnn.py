@@ -10,9 +10,8 @@ import pytest
 from manualbp import get_backend, named_eps
 from manualbp.gradcheck import check_gradients, directional_check
 from manualbp.layers import GaussianNoise, SoftmaxCrossEntropy
+from manualbp.model import INPUT
 from manualbp.optim import Adam, is_noise_level, noise_level_optimizer
-from manualbp.kernels.containers import SequentialKernel
-from manualbp.layers.base import backward_chain
 from manualbp.zoo import CNN_VARIANTS, cnn
 
 TOL = 1e-7
@@ -68,28 +67,33 @@ def test_options_and_errors():
         model.forward(bk.asarray(np.zeros((2, 3, 28, 28))))
 
 
+@pytest.mark.parametrize("kernels", ["fast", "reference"])
 @pytest.mark.parametrize("variant", ["cnn", "cnn-a+", "cnn-an"])
-def test_pooling_before_relu_is_exact(variant):
-    """ReLU and max-pooling commute: the fast chain (pool, then ReLU) and the literal one
-    (ReLU, then pool: ``Sequential``'s own forward and backward on the same layers) give the
-    same logits and gradients bit for bit -- ties included: constant image regions make every
-    2x2 window of the first feature map a tie."""
-    bk = get_backend("numpy", "float32", 5)
+def test_the_model_runs_its_layers_as_listed(variant, kernels):
+    """The model is the chain of its children in their order -- ReLU, then max-pooling -- on
+    both kernel settings: its forward and backward give the logits and gradients of the layers'
+    own ``forward`` called in order and ``backward`` in reverse, bit for bit, ties included:
+    constant image regions make every 2x2 window of the first feature map a tie."""
+    bk = get_backend("numpy", "float32", 5, kernels)
     model = cnn(bk, variant)
-    assert isinstance(model, SequentialKernel) and model.chain() != list(model.children.values())
+    assert model.edges == [(name, (before,)) for name, before in zip(model.children, [INPUT, *model.children])]
     x = np.zeros((6, 1, 28, 28), np.float32)
     x[:, :, 8:20, 6:22] = np.random.default_rng(6).random((6, 1, 12, 16))
     loss = SoftmaxCrossEntropy(bk)
-    results = []
-    literal = list(model.children.values())
+    layers = list(model.children.values())
 
     def literal_forward(x):
-        for layer in literal:
+        for layer in layers:
             x = layer.forward(x)
         return x
 
-    for forward, backward in ((model.forward, model.backward),
-                              (literal_forward, lambda d: backward_chain(literal, d))):
+    def literal_backward(delta):
+        for layer in reversed(layers):
+            delta = layer.backward(delta)
+        return delta
+
+    results = []
+    for forward, backward in ((model.forward, model.backward), (literal_forward, literal_backward)):
         bk.seed(7)
         logits = forward(x)
         loss.forward(logits, np.arange(6) % 10)

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from manualbp import get_backend
 from manualbp.gradcheck import check_gradients
-from manualbp.kernels import im2col as fast
-from manualbp.kernels.conv import Conv2dKernel
 from manualbp.layers import Conv2d, GaussianNoise
+from manualbp.ops import conv as conv_op
+from manualbp.ops import im2col_fast as fast
 from manualbp.ops.im2col import col2im, conv2d_naive, conv_geometry, im2col
 
 TOL = 1e-7
@@ -121,7 +121,7 @@ def test_naive_convolution_by_hand():
 def test_conv_gradients(bk64, monkeypatch, c_in, c_out, kernel, stride, padding, hw, bias, direct):
     """Both orientations of the fast kernel's weight-gradient GEMM (small weights: cols delta^T,
     transposed), and the reference."""
-    monkeypatch.setattr(Conv2dKernel, "DIRECT_GRAD_SIZE", 0 if direct else 1 << 62)
+    monkeypatch.setattr(conv_op, "DIRECT_GRAD_SIZE", 0 if direct else 1 << 62)
     conv = Conv2d(bk64, c_in, c_out, kernel, stride, padding, bias=bias)
     x = bk64.asarray(host_normal(6, (2, c_in, *hw)))
     errors = check_gradients(conv, x)
@@ -180,9 +180,9 @@ def test_first_layer_skips_the_input_gradient(bk64):
 
 
 def test_batch_size_and_layout_changes(bk64):
-    """The fast kernel's column buffer is rebuilt when the input shape changes; inputs in other
-    memory layouts (those convolutions return, and a strided slice) give the same result; the
-    fast kernel's output is a view of the GEMM result, batch innermost."""
+    """Batch sizes that change from call to call, and inputs in other memory layouts (those
+    convolutions return) give the same result; the NumPy fast kernel's output is a view of the
+    GEMM result, batch innermost."""
     conv = Conv2d(bk64, 2, 3, 3, 1, 1)
     for n in (4, 1, 4):
         x = host_normal(n, (n, 2, 6, 5))
@@ -228,14 +228,24 @@ def test_threaded_blocks_give_identical_results(monkeypatch, threads):
 
 
 def test_fast_gradients_are_written_in_place():
-    """The fast kernel writes into ``grads`` (views of the parameter store): nothing to copy."""
-    bk64 = get_backend("numpy", "float64", 0)
-    conv = Conv2d(bk64, 2, 3, 3, padding=1)
-    before = {k: v for k, v in conv.grads.items()}
-    conv.forward(bk64.asarray(host_normal(15, (2, 2, 4, 4))))
-    conv.backward(bk64.asarray(host_normal(16, (2, 3, 4, 4))))
-    for k, v in conv.grads.items():
-        assert v is before[k] and float(abs(v).sum()) > 0
+    """The fast kernel writes ``dL/dw`` and ``dL/db`` into the arrays ``need`` hands it and returns
+    them (the module copies nothing); through the module, they land in the parameter store."""
+    bk = get_backend("numpy", "float64", 0)
+    conv = Conv2d(bk, 2, 3, 3, padding=1)
+    store = conv.parameter_store()
+    x, delta = host_normal(15, (2, 2, 4, 4)), host_normal(16, (2, 3, 4, 4))
+    forward, backward = bk.kernel(conv_op.conv2d)
+    assert (forward, backward) == conv_op.conv2d.kernels["numpy"]
+    out, cache = forward(np, x, conv.params["weight"], conv.params["bias"], stride=(1, 1), padding=(1, 1))
+    need = (None, conv.grads["weight"], conv.grads["bias"])
+    _, dw, db = backward(np, fast.in_layout_of(delta, out, np), cache, need)
+    assert dw is conv.grads["weight"] and db is conv.grads["bias"]
+    expected = np.concatenate([dw.ravel(), db.ravel()])
+    store.grad[...] = 0
+    conv.forward(x)
+    conv.backward(delta)
+    np.testing.assert_array_equal(store.grad, expected)
+    assert float(abs(expected).min()) > 0
 
 
 def test_float32_forward_and_backward(bk32):

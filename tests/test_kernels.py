@@ -1,37 +1,36 @@
-"""Two paths, one truth: every fast kernel computes what its reference computes.
+"""Two paths, one truth: every fast kernel computes what its op's reference computes.
 
-Each kernel of the registry is checked alone against its reference layer (the same weights, the
-same input in the layout the fast path hands it, the same noise draws), forward and backward.
+Each fast pair an op registers (``op.kernels[backend]``, :mod:`manualbp.ops`) is checked alone
+against the op's reference pair: the same inputs, handed to the kernel in the memory layouts the
+fast path gives it (C order, batch innermost, channel major), the same ``delta`` in the layout of
+the kernel's output; the output, every gradient and every buffer updated in place (batch norm's
+running statistics) agree. The CuPy kernels use only array operations, so they run on NumPy
+arrays too, and on the CuPy stand-in (``cupy-api``: CuPy API conformance, not a GPU). Each
+kernel also keeps the ``need`` contract of :mod:`manualbp.ops.base`: an entry ``None`` gives
+``None``, an array is filled in place and returned.
+
 Then every zoo model is built twice from one seed -- ``kernels="reference"`` and ``"fast"`` --
 and must give the same logits, loss, gradients (weights, biases, sigma, mu, batch norm),
 ``dL/dx``, batch-norm running statistics, parameters after three optimiser steps and, in
 float64, the same FGSM / PGD adversarial images. Noise draws: dense layers draw the same ``eps``
-on both paths; the fast path draws feature-map noise in the batch-innermost layout (the same
-distribution in another order), so the models here are fed the reference's draws.
-
-The CuPy kernels (feature maps stored channel-major) are checked the same way on the CuPy
-stand-in (``cupy-api``: CuPy API conformance, not a GPU) against the NumPy reference.
-
-Last, the reference layers stay readable: no file under ``manualbp/layers/`` uses the thread
-pool, ``out=`` buffers, strides or buffer caches.
+on both paths; the fast path draws feature-map noise in the layout of the map (the same
+distribution in another order), so the models here are fed the reference's draws. The
+optimisers' flat path (``update_part``) is checked against their per-parameter one (``update``).
 """
-import ast
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from conftest import assert_normwise_close
 from manualbp import get_backend
 from manualbp.attacks import fgsm, pgd
-from manualbp.kernels import reference_of, registry
-from manualbp.layers import (BasicBlock, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GaussianNoise,
-                             GlobalAvgPool2d, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy)
-from manualbp.model import Sequential, evaluating, noise_layers
+from manualbp.layers import SoftmaxCrossEntropy
+from manualbp.model import evaluating, noise_layers
+from manualbp.ops import (OPS, add, batch_norm, conv, conv2d, flatten, gaussian_noise, global_avg_pool2d, linear,
+                          max_pool2d, relu)
+from manualbp.ops.im2col_fast import in_layout_of
 from manualbp.optim import SGD, Adam, is_noise_level, noise_level_optimizer
 from manualbp.zoo import CNN_VARIANTS, MLP_VARIANTS, RESNET18_VARIANTS, RESNET34_VARIANTS, cnn, mlp, resnet
 
-LAYERS = Path(__file__).resolve().parents[1] / "manualbp" / "layers"
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
 
@@ -50,126 +49,221 @@ def pair(dtype, seed=0, fast="numpy"):
     return get_backend("numpy", dtype, seed, "reference"), get_backend(fast, dtype, seed, "fast")
 
 
-def batch_innermost(x):
-    """``x`` stored ``(C, H, W, N)``: the layout the fast convolution returns."""
-    return np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
-
-
-def channel_major(bk, x):
-    """``x`` on ``bk``'s device stored ``(C, N, H, W)``: the layout the CuPy convolution returns."""
-    return bk.asarray(np.ascontiguousarray(x.transpose(1, 0, 2, 3))).transpose(1, 0, 2, 3)
-
-
-# --- the registry ---------------------------------------------------------------------------------
-
-def test_every_kernel_subclasses_its_reference():
-    for backend in ("numpy", "cupy"):
-        for reference, kernel in registry(backend).items():
-            assert issubclass(kernel, reference) and kernel is not reference
-            assert reference_of(kernel) is reference and reference_of(reference) is reference
-    shared = set(registry("cupy")) & set(registry("numpy"))
-    assert all(registry("cupy")[k] is registry("numpy")[k] for k in shared - {Conv2d, BatchNorm2d, MaxPool2d, GaussianNoise})
-
-
-def test_backends_build_the_selected_path():
-    ref, fast = pair("float64")
-    assert type(Conv2d(ref, 1, 2, 3)) is Conv2d and type(Conv2d(fast, 1, 2, 3)) is registry("numpy")[Conv2d]
-    layer = Conv2d(fast, 1, 2, 3)
-    assert isinstance(layer, Conv2d) and layer.kind == "Conv2d"
-    assert type(ReLU(fast)) is ReLU                                        # no kernel: the reference
-    with pytest.raises(Exception, match="unknown kernels 'quick'"):
-        get_backend("numpy", "float32", 0, "quick")
-
-
 # --- each kernel alone ----------------------------------------------------------------------------
 
-def _noisy(bk, shape, **options):
-    noise = GaussianNoise(bk, shape, mode="learned", **options)
-    noise.params["sigma"][...] = bk.asarray(np.random.default_rng(1).uniform(0.2, 1.5, shape))
-    if "mu" in noise.params:
-        noise.params["mu"][...] = bk.asarray(np.random.default_rng(2).standard_normal(shape))
-    return noise
+class Case:
+    """Inputs of ``op``: ``make(rng)`` gives them as host arrays (or ``None``) in the op's order.
+    ``params``: the inputs that are parameters (a module hands their gradient arrays in
+    ``need``); ``fixed``: inputs that get no gradient (buffers, noise draws); the others are
+    values, whose gradient is wanted. ``maps``: the feature maps, given in every layout;
+    ``ties``: the inputs rounded (ties in pooling windows, zeros at ReLU's kink); ``patch``:
+    ``(module, attribute, value)`` set for the case."""
+
+    def __init__(self, op, make, settings=None, params=(), fixed=(), maps=(0,), ties=False, patch=()):
+        self.op, self.make, self.settings = op, make, settings or {}
+        self.params, self.fixed, self.maps, self.ties, self.patch = params, fixed, maps, ties, patch
 
 
-# name -> (build(bk), input shape, whether to feed the batch-innermost layout, train mode)
-LAYER_CASES = {
-    "linear": (lambda bk: Linear(bk, 7, 5), (6, 7), False, True),
-    "linear-noise": (lambda bk: Linear(bk, 7, 5, noise=_noisy(bk, (5,), learn_mean=True)), (6, 7), False, True),
-    "noise-abs-sigma": (lambda bk: _noisy(bk, (3, 4, 5), abs_sigma=True), (6, 3, 4, 5), True, True),
-    "conv": (lambda bk: Conv2d(bk, 3, 4, 3, 1, 1), (5, 3, 6, 7), False, True),
-    "conv-strided-nobias": (lambda bk: Conv2d(bk, 3, 4, (3, 2), 2, (1, 0), bias=False), (5, 3, 9, 8), True, True),
-    "conv-oblong-rows-padded": (lambda bk: Conv2d(bk, 3, 2, (2, 3), 1, (1, 0)), (4, 3, 5, 6), True, True),
-    "conv-padding-kernel-less-one": (lambda bk: Conv2d(bk, 3, 3, 3, 1, 2), (4, 3, 5, 5), True, True),
-    "conv-many-outputs": (lambda bk: Conv2d(bk, 1, 3, 3, 1, 1), (4, 1, 5, 5), True, True),
-    "conv-padding-past-kernel": (lambda bk: Conv2d(bk, 2, 3, 2, 1, (2, 1), bias=False), (4, 2, 4, 5), False, True),
-    "conv-1x1": (lambda bk: Conv2d(bk, 3, 2, 1), (4, 3, 5, 5), True, True),
-    "conv-noise": (lambda bk: Conv2d(bk, 2, 3, 3, 1, 1, bias=False, noise=_noisy(bk, (3, 6, 6), learn_mean=True)),
-                   (4, 2, 6, 6), True, True),
-    "maxpool-2x2": (lambda bk: MaxPool2d(bk, 2), (4, 3, 6, 8), True, True),
-    "maxpool-2x2-cropped": (lambda bk: MaxPool2d(bk, 2), (4, 3, 7, 9), True, True),
-    "maxpool-3x3-s2": (lambda bk: MaxPool2d(bk, 3, 2), (4, 3, 7, 9), True, True),
-    "maxpool-2x2-padded": (lambda bk: MaxPool2d(bk, 2, 2, 1), (4, 3, 7, 8), True, True),
-    "global-avg-pool": (lambda bk: GlobalAvgPool2d(bk), (4, 3, 5, 5), True, True),
-    "flatten": (lambda bk: Flatten(bk), (4, 3, 5, 5), True, True),
-    "batchnorm2d-train": (lambda bk: BatchNorm2d(bk, 3), (4, 3, 5, 5), True, True),
-    "batchnorm2d-eval": (lambda bk: BatchNorm2d(bk, 3), (4, 3, 5, 5), True, False),
-    "batchnorm1d-train": (lambda bk: BatchNorm1d(bk, 6), (5, 6), False, True),
-    "batchnorm1d-eval": (lambda bk: BatchNorm1d(bk, 6), (5, 6), False, False),
-    "basic-block": (lambda bk: BasicBlock(bk, 3, 3), (4, 3, 6, 6), True, True),
-    "basic-block-projection": (lambda bk: BasicBlock(bk, 3, 4, 2, noise=_noisy(bk, (4, 3, 3))), (4, 3, 6, 6), True, True),
-    "relu-maxpool-chain": (lambda bk: Sequential(bk, [("act", ReLU(bk)), ("pool", MaxPool2d(bk, 2))]),
-                           (4, 3, 6, 6), True, True),
-    "relu": (lambda bk: ReLU(bk), (4, 3, 5, 5), True, True),
+def normal(*shape):
+    return lambda rng: rng.standard_normal(shape)
+
+
+def uniform(low, high, *shape):
+    return lambda rng: rng.uniform(low, high, shape)
+
+
+def inputs(*makers):
+    """``make(rng)`` of a case: each input from its maker, ``None`` for an absent one."""
+    return lambda rng: [None if m is None else m(rng) for m in makers]
+
+
+def conv_case(x, weight, bias=True, stride=1, padding=0, **options):
+    settings = {"stride": (stride,) * 2 if isinstance(stride, int) else stride,
+                "padding": (padding,) * 2 if isinstance(padding, int) else padding}
+    return Case(conv2d, inputs(normal(*x), normal(*weight), normal(weight[0]) if bias else None), settings,
+                params=(1, 2), **options)
+
+
+def noise_case(shape, sigma=(0.2, 1.5), mean=False, draw=True, learned=True, **settings):
+    return Case(gaussian_noise, inputs(normal(*shape), uniform(*sigma, *shape[1:]),
+                                       normal(*shape[1:]) if mean else None, normal(*shape) if draw else None),
+                settings, params=(1, 2) if learned else (2,), fixed=(3,) if learned else (1, 3), maps=(0, 3))
+
+
+def norm_case(shape, training):
+    features = shape[1]
+    return Case(batch_norm, inputs(normal(*shape), uniform(0.5, 1.5, features), normal(features),
+                                   normal(features), uniform(0.5, 1.5, features)),
+                {"training": training, "momentum": 0.1, "floor": 1e-5}, params=(1, 2), fixed=(3, 4))
+
+
+def pool_case(shape, kernel, stride, padding=0):
+    return Case(max_pool2d, inputs(normal(*shape)), {"kernel_size": (kernel,) * 2, "stride": (stride,) * 2,
+                                                      "padding": (padding,) * 2}, ties=True)
+
+
+CASES = {
+    "linear": Case(linear, inputs(normal(6, 7), normal(5, 7), normal(5)), params=(1, 2)),
+    "linear-nobias": Case(linear, inputs(normal(6, 7), normal(5, 7), None), params=(1, 2)),
+    "conv": conv_case((5, 3, 6, 7), (4, 3, 3, 3), padding=1),
+    "conv-direct-weight-gradient": conv_case((5, 3, 6, 7), (4, 3, 3, 3), padding=1,
+                                             patch=((conv, "DIRECT_GRAD_SIZE", 0),)),
+    "conv-strided-nobias": conv_case((5, 3, 9, 8), (4, 3, 3, 2), bias=False, stride=2, padding=(1, 0)),
+    "conv-oblong-rows-padded": conv_case((4, 3, 5, 6), (2, 3, 2, 3), padding=(1, 0)),
+    "conv-padding-kernel-less-one": conv_case((4, 3, 5, 5), (3, 3, 3, 3), padding=2),
+    "conv-many-outputs": conv_case((4, 1, 5, 5), (3, 1, 3, 3), padding=1),
+    "conv-padding-past-kernel": conv_case((4, 2, 4, 5), (3, 2, 2, 2), bias=False, padding=(2, 1)),
+    "conv-1x1": conv_case((4, 3, 5, 5), (2, 3, 1, 1)),
+    "noise-dense-mean": noise_case((6, 5), mean=True),
+    "noise-map-mean": noise_case((6, 3, 4, 5), mean=True),
+    "noise-map-abs-sigma": noise_case((6, 3, 4, 5), sigma=(-1.5, 1.5), abs_sigma=True),
+    "noise-map-released": noise_case((6, 3, 4, 5), sigma=(-1.5, 1.5), abs_sigma=True, released=True),
+    "noise-map-fixed": noise_case((6, 3, 4, 5), learned=False),
+    "noise-map-no-draw": noise_case((6, 3, 4, 5), mean=True, draw=False),
+    "noise-map-no-draw-no-mean": noise_case((6, 3, 4, 5), draw=False),
+    "batchnorm2d-train": norm_case((4, 3, 5, 5), True),
+    "batchnorm2d-eval": norm_case((4, 3, 5, 5), False),
+    "batchnorm1d-train": norm_case((5, 6), True),
+    "batchnorm1d-eval": norm_case((5, 6), False),
+    "maxpool-2x2": pool_case((4, 3, 6, 8), 2, 2),
+    "maxpool-2x2-cropped": pool_case((4, 3, 7, 9), 2, 2),
+    "maxpool-2x2-padded": pool_case((4, 3, 7, 8), 2, 2, 1),
+    "maxpool-2x2-s1": pool_case((4, 3, 5, 6), 2, 1),
+    "maxpool-3x3-s2": pool_case((4, 3, 7, 9), 3, 2),
+    "maxpool-3x3-tiled-cropped": pool_case((4, 3, 8, 7), 3, 3),
+    "global-avg-pool": Case(global_avg_pool2d, inputs(normal(4, 3, 5, 5))),
+    "global-avg-pool-keepdims": Case(global_avg_pool2d, inputs(normal(4, 3, 5, 5)), {"keepdims": True}),
+    "flatten": Case(flatten, inputs(normal(4, 3, 5, 5))),
+    "relu": Case(relu, inputs(normal(4, 3, 5, 5)), ties=True),
+    "add": Case(add, inputs(normal(4, 3, 5, 5), normal(4, 3, 5, 5)), maps=(0, 1)),
 }
 
+#: Memory layouts of a feature map ``(N, C, H, W)``: the order its axes are stored in.
+LAYOUTS = {"C order": (0, 1, 2, 3), "batch innermost": (1, 2, 3, 0), "channel major": (1, 0, 2, 3)}
 
-def _run_layer(bk, build, x, delta, training, eps=None, state=None):
-    layer = build(bk)
-    if state is not None:                                     # the reference's initial weights
-        layer.load_state_dict(state)
-    initial = {k: host(v) for k, v in layer.state_dict().items()}
-    for name, buffer in layer.buffers.items():                # non-trivial running statistics
-        buffer[...] = bk.asarray(np.random.default_rng(3).uniform(0.5, 1.5, buffer.shape))
-    layer.train() if training else layer.eval()
-    noise = {n: m for n, m in layer.modules() if isinstance(m, GaussianNoise)}
-    for n, m in noise.items():
-        if eps is not None:
-            m.eps, m.hold_eps = bk.asarray(eps[n]), True
-    out = layer.forward(x)
-    dx = layer.backward(bk.asarray(delta))
-    return (host(out), host(dx), {k: host(g) for k, g in layer.named_gradients().items()},
-            {k: host(b) for k, b in layer.named_buffers().items()}, {n: host(m.eps) for n, m in noise.items()},
-            initial)
+
+def laid_out(xp, a, order):
+    """A copy of the host array ``a`` on ``xp``, stored with its axes in the order ``order``."""
+    inverse = tuple(int(k) for k in np.argsort(order))
+    return xp.array(np.ascontiguousarray(a.transpose(order))).transpose(inverse)
+
+
+def case_inputs(case, dtype):
+    """The host inputs of ``case`` in ``dtype``, and the layouts to hand them in."""
+    values = [None if a is None else a.astype(dtype) for a in case.make(np.random.default_rng(5))]
+    if case.ties:
+        values = [None if a is None else np.round(a) for a in values]
+    layouts = LAYOUTS if values[case.maps[0]].ndim == 4 else {"C order": (0, 1)}
+    return values, layouts
+
+
+def on_device(xp, case, values, order):
+    """Copies of ``values`` on ``xp`` (the op may update buffers in place), the feature maps
+    stored in ``order`` (``None``: C order)."""
+    return [None if a is None else laid_out(xp, a, order) if order and k in case.maps else xp.array(a)
+            for k, a in enumerate(values)]
+
+
+def run_kernel(xp, kernel, case, values, order, delta, need):
+    """``kernel``'s forward and backward on copies of ``values`` (:func:`on_device`), ``delta``
+    in the layout of the output; returns ``(output, gradients, inputs after the run)``."""
+    arrays = on_device(xp, case, values, order)
+    forward, backward = kernel
+    out, cache = forward(xp, *arrays, **case.settings)
+    grads = backward(xp, in_layout_of(xp.asarray(delta), out, xp), cache, need)
+    return out, grads, arrays
+
+
+def output_delta(case, values, dtype):
+    """A random ``delta`` of the shape of the op's output."""
+    shape = case.op.forward(np, *on_device(np, case, values, None), **case.settings)[0].shape
+    return np.random.default_rng(6).standard_normal(shape).astype(dtype)
+
+
+def wanted(case, values):
+    """The indices of the inputs whose gradient is wanted."""
+    return [k for k, a in enumerate(values) if a is not None and k not in case.fixed]
+
+
+def needs(case, values, xp=None, dtype=None):
+    """``need`` of the op's backward: ``None`` for an input without gradient, ``True`` for a
+    wanted value and, given ``xp``, an array of NaN in ``dtype`` for a wanted parameter."""
+    want = wanted(case, values)
+    arrays = xp is not None
+    return [None if k not in want else xp.full(a.shape, np.nan, dtype=dtype) if arrays and k in case.params else True
+            for k, a in enumerate(values)]
+
+
+def kernels_on(case, backend_name):
+    """The kernel sets of ``case``'s op run on the arrays of ``backend_name``: NumPy arrays take
+    both sets (the CuPy kernels use only array operations), CuPy arrays CuPy's."""
+    kernels = [b for b in (("numpy", "cupy") if backend_name == "numpy" else ("cupy",)) if b in case.op.kernels]
+    if not kernels:
+        pytest.skip(f"no {backend_name} kernel for {case.op.name}")
+    return kernels
+
+
+def test_every_kernel_has_a_case():
+    fast = {op.name for op in OPS if op.kernels}
+    assert fast <= {case.op.name for case in CASES.values()}, "a fast kernel without a case below"
+    assert fast >= {"conv2d", "linear", "batch_norm", "gaussian_noise", "max_pool2d"}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", list(LAYER_CASES))
-def test_kernel_alone_equals_its_reference(case, dtype, backend_name):
-    build, shape, innermost, training = LAYER_CASES[case]
-    ref_bk, fast_bk = pair(dtype, seed=4, fast=backend_name)
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(shape).astype(dtype)
-    if "pool" in case:
-        x = np.round(x)                                           # ties in the windows
-    fast_layer = build(get_backend(backend_name, dtype, 0, "fast"))
-    if type(fast_layer) is reference_of(type(fast_layer)):
-        pytest.skip(f"no {backend_name} kernel for {case}")
-    ref_out = build(get_backend("numpy", dtype, 0, "reference")).forward(x)
-    delta = rng.standard_normal(ref_out.shape).astype(dtype)
-    ref = _run_layer(ref_bk, build, x, delta, training)
-    if not innermost:
-        fast_x = fast_bk.asarray(x)
-    elif backend_name == "numpy":
-        fast_x = batch_innermost(x)
-    else:
-        fast_x = channel_major(fast_bk, x)
-    fast = _run_layer(fast_bk, build, fast_x, delta, training, eps=ref[4], state=ref[5])
-    for what, a, b in (("output", fast[0], ref[0]), ("dL/dx", fast[1], ref[1])):
-        assert_close(a, b, dtype, f"{case} {what}")
-    assert fast[2].keys() == ref[2].keys() and fast[3].keys() == ref[3].keys()
-    for kind, f, r in (("gradient", fast[2], ref[2]), ("buffer", fast[3], ref[3])):
-        for k in r:
-            assert_close(f[k], r[k], dtype, f"{case} {kind} {k}")
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernel_alone_equals_its_reference(name, dtype, backend_name, monkeypatch):
+    """Output, every gradient and every input after the run (buffers updated in place), for each
+    layout of the feature maps; the parameters' gradients are written into arrays of NaN."""
+    case = CASES[name]
+    for module, attribute, value in case.patch:
+        monkeypatch.setattr(module, attribute, value)
+    xp = get_backend(backend_name).xp
+    values, layouts = case_inputs(case, dtype)
+    delta = output_delta(case, values, dtype)
+    ref = run_kernel(np, (case.op.forward, case.op.backward), case, values, None, delta, needs(case, values))
+    for backend in kernels_on(case, backend_name):
+        for layout, order in layouts.items():
+            need = needs(case, values, xp, dtype)
+            out, grads, after = run_kernel(xp, case.op.kernels[backend], case, values, order, delta, need)
+            what = f"{name} ({backend} kernel, {layout})"
+            assert_close(out, ref[0], dtype, f"{what} output")
+            assert [g is None for g in grads] == [g is None for g in ref[1]], what
+            for k, (g, r) in enumerate(zip(grads, ref[1])):
+                if r is not None:
+                    assert_close(g, r, dtype, f"{what} gradient of {case.op.inputs[k]}")
+            for k, (a, r) in enumerate(zip(after, ref[2])):
+                if r is not None:
+                    assert_close(a, r, dtype, f"{what} {case.op.inputs[k]} after the run")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernel_keeps_the_need_contract(name, backend_name):
+    """``need[i]`` ``None``: gradient ``i`` is ``None`` (the others unchanged); ``True``: a new
+    array; a parameter's gradient array: filled in place and returned itself."""
+    case = CASES[name]
+    xp = get_backend(backend_name).xp
+    values, _ = case_inputs(case, "float64")
+    want, delta = wanted(case, values), output_delta(case, values, "float64")
+
+    def backward(kernel, need):
+        return run_kernel(xp, kernel, case, values, None, delta, need)[1]
+
+    for backend in kernels_on(case, backend_name):
+        kernel, what = case.op.kernels[backend], f"{name} ({backend} kernel)"
+        everything, given = needs(case, values), needs(case, values, xp, "float64")
+        full = backward(kernel, everything)
+        assert [k for k, g in enumerate(full) if g is not None] == want, what
+        filled = backward(kernel, given)
+        for k in want:
+            if k in case.params:
+                assert filled[k] is given[k], f"{what}: gradient of {case.op.inputs[k]} not written in place"
+            assert_close(filled[k], full[k], "float64", f"{what}: gradient of {case.op.inputs[k]}")
+        for k in want:
+            grads = backward(kernel, [None if j == k else flag for j, flag in enumerate(everything)])
+            assert grads[k] is None, f"{what}: gradient of {case.op.inputs[k]} computed though not wanted"
+            for j in set(want) - {k}:
+                assert_close(grads[j], full[j], "float64", f"{what}: gradient of {case.op.inputs[j]}")
+        assert all(g is None for g in backward(kernel, [None] * len(values))), what
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -183,18 +277,23 @@ def test_kernel_alone_equals_its_reference(case, dtype, backend_name):
     lambda m: SGD(m, lr=0.1, momentum=0.9, select=lambda n: n.endswith(".weight")),
 ], ids=["adam", "eq7", "adam-all", "adam-weights", "sgd-momentum", "sgd", "sgd-weights"])
 def test_optimiser_kernel_equals_its_reference(make, dtype):
+    """The flat path (``update_part`` on the optimiser's span of the parameter store) runs with
+    ``kernels="fast"`` unless the selection is not one span; the per-parameter ``update`` runs
+    otherwise. Both give the same parameters and state after three steps."""
     results = []
     for bk in pair(dtype):
         model = mlp(bk, "mlpn", "relu", sizes=(5, 4, 3, 2))
         opt = make(model)
-        assert (type(opt) is not reference_of(type(opt))) == (bk.kernels == "fast")
-        if bk.kernels == "fast":                 # the per-parameter path exactly when the names say so
-            assert (opt.span is None) == all(n.endswith(".weight") for n in opt.names)
+        flat = bk.kernels == "fast" and not all(n.endswith(".weight") for n in opt.names)
+        paths = []
+        for method in ("update", "update_part"):
+            setattr(opt, method, lambda *a, run=getattr(opt, method), m=method: (paths.append(m), run(*a)))
         rng = np.random.default_rng(6)
         for _ in range(3):
             for name, module, key in model.parameter_slots():
-                module.grads[key] = bk.asarray(rng.standard_normal(module.grads[key].shape))
+                module.grads[key][...] = bk.asarray(rng.standard_normal(module.grads[key].shape))
             opt.step()
+        assert set(paths) == {"update_part" if flat else "update"}
         results.append(({k: host(v) for k, v in model.named_parameters().items()},
                         {k: host(v) for k, v in opt.state_dict().items() if k not in ("t", "lr")}))
     (ref_params, ref_state), (fast_params, fast_state) = results
@@ -220,7 +319,7 @@ def test_optimiser_kernels_flush_subnormal_parameters(make, dtype):
         weight = model.named_parameters()["fc1.weight"]
         weight[0, :3] = bk.asarray(np.array([tiny / 4, -tiny / 4, tiny * 4], dtype=dtype))
         for _, module, key in model.parameter_slots():
-            module.grads[key] = bk.xp.zeros_like(module.grads[key])
+            module.grads[key][...] = 0
         opt.step()
         after.append(host(weight[0, :3]))
     reference, fast = after
@@ -272,9 +371,10 @@ def _train_steps(bk, build, x, y, steps, feed=None, state=None):
             layer.hold_eps = feed is not None
             if feed is not None and name in feed[step]:
                 layer.eps = bk.asarray(feed[step][name])
-        value = loss.forward(model.forward(bk.asarray(x)), bk.asarray(y, dtype="int64"))
+        logits = model.forward(bk.asarray(x))
+        value = loss.forward(logits, bk.asarray(y, dtype="int64"))
         dx = model.backward(loss.backward())
-        seen.append({"logits": host(loss.p), "loss": float(value), "dL/dx": host(dx),
+        seen.append({"logits": host(logits), "loss": float(value), "dL/dx": host(dx),
                      **{f"grad {k}": host(g) for k, g in model.named_gradients().items()},
                      **{f"buffer {k}": host(b) for k, b in model.named_buffers().items()},
                      "eps": {n: host(l.eps) for n, l in layers.items() if l.eps is not None}})
@@ -306,26 +406,47 @@ def test_cupy_kernels_in_zoo_models_equal_the_reference(name, cupy_standin):
     _assert_fast_equals_reference(name, "float64", "cupy")
 
 
+def _compared(seen, final, params):
+    """What a zoo run is compared by, by name: each step's logits, loss, dL/dx, buffers and
+    gradients (one vector), then the buffers and the parameters (one vector) after the steps."""
+    compared = {}
+    for step, arrays in enumerate(seen, 1):
+        compared.update({f"step {step}: {k}": v for k, v in arrays.items() if k != "eps" and not k.startswith("grad ")})
+        compared[f"step {step}: gradients"] = _together(arrays, "grad ")
+    compared.update({f"after the steps: {k}": v for k, v in final.items() if k not in params})
+    compared["after the steps: parameters"] = _together({k: final[k] for k in params}, "")
+    return compared
+
+
+def _error(ours, reference):
+    ours, reference = np.asarray(ours), np.asarray(reference)
+    return np.linalg.norm(ours - reference) / max(np.linalg.norm(reference), np.finfo(np.float64).tiny)
+
+
 def _assert_fast_equals_reference(name, dtype, fast):
+    """Both paths agree within ``TOL``; in float32, a deep model's round-off grows past it
+    (ResNet34's ``dL/dx`` after three steps: about 1e-5 on both paths), so a quantity may also
+    differ by up to twice the float32 reference's own error against the float64 reference."""
     build = ZOO[name]
     x, y = _batch(build(get_backend("numpy", dtype, 0, "reference")))
     ref_bk, fast_bk = pair(dtype, seed=8, fast=fast)
-    _, ref_seen, ref_final = _train_steps(ref_bk, build, x, y, 3)
+    ref_model, ref_seen, ref_final = _train_steps(ref_bk, build, x, y, 3)
     initial = {k: host(v) for k, v in build(get_backend("numpy", dtype, 8, "reference")).state_dict().items()}
-    fast_model, fast_seen, fast_final = _train_steps(fast_bk, build, x, y, 3, [s["eps"] for s in ref_seen], initial)
-    assert any(type(m) is not reference_of(type(m)) for _, m in fast_model.modules())
-    for step, (f, r) in enumerate(zip(fast_seen, ref_seen)):
-        assert f.keys() == r.keys()
-        for k in r:
-            if k != "eps" and not k.startswith("grad "):
-                assert_close(f[k], r[k], dtype, f"{name} step {step + 1}: {k}")
-        assert_close(_together(f, "grad "), _together(r, "grad "), dtype, f"{name} step {step + 1}: gradients")
-    assert fast_final.keys() == ref_final.keys()
+    feed = [s["eps"] for s in ref_seen]
+    fast_model, fast_seen, fast_final = _train_steps(fast_bk, build, x, y, 3, feed, initial)
+    assert [type(m) for _, m in fast_model.modules()] == [type(m) for _, m in ref_model.modules()]
+    assert any(m.op is not None and fast in m.op.kernels for _, m in fast_model.modules()), "no fast kernel ran"
+    assert [s.keys() for s in fast_seen] == [s.keys() for s in ref_seen] and fast_final.keys() == ref_final.keys()
     params = set(fast_model.named_parameters())
-    for k in set(ref_final) - params:
-        assert_close(fast_final[k], ref_final[k], dtype, f"{name} after 3 steps: {k}")
-    assert_close(_together({k: fast_final[k] for k in params}, ""), _together({k: ref_final[k] for k in params}, ""),
-                 dtype, f"{name} after 3 steps: parameters")
+    ours, reference = _compared(fast_seen, fast_final, params), _compared(ref_seen, ref_final, params)
+    exact = None
+    if dtype == "float32":
+        _, exact_seen, exact_final = _train_steps(get_backend("numpy", "float64", 8, "reference"), build, x, y, 3,
+                                                  feed, initial)
+        exact = _compared(exact_seen, exact_final, params)
+    for what, value in reference.items():
+        tol = TOL[dtype] if exact is None else max(TOL[dtype], 2 * _error(value, exact[what]))
+        assert_normwise_close(ours[what], value, tol, f"{name} {what}")
 
 
 @pytest.mark.parametrize("name", [n for n in ZOO if n.startswith("mlp")])
@@ -371,29 +492,3 @@ def test_adversarial_images_rarely_differ_in_float32(name):
     for ref, fast in zip(*_adversarial_images(name, "float32")):
         differ = np.abs(fast - ref) > 1e-6
         assert differ.mean() <= 0.005, f"{name}: {differ.sum()} of {differ.size} pixels differ"
-
-
-# --- the reference layers stay readable -----------------------------------------------------------
-
-FORBIDDEN_NAMES = {"parallel_blocks", "run_all", "strides", "empty_like", "flags"}
-
-
-@pytest.mark.parametrize("path", sorted(LAYERS.glob("*.py")), ids=lambda p: p.name)
-def test_reference_layers_have_no_speed_devices(path):
-    """No thread pool, no ``out=`` writes, no stride or layout inspection, no buffer caches
-    (attributes named ``_something`` holding arrays between calls) in ``manualbp/layers/``."""
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            module = getattr(node, "module", None) or ""
-            names = [a.name for a in node.names]
-            assert "parallel" not in module and "kernels" not in module and "parallel" not in names, \
-                f"{path.name}:{node.lineno} imports {module or names}"
-        if isinstance(node, ast.keyword):
-            assert node.arg != "out", f"{path.name}:{node.lineno} writes through out="
-        if isinstance(node, (ast.Attribute, ast.Name)):
-            name = node.attr if isinstance(node, ast.Attribute) else node.id
-            assert name not in FORBIDDEN_NAMES, f"{path.name}:{node.lineno} uses {name}"
-        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-            assert not (isinstance(node.value, ast.Name) and node.value.id == "self"
-                        and node.attr.startswith("_")), f"{path.name}:{node.lineno} caches self.{node.attr}"
