@@ -50,6 +50,7 @@ class Graph(Module):
             self.edges.append((name, inputs))
         self.input_shape = None if input_shape is None else tuple(input_shape)
         self.forwarded = False
+        self.reached = {}
 
     @property
     def output(self):
@@ -80,11 +81,15 @@ class Graph(Module):
         return values[self.output]
 
     def wanted(self, input_grad):
-        """``{value: whether backpropagation must reach the node that made it}``."""
-        wanted = {INPUT: bool(input_grad)}
-        for name, inputs in self.edges:
-            wanted[name] = has_parameters(self.children[name]) or any(wanted[i] for i in inputs)
-        return wanted
+        """``{value: whether backpropagation must reach the node that made it}`` (worked out
+        once per graph and ``input_grad``: the nodes and their parameters are fixed when built)."""
+        key = bool(input_grad)
+        if key not in self.reached:
+            wanted = {INPUT: key}
+            for name, inputs in self.edges:
+                wanted[name] = has_parameters(self.children[name]) or any(wanted[i] for i in inputs)
+            self.reached[key] = wanted
+        return self.reached[key]
 
     def backward(self, delta, input_grad=True):
         """Propagate the residual error from the output down to the input: Eq. (2) node by node
