@@ -160,7 +160,7 @@ def test_bad_input_gets_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_nan_loss_stops_training_with_epoch_and_step(tiny_mnist):
-    from manualbp import get_backend
+    from manualbp import get_backend, progress
     from manualbp.optim import Adam
     from manualbp.train import Trainer
     bk = get_backend("numpy", "float32", 0)
@@ -169,7 +169,7 @@ def test_a_nan_loss_stops_training_with_epoch_and_step(tiny_mnist):
     x = bk.uniform(0, 1, (64, 784))
     y = bk.asarray(np.arange(64) % 10, dtype="int64")
     trainer = Trainer(model, [Adam(model)], batch_size=32, progress=True)
-    assert trainer._progress([1, 2], "x") == [1, 2]               # no bar: stderr is not a terminal
+    assert progress.bar([1, 2], "x") == [1, 2]                    # no bar: stderr is not a terminal
     with pytest.raises(FloatingPointError, match=r"epoch 1, step 1 of 2: the training loss is nan"):
         trainer.train_epoch(x, y)
 
