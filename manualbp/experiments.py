@@ -19,7 +19,7 @@ from .data import random_crop_flip
 from .evaluate import ATTACK_BATCH, DRAWS
 from .model import noise_layers, sigma_summary
 from .optim import SIGMA_LR
-from .train import SIGMA_UPDATES, load_model, train_model
+from .train import OPTIMIZER_SETTINGS, SIGMA_UPDATES, load_model, train_model
 from .zoo import FAMILIES, get_family, model_name
 
 #: Seeds the final test evaluations: ``bk.seed([seed, FINAL_EVAL_STREAM])``, so a finished run and
@@ -31,8 +31,7 @@ FINAL_EVAL_STREAM = 0xE7A1
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
 #: The flags of a training set-up (Table 1 and the noise-level update), as ``train_model`` takes it.
-TRAINING = ("optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma", "sigma_lr",
-            "sigma_update", "epochs", "batch_size")
+TRAINING = (*OPTIMIZER_SETTINGS, "epochs", "batch_size")
 #: The remedies for collapsing noise (:mod:`manualbp.remedies`): ``train_model``'s keys, and the
 #: flags of their arguments.
 REMEDIES = {"adversarial": {"budget": "adv_budget", "alpha": "adv_alpha", "steps": "adv_steps", "mix": "adv_mix"},

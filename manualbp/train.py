@@ -12,6 +12,7 @@ Reproducibility: the backend's generator is re-seeded from ``(seed, epoch)`` at 
 every epoch, and it alone shuffles the data and draws the noise. A run resumed from the
 checkpoint of epoch ``k`` therefore continues exactly as the uninterrupted run would have.
 """
+import inspect
 import math
 import time
 
@@ -30,7 +31,7 @@ SIGMA_UPDATES = ("eq7", "weights", "released")
 
 
 def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=None,
-                    decay_every=None, decay_gamma=1.0, sigma_lr=SIGMA_LR, sigma_update="eq7", **_):
+                    decay_every=None, decay_gamma=1.0, sigma_lr=SIGMA_LR, sigma_update="eq7", **unknown):
     """The weights' optimiser (Table 1) and, for learned noise, the noise-level optimiser.
 
     ``sigma_update="eq7"`` (the paper): ``sigma`` gets its own Adam followed by ``abs`` (Eq. 7).
@@ -38,8 +39,12 @@ def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentu
     with its weight decay (the model should then use ``|sigma|``: :func:`model_options`).
     ``"released"``: the same optimisers, for a model that also starts ``sigma`` from N(0, 1)
     and leaves ``sign(sigma)`` out of its gradient, as the released code does.
-    ``momentum`` (SGD only) defaults to 0.9. Returns ``(optimizers, schedule)``.
+    ``momentum`` (SGD only) defaults to 0.9. Any other setting is refused. Returns
+    ``(optimizers, schedule)``.
     """
+    if unknown:
+        raise ValueError(f"make_optimizers: unknown setting(s) {', '.join(map(repr, sorted(unknown)))}: "
+                         f"expected {', '.join(OPTIMIZER_SETTINGS)}")
     if sigma_update not in SIGMA_UPDATES:
         raise ValueError(f"unknown sigma_update {sigma_update!r}: expected one of {', '.join(SIGMA_UPDATES)}")
     separate = sigma_update == "eq7"
@@ -55,6 +60,10 @@ def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentu
     schedule = StepLR(optimizers, decay_every, decay_gamma) if decay_every else None
     return optimizers, schedule
 
+
+#: The settings :func:`make_optimizers` takes (its keyword arguments): the keys of a training
+#: set-up that choose the optimisers.
+OPTIMIZER_SETTINGS = tuple(inspect.signature(make_optimizers).parameters)[1:-1]
 
 #: The builder options of each ``sigma_update`` that is not the paper's Eq. (7).
 SIGMA_UPDATE_OPTIONS = {"weights": {"abs_sigma": True}, "released": {"released": True}}
@@ -72,23 +81,26 @@ def train_model(bk, build, splits, training, seed, checkpoint_path=None, resume=
     """Build a model and train it as every script does; returns ``(model, trainer)``.
 
     ``build(bk, **options) -> model`` is called after seeding the initial weights from
-    ``(seed, INIT_STREAM)``, with :func:`model_options` of ``training`` (the Table 1 set-up:
-    optimiser, lr, ..., ``epochs`` and ``batch_size``; and the remedies ``adversarial`` and
-    ``sigma_penalty``, the arguments of :class:`~manualbp.remedies.AdversarialTraining` and
-    :class:`~manualbp.remedies.SigmaPenalty`, or ``None``). The model is then trained on
+    ``(seed, INIT_STREAM)``, with :func:`model_options` of ``training``, the set-up: ``epochs``,
+    ``batch_size`` (default 128), the remedies ``adversarial`` and ``sigma_penalty`` (the
+    arguments of :class:`~manualbp.remedies.AdversarialTraining` and
+    :class:`~manualbp.remedies.SigmaPenalty`, or ``None``), and the settings of
+    :func:`make_optimizers` (Table 1: optimiser, lr, ...). The model is then trained on
     ``splits`` by a :class:`Trainer` (``trainer_options``: ``augment``, ``limit_batches``,
     ``eval_batch_size``, ``progress``, ``settings``, ``comm``), writing a checkpoint to
     ``checkpoint_path`` after each epoch and continuing from it with ``resume``."""
+    setup = dict(training)
+    epochs, batch_size = setup.pop("epochs"), setup.pop("batch_size", 128)
+    for key, remedy in REMEDIES.items():
+        arguments = setup.pop(key, None)
+        if arguments:
+            trainer_options[key] = remedy(**arguments)
     bk.seed([seed, INIT_STREAM])
     model = build(bk, **model_options(training))
-    optimizers, schedule = make_optimizers(model, **training)
+    optimizers, schedule = make_optimizers(model, **setup)         # the rest: the optimisers' settings
     trainer_options.setdefault("progress", False)
-    for key, remedy in REMEDIES.items():
-        if training.get(key):
-            trainer_options[key] = remedy(**training[key])
-    trainer = Trainer(model, optimizers, schedule, batch_size=training.get("batch_size", 128), seed=seed,
-                      **trainer_options)
-    trainer.fit(splits, training["epochs"], checkpoint_path=checkpoint_path, resume=resume, log=log)
+    trainer = Trainer(model, optimizers, schedule, batch_size=batch_size, seed=seed, **trainer_options)
+    trainer.fit(splits, epochs, checkpoint_path=checkpoint_path, resume=resume, log=log)
     return model, trainer
 
 

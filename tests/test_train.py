@@ -13,7 +13,7 @@ from manualbp.checkpoint import load as load_checkpoint
 from manualbp.checkpoint import save as save_checkpoint
 from manualbp.data import split_dataset
 from manualbp.optim import Adam, StepLR, is_noise_level, noise_level_optimizer
-from manualbp.train import Trainer
+from manualbp.train import OPTIMIZER_SETTINGS, Trainer, make_optimizers
 from manualbp.zoo import mlp
 
 SIZES = (10, 16, 8, 3)
@@ -88,6 +88,16 @@ def test_fit_logs_one_line_per_epoch():
     lines = []
     make_trainer().fit(SPLITS, 2, log=lines.append)
     assert len(lines) == 2 and lines[0].startswith("epoch   1/2") and "val acc" in lines[1]
+
+
+def test_make_optimizers_refuses_settings_it_does_not_know():
+    model = make_trainer().model
+    with pytest.raises(ValueError) as refused:
+        make_optimizers(model, lr=1e-2, epochs=3, learning_rate=1e-2)
+    assert str(refused.value) == ("make_optimizers: unknown setting(s) 'epochs', 'learning_rate': expected "
+                                  "optimizer, lr, weight_decay, momentum, decay_every, decay_gamma, sigma_lr, sigma_update")
+    assert OPTIMIZER_SETTINGS == ("optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma",
+                                  "sigma_lr", "sigma_update")
 
 
 # --- checkpoints and resumption -------------------------------------------------------------------
