@@ -117,6 +117,17 @@ def load_model(bk, build, path):
     return model.eval()
 
 
+def positive_integer(name, value):
+    """``int(value)``, or a ValueError naming ``name`` unless ``value`` is an integer >= 1."""
+    try:
+        ok = int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):        # not a number, NaN, infinity
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class Trainer:
     """Trains ``model`` with ``optimizers`` (e.g. the weights' Adam and the Eq. (7) optimiser).
 
@@ -127,7 +138,7 @@ class Trainer:
     schedule : optional learning-rate schedule with ``set_epoch(epoch)``.
     batch_size, seed : mini-batch size; seed of shuffling and noise (see module docstring).
     augment : optional ``f(x_batch, backend) -> x_batch`` applied to training batches.
-    limit_batches : stop each training epoch after this many batches (quick runs).
+    limit_batches : stop each training epoch after this many batches (quick runs), or ``None``.
     eval_batch_size : batch size of :meth:`evaluate` (convolutional networks keep per-layer
         buffers of this size).
     progress : show a progress bar per epoch (when standard error is a terminal).
@@ -143,11 +154,11 @@ class Trainer:
     def __init__(self, model, optimizers, schedule=None, batch_size=128, seed=0, augment=None,
                  limit_batches=None, eval_batch_size=1000, progress=True, settings=None, comm=None,
                  adversarial=None, sigma_penalty=None):
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model, self.bk = model, model.bk
         self.optimizers = [o for o in optimizers if o is not None]
-        self.schedule, self.batch_size, self.seed = schedule, int(batch_size), seed
+        self.schedule, self.batch_size, self.seed = schedule, positive_integer("batch_size", batch_size), seed
+        if limit_batches is not None:
+            positive_integer("limit_batches", limit_batches)
         self.augment, self.limit_batches, self.progress = augment, limit_batches, progress
         self.eval_batch_size = int(eval_batch_size)
         self.parallel = data_parallel.sharing(comm, self.batch_size)
@@ -189,7 +200,7 @@ class Trainer:
         """Index arrays of one shuffled epoch (at most ``limit_batches`` of them)."""
         order = self.bk.permutation(n)
         count = -(-n // self.batch_size)
-        if self.limit_batches:
+        if self.limit_batches is not None:
             count = min(count, self.limit_batches)
         return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
 

@@ -90,6 +90,18 @@ def test_fit_logs_one_line_per_epoch():
     assert len(lines) == 2 and lines[0].startswith("epoch   1/2") and "val acc" in lines[1]
 
 
+@pytest.mark.parametrize("limit", [-1, 0, 1.5, float("nan")])
+def test_a_limit_of_batches_that_is_not_a_positive_integer_is_refused(limit):
+    """-1 once divided by zero at the end of the epoch; 0 trained every batch."""
+    with pytest.raises(ValueError, match=rf"^limit_batches must be a positive integer, got {limit!r}$"):
+        Trainer(make_trainer().model, [], limit_batches=limit)
+
+
+def test_a_limit_of_batches_stops_the_epoch():
+    trainer = Trainer(make_trainer().model, [], batch_size=32, limit_batches=2)
+    assert len(trainer.batches(300)) == 2 and len(Trainer(trainer.model, [], batch_size=32).batches(300)) == 10
+
+
 def test_make_optimizers_refuses_settings_it_does_not_know():
     model = make_trainer().model
     with pytest.raises(ValueError) as refused:
