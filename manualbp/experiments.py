@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from . import checkpoint, datasets, distributed
+from . import checkpoint, datasets, distributed, trainer_state
 from .attacks import eot
 from .backend import BACKENDS, DTYPES, KERNELS, get_backend
 from .data import random_crop_flip
@@ -62,9 +62,7 @@ def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=No
     options = {name: getattr(args, name) for name, _ in family.options}
     settings = {"variant": variant, "activation": activation,
                 **{k: getattr(args, k) for k in RUN_SETTINGS if hasattr(args, k)}}
-    path = None
-    if checkpoint_dir:
-        path = os.path.join(checkpoint_dir, model_name(variant, activation) + ".npz")
+    path = variant_checkpoint(checkpoint_dir, variant, activation) if checkpoint_dir else None
     augment = random_crop_flip if getattr(args, "augment", False) else None
     model, trainer = train_model(
         bk, lambda b, **more: family.model(b, variant, activation, args.dataset, **options, **more), splits,
@@ -86,6 +84,11 @@ def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=No
             "eval_noise_default": any(eval_noise.values()), "noise_modes": noise_modes,
             "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, len(history)),
             "history": history, "sigma": sigma_summary(model), "checkpoint": path, "training": trainer.settings}
+
+
+def variant_checkpoint(checkpoint_dir, variant, activation):
+    """The checkpoint of a variant (x activation) in the folder ``checkpoint_dir``."""
+    return os.path.join(checkpoint_dir, model_name(variant, activation) + ".npz")
 
 
 def load_or_train(bk, build, name, splits, training, seed, source=None, out=None, log=print, **trainer_options):
@@ -300,6 +303,16 @@ def check_out(args):
         raise SettingError(f"--out {args.out!r}: cannot write there ({err.strerror or err})") from None
 
 
+def check_resumable(args, checkpoint_dir, keys):
+    """``--resume`` continues no checkpoint of the variants ``keys`` that already holds more
+    epochs than ``--epochs`` (``metrics.json`` would record ``--epochs`` beside the longer run's
+    history); checked before any work."""
+    for variant, activation in keys:
+        path = variant_checkpoint(checkpoint_dir, variant, activation)
+        if os.path.exists(path):
+            trainer_state.check_epochs(path, checkpoint.load_meta(path).get("epochs_done", 0), args.epochs)
+
+
 def check_arguments(args):
     """Refuse bad training flags before any work, with one line naming the flag, its value and
     what is expected; check that ``--out`` can be written."""
@@ -355,12 +368,15 @@ def run(args, family):
         activations = [args.activation]
     metrics_path = os.path.join(args.out, "metrics.json")
     done = {(r["variant"], r["activation"]) for r in read_metrics(metrics_path, args.overwrite)["results"]}
-    for key in ((v, a) for v in chosen for a in activations):
+    keys = [(v, a) for v in chosen for a in activations]
+    for key in keys:
         if key in done and not (args.resume or args.overwrite):
             raise SettingError(f"{metrics_path} already holds the finished results of "
                                f"{' '.join(k for k in key if k)}: pass --resume to keep them (and "
                                "continue from the checkpoint) or --overwrite to train again")
     checkpoint_dir = os.path.join(args.out, "checkpoints")
+    if args.resume:
+        check_resumable(args, checkpoint_dir, keys)
     if root:
         checkpoint.remove_temporary_files(checkpoint_dir)
         checkpoint.remove_temporary_files(args.out)

@@ -254,11 +254,11 @@ class Trainer:
         loss, validation loss and accuracy, test accuracy (the data of the paper's Fig. 3), the
         seconds the epoch took and the learned noise levels. ``splits`` maps ``"train"``,
         ``"val"``, ``"test"`` to ``(x, y)`` backend arrays. With ``checkpoint_path`` a checkpoint
-        is written after every epoch; ``resume=True`` continues from it if it exists. In
-        data-parallel training rank 0 alone logs and writes."""
+        is written after every epoch; ``resume=True`` continues from it if it exists (refused
+        when it holds more than ``epochs``). In data-parallel training rank 0 alone logs and writes."""
         start = 0
         if resume and checkpoint_path is not None:
-            start = trainer_state.restore(self, checkpoint_path, missing_ok=True)
+            start = trainer_state.restore(self, checkpoint_path, missing_ok=True, epochs=epochs)
         log = log if self.parallel.is_root else None
         self.parallel.start(self.model, log)
         for epoch in range(start, epochs):

@@ -27,10 +27,10 @@ def save(trainer, path):
     checkpoint.save(path, arrays, meta)
 
 
-def restore(trainer, path, missing_ok=False):
+def restore(trainer, path, missing_ok=False, epochs=None):
     """Load a checkpoint written by :func:`save` into ``trainer``; returns its number of
     finished epochs (0 for a missing file with ``missing_ok``). Refused before anything is
-    loaded when its settings differ from the trainer's."""
+    loaded when its settings differ from the trainer's, or it holds more than ``epochs``."""
     if missing_ok and not os.path.exists(path):
         return 0
     arrays, meta = checkpoint.load(path)
@@ -39,6 +39,8 @@ def restore(trainer, path, missing_ok=False):
             raise CheckpointError(f"checkpoint {path} has no {key!r} in its metadata: "
                                   "not written by this version of manualbp")
     check_settings(path, meta["settings"], trainer.settings)
+    if epochs is not None:
+        check_epochs(path, meta["epochs_done"], epochs)
     if len(meta["optimizers"]) != len(trainer.optimizers):
         raise CheckpointError(f"checkpoint {path} holds {len(meta['optimizers'])} "
                               f"optimisers, this run has {len(trainer.optimizers)}")
@@ -70,6 +72,14 @@ def check_settings(path, recorded, settings):
         if recorded[key] != value:
             raise CheckpointError(f"checkpoint {path} was written with {key}={recorded[key]!r}, this run has "
                                   f"{key}={value!r}: resuming would not continue the same run")
+
+
+def check_epochs(path, done, epochs):
+    """A run of ``epochs`` epochs cannot resume from a checkpoint that holds ``done`` > ``epochs``
+    (its model and history would be those of the longer run)."""
+    if done > epochs:
+        raise CheckpointError(f"checkpoint {path} already holds {done} epochs, more than the {epochs} "
+                              f"asked for: ask for at least {done} epochs to resume it")
 
 
 def model_state(arrays):

@@ -122,6 +122,24 @@ def test_a_script_prints_one_line_and_no_traceback(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def test_resuming_a_longer_run_for_fewer_epochs_is_refused_in_one_line(tmp_path, tiny_mnist, monkeypatch, capsys):
+    """``--resume --epochs 1`` over a checkpoint of 2 epochs would report ``epochs: 1`` beside a
+    history of 2: refused with exit status 2 and one line, before any work, nothing written."""
+    run(tmp_path, "--epochs", "2")
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    loads, _ = len(tiny_mnist), capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["mnist_mlp.py"])
+    with pytest.raises(SystemExit) as refused:
+        experiments.cli(lambda: run(tmp_path, "--resume", "--epochs", "1"))
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: checkpoint {tmp_path / 'checkpoints' / 'mlpn-relu.npz'} already holds 2 epochs, more "
+                   "than the 1 asked for: ask for at least 2 epochs to resume it\n")
+    assert len(tiny_mnist) == loads                                 # before any work
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert len(run(tmp_path, "--resume", "--epochs", "2")["results"][0]["history"]) == 2
+
+
 # --- bad input elsewhere: one clear error each ------------------------------------------------------
 
 def test_bad_input_gets_one_clear_error(tmp_path, monkeypatch):

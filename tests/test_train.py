@@ -158,6 +158,18 @@ def test_resume_of_finished_run_trains_nothing(tmp_path):
     assert_same_params(params_of(again), params_of(done))
 
 
+def test_resume_for_fewer_epochs_than_the_checkpoint_holds_is_refused(tmp_path):
+    path = tmp_path / "c.npz"
+    make_trainer(seed=1).fit(SPLITS, 2, checkpoint_path=str(path), log=None)
+    written = path.read_bytes()
+    again = make_trainer(seed=1, init_seed=5)
+    before = params_of(again)
+    with pytest.raises(CheckpointError, match="already holds 2 epochs, more than the 1 asked for"):
+        again.fit(SPLITS, 1, checkpoint_path=str(path), resume=True, log=None)
+    assert again.history == [] and path.read_bytes() == written
+    assert_same_params(params_of(again), before)                         # refused before loading anything
+
+
 @pytest.fixture(scope="module")
 def checkpoint_bytes(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "good.npz"
