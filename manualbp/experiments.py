@@ -14,7 +14,7 @@ import time
 
 from . import checkpoint, datasets, distributed, trainer_state
 from .attacks import eot
-from .backend import BACKENDS, DTYPES, KERNELS, get_backend
+from .backend import BACKENDS, DTYPES, KERNELS, BackendError, get_backend
 from .data import random_crop_flip
 from .evaluate import ATTACK_BATCH, DRAWS
 from .model import noise_layers, sigma_summary
@@ -315,7 +315,7 @@ def check_resumable(args, checkpoint_dir, keys):
 
 def check_arguments(args):
     """Refuse bad training flags before any work, with one line naming the flag, its value and
-    what is expected; check that ``--out`` can be written."""
+    what is expected (``--out`` is checked by :func:`check_out`, once the backend is made)."""
     require(args, args.seed >= 0, "seed", "a non-negative integer")
     for flag in ("lr", "sigma_lr"):
         require(args, finite(getattr(args, flag)) and getattr(args, flag) > 0, flag, "a positive finite number")
@@ -329,16 +329,16 @@ def check_arguments(args):
                        "width", "eval_batch_size", "adv_steps")
     check_remedies(args)
     check_distributed(args)
-    check_out(args)
 
 
 def cli(main):
-    """Run a script's ``main()``: a user's mistake (a bad flag, missing or damaged data or
-    checkpoint) prints one line and exits with status 2; ``--debug`` shows the traceback."""
+    """Run a script's ``main()``: a user's mistake (a bad flag, a backend this machine lacks,
+    missing or damaged data or checkpoint) prints one line and exits with status 2; ``--debug``
+    shows the traceback."""
     from .data import DataError
     try:
         main()
-    except (SettingError, DataError, checkpoint.CheckpointError, FloatingPointError,
+    except (SettingError, BackendError, DataError, checkpoint.CheckpointError, FloatingPointError,
             distributed.DistributedError) as err:
         if "--debug" in sys.argv:
             raise
@@ -359,6 +359,9 @@ def run(args, family):
     With ``--distributed`` every rank of the MPI job runs this; rank 0 alone prints and writes."""
     check_arguments(args)
     comm = distributed.connect() if args.distributed else None
+    # the backend before --out is made: a machine without the GPU asked for is refused with nothing written
+    bk = get_backend(args.backend, args.dtype, args.seed, args.kernels, device=None if comm is None else comm.rank)
+    check_out(args)
     root = comm is None or comm.is_root
     say = print if root else (lambda *_, **__: None)
     start = time.perf_counter()
@@ -377,10 +380,11 @@ def run(args, family):
     checkpoint_dir = os.path.join(args.out, "checkpoints")
     if args.resume:
         check_resumable(args, checkpoint_dir, keys)
+    if comm is not None:
+        comm.barrier()             # every rank's --out probe is done before rank 0 clears temporary files
     if root:
         checkpoint.remove_temporary_files(checkpoint_dir)
         checkpoint.remove_temporary_files(args.out)
-    bk = get_backend(args.backend, args.dtype, args.seed, args.kernels, device=None if comm is None else comm.rank)
     splits = datasets.load_splits(bk, args.dataset, args.data_dir, args.seed, args.limit_train, args.limit_eval)
     results = []
     for variant in chosen:

@@ -122,6 +122,19 @@ def test_a_script_prints_one_line_and_no_traceback(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.parametrize("flags, env, words", [
+    (["--backend", "cupy"], {"CUDA_VISIBLE_DEVICES": ""}, "error: backend 'cupy': "),       # CuPy sees no GPU
+], ids=["cupy-without-gpu"])
+def test_a_machine_that_cannot_run_the_script_is_refused_in_one_line(tmp_path, flags, env, words):
+    """Exit status 2, one line on standard error, before any work: not even ``--out`` is made."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "mnist_mlp.py"), "--out", str(out), *flags],
+                          capture_output=True, text=True, cwd=ROOT, env=checkout_env(**env))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(words) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stdout == "" and not out.exists()
+
+
 def test_resuming_a_longer_run_for_fewer_epochs_is_refused_in_one_line(tmp_path, tiny_mnist, monkeypatch, capsys):
     """``--resume --epochs 1`` over a checkpoint of 2 epochs would report ``epochs: 1`` beside a
     history of 2: refused with exit status 2 and one line, before any work, nothing written."""
