@@ -19,6 +19,7 @@ from .data import random_crop_flip
 from .evaluate import ATTACK_BATCH, DRAWS
 from .model import noise_layers, sigma_summary
 from .optim import SIGMA_LR
+from .parallel import ThreadCountError, num_threads
 from .train import OPTIMIZER_SETTINGS, SIGMA_UPDATES, load_model, train_model
 from .zoo import FAMILIES, get_family, model_name
 
@@ -332,14 +333,15 @@ def check_arguments(args):
 
 
 def cli(main):
-    """Run a script's ``main()``: a user's mistake (a bad flag, a backend this machine lacks,
-    missing or damaged data or checkpoint) prints one line and exits with status 2; ``--debug``
-    shows the traceback."""
+    """Run a script's ``main()``: a user's mistake (a bad flag or ``MANUALBP_NUM_THREADS``, a
+    backend this machine lacks, missing or damaged data or checkpoint) prints one line and exits
+    with status 2; ``--debug`` shows the traceback."""
     from .data import DataError
     try:
+        num_threads()                  # read at the threads' first use: refused here, before any work
         main()
-    except (SettingError, BackendError, DataError, checkpoint.CheckpointError, FloatingPointError,
-            distributed.DistributedError) as err:
+    except (SettingError, ThreadCountError, BackendError, DataError, checkpoint.CheckpointError,
+            FloatingPointError, distributed.DistributedError) as err:
         if "--debug" in sys.argv:
             raise
         comm = distributed.active()

@@ -124,7 +124,10 @@ def test_a_script_prints_one_line_and_no_traceback(tmp_path):
 
 @pytest.mark.parametrize("flags, env, words", [
     (["--backend", "cupy"], {"CUDA_VISIBLE_DEVICES": ""}, "error: backend 'cupy': "),       # CuPy sees no GPU
-], ids=["cupy-without-gpu"])
+    ([], {"MANUALBP_NUM_THREADS": "two"}, "error: MANUALBP_NUM_THREADS='two': expected a positive integer"),
+    ([], {"MANUALBP_NUM_THREADS": "1.5", "MPI_LOCALNRANKS": "2"},        # also read by `import manualbp` there
+     "error: MANUALBP_NUM_THREADS='1.5': expected a positive integer"),
+], ids=["cupy-without-gpu", "bad-thread-count", "bad-thread-count-read-at-import"])
 def test_a_machine_that_cannot_run_the_script_is_refused_in_one_line(tmp_path, flags, env, words):
     """Exit status 2, one line on standard error, before any work: not even ``--out`` is made."""
     out = tmp_path / "out"

@@ -142,7 +142,8 @@ def test_command_line_passes(torch, tmp_path):
 
 @pytest.mark.parametrize("flags, env, words", [
     (["--backend", "cupy"], {"CUDA_VISIBLE_DEVICES": ""}, "error: backend 'cupy': "),       # CuPy sees no GPU
-], ids=["cupy-without-gpu"])
+    ([], {"MANUALBP_NUM_THREADS": "two"}, "error: MANUALBP_NUM_THREADS='two': expected a positive integer"),
+], ids=["cupy-without-gpu", "bad-thread-count"])
 def test_command_line_that_cannot_run_says_why_in_one_line(tmp_path, flags, env, words):
     """Exit status 2, one line on standard error, nothing printed and no report written."""
     out = tmp_path / "report.json"

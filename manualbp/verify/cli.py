@@ -6,7 +6,7 @@ model with its manualbp import, one table per model.
 
 Exit status: 0 when every array of every model agrees, 1 when one does not, 2 when the check
 cannot run (reference framework missing, a layer without a conversion rule, a backend this
-machine lacks).
+machine lacks, a bad ``MANUALBP_NUM_THREADS``).
 """
 import argparse
 import importlib
@@ -15,6 +15,7 @@ import sys
 from ..backend import BACKENDS, DTYPES, KERNELS, BackendError, get_backend
 from ..checkpoint import write_json
 from ..model import evaluating
+from ..parallel import ThreadCountError, num_threads
 from .compare import FRAMEWORKS, TOLERANCES, FrameworkMissing, verify_model
 from .models import zoo_models
 from .walk import ConversionError
@@ -93,6 +94,11 @@ def torch_model_main(args):
 
 def main(argv=None):
     args = parse_args(argv, zoo_models())
+    try:
+        num_threads()                  # read at the threads' first use: refused here, before any work
+    except ThreadCountError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.torch_model is not None:
         return torch_model_main(args)
     models = zoo_models(args.resnet_width)
