@@ -29,6 +29,10 @@ BLOCKS_PER_THREAD = 3
 _executor = None             # (ThreadPoolExecutor, its number of workers, the owning process id)
 
 
+class ThreadCountError(ValueError):
+    """``MANUALBP_NUM_THREADS`` is set to something other than a positive integer."""
+
+
 def let_blas_threads_sleep():
     """Set ``OPENBLAS_THREAD_TIMEOUT=1`` (idle OpenBLAS threads sleep at once instead of
     spinning) unless the environment already sets it. OpenBLAS reads it when NumPy loads it,
@@ -53,10 +57,6 @@ def share_cores_among_local_ranks():
         return False
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     return True
-
-
-class ThreadCountError(ValueError):
-    """``MANUALBP_NUM_THREADS`` is set to something other than a positive integer."""
 
 
 def num_threads():

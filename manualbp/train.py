@@ -162,8 +162,8 @@ class Trainer:
         self.augment, self.limit_batches, self.progress = augment, limit_batches, progress
         self.eval_batch_size = int(eval_batch_size)
         self.parallel = data_parallel.sharing(comm, self.batch_size)
-        self.remedies = {key: remedy for key, remedy in (("adversarial", adversarial), ("sigma_penalty", sigma_penalty))
-                         if remedy is not None}
+        remedies = {"adversarial": adversarial, "sigma_penalty": sigma_penalty}
+        self.remedies = {key: remedy for key, remedy in remedies.items() if remedy is not None}
         self.settings = {"seed": seed, "batch_size": self.batch_size, "dtype": self.bk.dtype.name,
                          "kernels": self.bk.kernels, "limit_batches": limit_batches, **(settings or {}),
                          **self.parallel.settings(), **{k: r.settings() for k, r in self.remedies.items()}}
