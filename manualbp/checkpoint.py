@@ -89,25 +89,8 @@ def save(path, arrays, meta):
 def load(path):
     """Read a checkpoint; returns ``(arrays, meta)``. Raises :class:`CheckpointError` when the
     file is missing, not a valid archive, lacks metadata, or an array fails its checksum."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with numpy.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    # a damaged zip header can also claim an unknown compression method or encryption
-    # (NotImplementedError, RuntimeError from zipfile)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {err}") from None
-    if META_KEY not in arrays or META_DIGEST_KEY not in arrays:
-        raise CheckpointError(f"checkpoint {path} has no {META_KEY} and {META_DIGEST_KEY}: not written "
-                              "by this version of manualbp")
-    text = arrays.pop(META_KEY).tobytes()
-    if hashlib.sha256(text).hexdigest().encode() != arrays.pop(META_DIGEST_KEY).tobytes():
-        raise CheckpointError(f"checkpoint {path}: {META_KEY} fails its SHA-256 check (edited or damaged)")
-    try:
-        meta = json.load(io.BytesIO(text))
-    except ValueError as err:
-        raise CheckpointError(f"checkpoint {path}: unreadable metadata ({err})") from None
+    arrays = _read(path, None)
+    meta = _metadata(path, arrays.pop(META_KEY, None), arrays.pop(META_DIGEST_KEY, None))
     digests = meta.pop("sha256", {})
     if set(digests) != set(arrays):
         raise CheckpointError(f"checkpoint {path}: arrays {sorted(arrays)} do not match the "
@@ -116,3 +99,39 @@ def load(path):
         if _digest(array) != digests[name]:
             raise CheckpointError(f"checkpoint {path}: array {name!r} fails its SHA-256 check")
     return arrays, meta
+
+
+def load_meta(path):
+    """The metadata of a checkpoint alone, checked against its SHA-256 (its arrays are not
+    read): what a run checks before any work."""
+    arrays = _read(path, (META_KEY, META_DIGEST_KEY))
+    meta = _metadata(path, arrays.get(META_KEY), arrays.get(META_DIGEST_KEY))
+    meta.pop("sha256", None)
+    return meta
+
+
+def _read(path, names):
+    """The members ``names`` (all when ``None``; those present) of the archive at ``path``."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with numpy.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files if names is None or name in names}
+    # a damaged zip header can also claim an unknown compression method or encryption
+    # (NotImplementedError, RuntimeError from zipfile)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {err}") from None
+
+
+def _metadata(path, text, digest):
+    """The metadata read from the archive members ``meta.json`` and ``meta.sha256``."""
+    if text is None or digest is None:
+        raise CheckpointError(f"checkpoint {path} has no {META_KEY} and {META_DIGEST_KEY}: not written "
+                              "by this version of manualbp")
+    text = text.tobytes()
+    if hashlib.sha256(text).hexdigest().encode() != digest.tobytes():
+        raise CheckpointError(f"checkpoint {path}: {META_KEY} fails its SHA-256 check (edited or damaged)")
+    try:
+        return json.load(io.BytesIO(text))
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path}: unreadable metadata ({err})") from None

@@ -12,14 +12,15 @@ import os
 import sys
 import time
 
-from . import checkpoint, datasets, distributed
+from . import checkpoint, datasets, distributed, trainer_state
 from .attacks import eot
-from .backend import BACKENDS, DTYPES, KERNELS, get_backend
+from .backend import BACKENDS, DTYPES, KERNELS, BackendError, get_backend
 from .data import random_crop_flip
 from .evaluate import ATTACK_BATCH, DRAWS
 from .model import noise_layers, sigma_summary
 from .optim import SIGMA_LR
-from .train import SIGMA_UPDATES, load_model, train_model
+from .parallel import ThreadCountError, num_threads
+from .train import OPTIMIZER_SETTINGS, SIGMA_UPDATES, load_model, train_model
 from .zoo import FAMILIES, get_family, model_name
 
 #: Seeds the final test evaluations: ``bk.seed([seed, FINAL_EVAL_STREAM])``, so a finished run and
@@ -31,8 +32,7 @@ FINAL_EVAL_STREAM = 0xE7A1
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
 #: The flags of a training set-up (Table 1 and the noise-level update), as ``train_model`` takes it.
-TRAINING = ("optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma", "sigma_lr",
-            "sigma_update", "epochs", "batch_size")
+TRAINING = (*OPTIMIZER_SETTINGS, "epochs", "batch_size")
 #: The remedies for collapsing noise (:mod:`manualbp.remedies`): ``train_model``'s keys, and the
 #: flags of their arguments.
 REMEDIES = {"adversarial": {"budget": "adv_budget", "alpha": "adv_alpha", "steps": "adv_steps", "mix": "adv_mix"},
@@ -63,9 +63,7 @@ def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=No
     options = {name: getattr(args, name) for name, _ in family.options}
     settings = {"variant": variant, "activation": activation,
                 **{k: getattr(args, k) for k in RUN_SETTINGS if hasattr(args, k)}}
-    path = None
-    if checkpoint_dir:
-        path = os.path.join(checkpoint_dir, model_name(variant, activation) + ".npz")
+    path = variant_checkpoint(checkpoint_dir, variant, activation) if checkpoint_dir else None
     augment = random_crop_flip if getattr(args, "augment", False) else None
     model, trainer = train_model(
         bk, lambda b, **more: family.model(b, variant, activation, args.dataset, **options, **more), splits,
@@ -87,6 +85,11 @@ def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=No
             "eval_noise_default": any(eval_noise.values()), "noise_modes": noise_modes,
             "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, len(history)),
             "history": history, "sigma": sigma_summary(model), "checkpoint": path, "training": trainer.settings}
+
+
+def variant_checkpoint(checkpoint_dir, variant, activation):
+    """The checkpoint of a variant (x activation) in the folder ``checkpoint_dir``."""
+    return os.path.join(checkpoint_dir, model_name(variant, activation) + ".npz")
 
 
 def load_or_train(bk, build, name, splits, training, seed, source=None, out=None, log=print, **trainer_options):
@@ -301,9 +304,19 @@ def check_out(args):
         raise SettingError(f"--out {args.out!r}: cannot write there ({err.strerror or err})") from None
 
 
+def check_resumable(args, checkpoint_dir, keys):
+    """``--resume`` continues no checkpoint of the variants ``keys`` that already holds more
+    epochs than ``--epochs`` (``metrics.json`` would record ``--epochs`` beside the longer run's
+    history); checked before any work."""
+    for variant, activation in keys:
+        path = variant_checkpoint(checkpoint_dir, variant, activation)
+        if os.path.exists(path):
+            trainer_state.check_epochs(path, checkpoint.load_meta(path).get("epochs_done", 0), args.epochs)
+
+
 def check_arguments(args):
     """Refuse bad training flags before any work, with one line naming the flag, its value and
-    what is expected; check that ``--out`` can be written."""
+    what is expected (``--out`` is checked by :func:`check_out`, once the backend is made)."""
     require(args, args.seed >= 0, "seed", "a non-negative integer")
     for flag in ("lr", "sigma_lr"):
         require(args, finite(getattr(args, flag)) and getattr(args, flag) > 0, flag, "a positive finite number")
@@ -317,17 +330,18 @@ def check_arguments(args):
                        "width", "eval_batch_size", "adv_steps")
     check_remedies(args)
     check_distributed(args)
-    check_out(args)
 
 
 def cli(main):
-    """Run a script's ``main()``: a user's mistake (a bad flag, missing or damaged data or
-    checkpoint) prints one line and exits with status 2; ``--debug`` shows the traceback."""
+    """Run a script's ``main()``: a user's mistake (a bad flag or ``MANUALBP_NUM_THREADS``, a
+    backend this machine lacks, missing or damaged data or checkpoint) prints one line and exits
+    with status 2; ``--debug`` shows the traceback."""
     from .data import DataError
     try:
+        num_threads()                  # read at the threads' first use: refused here, before any work
         main()
-    except (SettingError, DataError, checkpoint.CheckpointError, FloatingPointError,
-            distributed.DistributedError) as err:
+    except (SettingError, ThreadCountError, BackendError, DataError, checkpoint.CheckpointError,
+            FloatingPointError, distributed.DistributedError) as err:
         if "--debug" in sys.argv:
             raise
         comm = distributed.active()
@@ -347,6 +361,9 @@ def run(args, family):
     With ``--distributed`` every rank of the MPI job runs this; rank 0 alone prints and writes."""
     check_arguments(args)
     comm = distributed.connect() if args.distributed else None
+    # the backend before --out is made: a machine without the GPU asked for is refused with nothing written
+    bk = get_backend(args.backend, args.dtype, args.seed, args.kernels, device=None if comm is None else comm.rank)
+    check_out(args)
     root = comm is None or comm.is_root
     say = print if root else (lambda *_, **__: None)
     start = time.perf_counter()
@@ -356,16 +373,20 @@ def run(args, family):
         activations = [args.activation]
     metrics_path = os.path.join(args.out, "metrics.json")
     done = {(r["variant"], r["activation"]) for r in read_metrics(metrics_path, args.overwrite)["results"]}
-    for key in ((v, a) for v in chosen for a in activations):
+    keys = [(v, a) for v in chosen for a in activations]
+    for key in keys:
         if key in done and not (args.resume or args.overwrite):
             raise SettingError(f"{metrics_path} already holds the finished results of "
                                f"{' '.join(k for k in key if k)}: pass --resume to keep them (and "
                                "continue from the checkpoint) or --overwrite to train again")
     checkpoint_dir = os.path.join(args.out, "checkpoints")
+    if args.resume:
+        check_resumable(args, checkpoint_dir, keys)
+    if comm is not None:
+        comm.barrier()             # every rank's --out probe is done before rank 0 clears temporary files
     if root:
         checkpoint.remove_temporary_files(checkpoint_dir)
         checkpoint.remove_temporary_files(args.out)
-    bk = get_backend(args.backend, args.dtype, args.seed, args.kernels, device=None if comm is None else comm.rank)
     splits = datasets.load_splits(bk, args.dataset, args.data_dir, args.seed, args.limit_train, args.limit_eval)
     results = []
     for variant in chosen:

@@ -29,6 +29,10 @@ BLOCKS_PER_THREAD = 3
 _executor = None             # (ThreadPoolExecutor, its number of workers, the owning process id)
 
 
+class ThreadCountError(ValueError):
+    """``MANUALBP_NUM_THREADS`` is set to something other than a positive integer."""
+
+
 def let_blas_threads_sleep():
     """Set ``OPENBLAS_THREAD_TIMEOUT=1`` (idle OpenBLAS threads sleep at once instead of
     spinning) unless the environment already sets it. OpenBLAS reads it when NumPy loads it,
@@ -47,18 +51,24 @@ def share_cores_among_local_ranks():
     if launched("local ranks") <= 1 or "numpy" in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ \
             or "OMP_NUM_THREADS" in os.environ:
         return False
-    os.environ["OPENBLAS_NUM_THREADS"] = str(num_threads())
+    try:
+        threads = num_threads()
+    except ThreadCountError:      # raised again where the threads are used; the scripts refuse it first
+        return False
+    os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     return True
 
 
 def num_threads():
     """``MANUALBP_NUM_THREADS`` if set, else the CPUs this process may run on (shared among
-    the ranks of an MPI job on this machine)."""
+    the ranks of an MPI job on this machine). It is read here, at the first use of the
+    threads: a value that is not a positive integer raises :class:`ThreadCountError`, which
+    the scripts call for before any work (:func:`manualbp.experiments.cli`)."""
     value = os.environ.get("MANUALBP_NUM_THREADS")
     if value:
         if not value.strip().isdigit() or int(value) < 1:
-            raise ValueError(f"MANUALBP_NUM_THREADS={value!r}: expected a positive integer "
-                             "(1 turns manualbp's threads off)")
+            raise ThreadCountError(f"MANUALBP_NUM_THREADS={value!r}: expected a positive integer "
+                                   "(1 turns manualbp's threads off)")
         return int(value)
     try:
         cpus = len(os.sched_getaffinity(0))

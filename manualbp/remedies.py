@@ -1,7 +1,9 @@
 """Remedies for learned noise that collapses: without them, the gradient of the clean training
 loss can only shrink ``sigma`` when noise only hurts that loss (docs/robustness.md, "When does
 learned noise help?"). Both are options of :class:`manualbp.train.Trainer` (and so of every
-training script), and both get their gradients from the same hand-written backward.
+training script), and both get their gradients from the same hand-written backward. Each is a
+:class:`Remedy`: a hook on the training step that may change the batch it trains on and add to
+the gradients after the backward pass.
 
 * :class:`AdversarialTraining` -- Madry et al. (2018), as PNI (He et al., 2019) trains learned
   noise scales: each step trains on PGD examples crafted from the engine's own input gradient
@@ -16,7 +18,23 @@ from .attacks.base import check_budget, check_count
 from .store import is_noise_level
 
 
-class AdversarialTraining:
+class Remedy:
+    """What a remedy may change in a training step (Algorithm 1); here, nothing."""
+
+    def settings(self):
+        """What defines it, for a run's recorded settings."""
+        return {}
+
+    def batch(self, model, x, y, weights=None):
+        """The batch ``(x, y, per-image loss weights or None)`` the step trains on, for ``(x, y)``
+        (weighted by ``weights``)."""
+        return x, y, weights
+
+    def add_gradient(self, model):
+        """Add to the gradients in ``model`` after the backward pass (Eq. 2, 3), before the update."""
+
+
+class AdversarialTraining(Remedy):
     """Train on ``pgd(model, x, y, budget, alpha, steps, random_start)`` instead of ``x``.
 
     ``mix`` in ``(0, 1]``: the weight of the adversarial loss; below 1 each step trains on the
@@ -33,21 +51,21 @@ class AdversarialTraining:
         self.mix = float(mix)
 
     def settings(self):
-        """What defines it, for a run's recorded settings."""
         return {"budget": self.budget, "alpha": self.alpha, "steps": self.steps, "mix": self.mix,
                 "random_start": self.random_start}
 
-    def batch(self, model, x, y):
+    def batch(self, model, x, y, weights=None):
         """The training batch ``(x, y, per-image weights or None)`` for the clean ``(x, y)``."""
         adv = pgd(model, x, y, self.budget, self.alpha, self.steps, self.random_start)
         if self.mix == 1:
-            return adv, y, None
+            return adv, y, weights
         xp, n = model.xp, len(x)
-        weights = xp.concatenate([xp.full(n, 2 * (1 - self.mix), dtype=x.dtype), xp.full(n, 2 * self.mix, dtype=x.dtype)])
+        each = xp.ones(n, dtype=x.dtype) if weights is None else weights
+        weights = xp.concatenate([each * (2 * (1 - self.mix)), each * (2 * self.mix)])
         return xp.concatenate([x, adv]), xp.concatenate([y, y]), weights
 
 
-class SigmaPenalty:
+class SigmaPenalty(Remedy):
     """The prior ``R(sigma) = (strength / 2) sum_i (log|sigma_i| - log target)^2`` on every
     learned noise level: it pulls ``log sigma`` towards ``log target`` against the shrinking
     pull of the clean loss. Its gradient ``dR/dsigma = strength (log|sigma| - log target) /
@@ -79,3 +97,8 @@ class SigmaPenalty:
         xp = model.xp
         for sigma, module, key in self.levels(model):
             module.grads[key] += self.strength * (xp.log(xp.abs(sigma)) - self.log_target) / sigma
+
+
+#: Each remedy by its key in a training set-up (:func:`manualbp.train.train_model`) and in a run's
+#: recorded settings.
+REMEDIES = {"adversarial": AdversarialTraining, "sigma_penalty": SigmaPenalty}

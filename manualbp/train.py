@@ -1,25 +1,27 @@
 """The training loop (Algorithm 1 of the paper): forward (Eq. 1), loss, backward (Eq. 2, 3),
-weight update, noise-level update (Eq. 7) -- with history, progress bar and checkpoints; the
-Table 1 optimisers; and :func:`train_model`, the one way every script trains a model.
+weight update, noise-level update (Eq. 7), one step per mini-batch and one pass per epoch, with
+the history of the paper's Fig. 3; the Table 1 optimisers; and :func:`train_model`, the one way
+every script trains a model.
+
+What is not the loop sits beside it, one job per module, called by the loop at fixed points:
+sharing the work among the ranks of an MPI job (:mod:`manualbp.data_parallel`), the remedies for
+collapsing noise (:mod:`manualbp.remedies`), the progress bar and log line
+(:mod:`manualbp.progress`), and the checkpoints that resume a run (:mod:`manualbp.trainer_state`).
 
 Reproducibility: the backend's generator is re-seeded from ``(seed, epoch)`` at the start of
 every epoch, and it alone shuffles the data and draws the noise. A run resumed from the
 checkpoint of epoch ``k`` therefore continues exactly as the uninterrupted run would have.
-
-Data parallelism: given a :class:`~manualbp.distributed.Communicator` (``comm``), each rank trains
-on its shard of every batch, the gradients are averaged by one all-reduce per step and the test
-images are split over the ranks (:mod:`manualbp.distributed`); rank 0 alone logs and writes.
 """
+import inspect
 import math
-import os
-import sys
 import time
 
-from . import checkpoint
+from . import checkpoint, data_parallel, progress, trainer_state
 from .layers import SoftmaxCrossEntropy
 from .model import evaluating, sigma_summary
 from .optim import SGD, SIGMA_LR, Adam, StepLR, is_noise_level, noise_level_optimizer
-from .remedies import AdversarialTraining, SigmaPenalty
+from .remedies import REMEDIES
+from .trainer_state import model_state
 
 #: Seeds the initial weights and noise levels: ``bk.seed([seed, INIT_STREAM])`` before a model is built.
 INIT_STREAM = 0xC0DE
@@ -29,7 +31,7 @@ SIGMA_UPDATES = ("eq7", "weights", "released")
 
 
 def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=None,
-                    decay_every=None, decay_gamma=1.0, sigma_lr=SIGMA_LR, sigma_update="eq7", **_):
+                    decay_every=None, decay_gamma=1.0, sigma_lr=SIGMA_LR, sigma_update="eq7", **unknown):
     """The weights' optimiser (Table 1) and, for learned noise, the noise-level optimiser.
 
     ``sigma_update="eq7"`` (the paper): ``sigma`` gets its own Adam followed by ``abs`` (Eq. 7).
@@ -37,8 +39,12 @@ def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentu
     with its weight decay (the model should then use ``|sigma|``: :func:`model_options`).
     ``"released"``: the same optimisers, for a model that also starts ``sigma`` from N(0, 1)
     and leaves ``sign(sigma)`` out of its gradient, as the released code does.
-    ``momentum`` (SGD only) defaults to 0.9. Returns ``(optimizers, schedule)``.
+    ``momentum`` (SGD only) defaults to 0.9. Any other setting is refused. Returns
+    ``(optimizers, schedule)``.
     """
+    if unknown:
+        raise ValueError(f"make_optimizers: unknown setting(s) {', '.join(map(repr, sorted(unknown)))}: "
+                         f"expected {', '.join(OPTIMIZER_SETTINGS)}")
     if sigma_update not in SIGMA_UPDATES:
         raise ValueError(f"unknown sigma_update {sigma_update!r}: expected one of {', '.join(SIGMA_UPDATES)}")
     separate = sigma_update == "eq7"
@@ -54,6 +60,10 @@ def make_optimizers(model, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentu
     schedule = StepLR(optimizers, decay_every, decay_gamma) if decay_every else None
     return optimizers, schedule
 
+
+#: The settings :func:`make_optimizers` takes (its keyword arguments): the keys of a training
+#: set-up that choose the optimisers.
+OPTIMIZER_SETTINGS = tuple(inspect.signature(make_optimizers).parameters)[1:-1]
 
 #: The builder options of each ``sigma_update`` that is not the paper's Eq. (7).
 SIGMA_UPDATE_OPTIONS = {"weights": {"abs_sigma": True}, "released": {"released": True}}
@@ -71,24 +81,26 @@ def train_model(bk, build, splits, training, seed, checkpoint_path=None, resume=
     """Build a model and train it as every script does; returns ``(model, trainer)``.
 
     ``build(bk, **options) -> model`` is called after seeding the initial weights from
-    ``(seed, INIT_STREAM)``, with :func:`model_options` of ``training`` (the Table 1 set-up:
-    optimiser, lr, ..., ``epochs`` and ``batch_size``; and the remedies ``adversarial`` and
-    ``sigma_penalty``, the arguments of :class:`~manualbp.remedies.AdversarialTraining` and
-    :class:`~manualbp.remedies.SigmaPenalty`, or ``None``). The model is then trained on
+    ``(seed, INIT_STREAM)``, with :func:`model_options` of ``training``, the set-up: ``epochs``,
+    ``batch_size`` (default 128), the remedies ``adversarial`` and ``sigma_penalty`` (the
+    arguments of :class:`~manualbp.remedies.AdversarialTraining` and
+    :class:`~manualbp.remedies.SigmaPenalty`, or ``None``), and the settings of
+    :func:`make_optimizers` (Table 1: optimiser, lr, ...). The model is then trained on
     ``splits`` by a :class:`Trainer` (``trainer_options``: ``augment``, ``limit_batches``,
     ``eval_batch_size``, ``progress``, ``settings``, ``comm``), writing a checkpoint to
     ``checkpoint_path`` after each epoch and continuing from it with ``resume``."""
+    setup = dict(training)
+    epochs, batch_size = setup.pop("epochs"), setup.pop("batch_size", 128)
+    for key, remedy in REMEDIES.items():
+        arguments = setup.pop(key, None)
+        if arguments:
+            trainer_options[key] = remedy(**arguments)
     bk.seed([seed, INIT_STREAM])
     model = build(bk, **model_options(training))
-    optimizers, schedule = make_optimizers(model, **training)
+    optimizers, schedule = make_optimizers(model, **setup)         # the rest: the optimisers' settings
     trainer_options.setdefault("progress", False)
-    remedies = {"adversarial": AdversarialTraining, "sigma_penalty": SigmaPenalty}
-    for key, remedy in remedies.items():
-        if training.get(key):
-            trainer_options[key] = remedy(**training[key])
-    trainer = Trainer(model, optimizers, schedule, batch_size=training.get("batch_size", 128), seed=seed,
-                      **trainer_options)
-    trainer.fit(splits, training["epochs"], checkpoint_path=checkpoint_path, resume=resume, log=log)
+    trainer = Trainer(model, optimizers, schedule, batch_size=batch_size, seed=seed, **trainer_options)
+    trainer.fit(splits, epochs, checkpoint_path=checkpoint_path, resume=resume, log=log)
     return model, trainer
 
 
@@ -105,9 +117,15 @@ def load_model(bk, build, path):
     return model.eval()
 
 
-def model_state(arrays):
-    """The model's arrays of a checkpoint written by :meth:`Trainer.save` (its ``model/`` part)."""
-    return {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+def positive_integer(name, value):
+    """``int(value)``, or a ValueError naming ``name`` unless ``value`` is an integer >= 1."""
+    try:
+        ok = int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):        # not a number, NaN, infinity
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class Trainer:
@@ -120,14 +138,15 @@ class Trainer:
     schedule : optional learning-rate schedule with ``set_epoch(epoch)``.
     batch_size, seed : mini-batch size; seed of shuffling and noise (see module docstring).
     augment : optional ``f(x_batch, backend) -> x_batch`` applied to training batches.
-    limit_batches : stop each training epoch after this many batches (quick runs).
+    limit_batches : stop each training epoch after this many batches (quick runs), or ``None``.
     eval_batch_size : batch size of :meth:`evaluate` (convolutional networks keep per-layer
         buffers of this size).
     progress : show a progress bar per epoch (when standard error is a terminal).
     settings : what else defines the run (dataset, variant, optimiser settings, ...: JSON-able
         values by name). Checkpoints record them with the seed, batch size, dtype, kernels and
         number of ranks, and resuming from a checkpoint written with other values is refused.
-    comm : a :class:`~manualbp.distributed.Communicator` to train data-parallel on its ranks.
+    comm : a :class:`~manualbp.distributed.Communicator` to train data-parallel on its ranks
+        (:mod:`manualbp.data_parallel`).
     adversarial : an :class:`~manualbp.remedies.AdversarialTraining`: train on its PGD examples.
     sigma_penalty : a :class:`~manualbp.remedies.SigmaPenalty`: add its prior's gradient to sigma's.
     """
@@ -135,63 +154,53 @@ class Trainer:
     def __init__(self, model, optimizers, schedule=None, batch_size=128, seed=0, augment=None,
                  limit_batches=None, eval_batch_size=1000, progress=True, settings=None, comm=None,
                  adversarial=None, sigma_penalty=None):
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if comm is not None and batch_size < comm.size:
-            raise ValueError(f"batch_size {batch_size} is smaller than the {comm.size} ranks: each rank "
-                             "needs a part of every batch")
         self.model, self.bk = model, model.bk
         self.optimizers = [o for o in optimizers if o is not None]
-        self.schedule, self.batch_size, self.seed = schedule, int(batch_size), seed
+        self.schedule, self.batch_size, self.seed = schedule, positive_integer("batch_size", batch_size), seed
+        if limit_batches is not None:
+            positive_integer("limit_batches", limit_batches)
         self.augment, self.limit_batches, self.progress = augment, limit_batches, progress
         self.eval_batch_size = int(eval_batch_size)
-        self.comm = comm
-        self.is_root = comm is None or comm.is_root
+        self.parallel = data_parallel.sharing(comm, self.batch_size)
+        remedies = {"adversarial": adversarial, "sigma_penalty": sigma_penalty}
+        self.remedies = {key: remedy for key, remedy in remedies.items() if remedy is not None}
         self.settings = {"seed": seed, "batch_size": self.batch_size, "dtype": self.bk.dtype.name,
-                         "kernels": self.bk.kernels, "limit_batches": limit_batches, **(settings or {})}
-        if comm is not None and comm.size > 1:
-            self.settings["ranks"] = comm.size
-        self.adversarial, self.sigma_penalty = adversarial, sigma_penalty
-        for key, remedy in (("adversarial", adversarial), ("sigma_penalty", sigma_penalty)):
-            if remedy is not None:
-                self.settings[key] = remedy.settings()
+                         "kernels": self.bk.kernels, "limit_batches": limit_batches, **(settings or {}),
+                         **self.parallel.settings(), **{k: r.settings() for k, r in self.remedies.items()}}
         self.loss = SoftmaxCrossEntropy(self.bk)
         self.history = []
 
     # --- one step and one epoch ----------------------------------------------------------
     def step(self, x, y, share=1):
-        """One iteration of Algorithm 1; returns the batch loss (a 0-d device array). With
-        ``comm``, ``(x, y)`` is this rank's shard and ``share`` its fraction of the batch."""
+        """One iteration of Algorithm 1; returns the batch loss (a 0-d device array). ``(x, y)``
+        is this process's part of the batch and ``share`` its fraction of it; the remedies may
+        change the batch and add to the gradients."""
         weights = None
-        if self.adversarial is not None:                           # PGD examples (Madry et al.)
-            x, y, weights = self.adversarial.batch(self.model, x, y)
+        for remedy in self.remedies.values():                       # e.g. PGD examples (Madry et al.)
+            x, y, weights = remedy.batch(self.model, x, y, weights)
         loss = self.loss.forward(self.model.forward(x), y, weights)  # Eq. (1) forward, then L
         self.model.backward(self.loss.backward(), input_grad=False)  # Eq. (2) and (3)
-        if self.sigma_penalty is not None:
-            self.sigma_penalty.add_gradient(self.model)             # + dR/dsigma, the prior on sigma
+        for remedy in self.remedies.values():
+            remedy.add_gradient(self.model)                         # e.g. + dR/dsigma, a prior on sigma
         self.update(share)
         return loss
 
     def update(self, share=1):
-        """Algorithm 1's updates from the gradients in the model: with ``comm`` the ranks'
-        gradients summed first, each weighted by its ``share`` of the batch."""
-        if self.comm is not None:
-            self.comm.average_gradients(self.model, share)          # sum_r share_r * grad_r
+        """Algorithm 1's updates from the gradients in the model: in data-parallel training the
+        ranks' gradients summed first, each weighted by its ``share`` of the batch."""
+        self.parallel.sum_gradients(self.model, share)              # sum_r share_r * grad_r
         for opt in self.optimizers:                                 # weights, then Eq. (7)
             opt.step()
 
     def idle_step(self):
-        """This rank's part of a step whose shard is empty (a last batch smaller than the
-        number of ranks): zero gradients into the all-reduce, then the update every rank takes."""
-        self.model.parameter_store().grad[...] = 0
-        self.update(0)
-        return 0.0
+        """This rank's part of a step whose shard is empty (:func:`manualbp.data_parallel.idle_step`)."""
+        return data_parallel.idle_step(self)
 
     def batches(self, n):
         """Index arrays of one shuffled epoch (at most ``limit_batches`` of them)."""
         order = self.bk.permutation(n)
         count = -(-n // self.batch_size)
-        if self.limit_batches:
+        if self.limit_batches is not None:
             count = min(count, self.limit_batches)
         return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
 
@@ -201,15 +210,11 @@ class Trainer:
         if self.schedule is not None:
             self.schedule.set_epoch(epoch)
         self.model.train()
-        batches = self.batches(len(x))                         # the same on every rank
-        if self.comm is not None:
-            self.comm.own_stream(self.bk, [self.seed, epoch])  # noise and augmentation per rank
-        losses = []                                            # device scalars: no sync per step
-        for idx in self._progress(batches, f"epoch {epoch + 1}"):
-            share = 1
-            if self.comm is not None:
-                part = self.comm.shard(len(idx))
-                share, idx = (part.stop - part.start) / len(idx), idx[part]
+        batches = self.batches(len(x))                          # the same on every rank
+        self.parallel.own_stream(self.bk, [self.seed, epoch])
+        losses = []                                             # device scalars: no sync per step
+        for idx in progress.bar(batches, f"epoch {epoch + 1}", self.progress):
+            idx, share = self.parallel.shard(idx)
             if not len(idx):
                 losses.append(self.idle_step())
                 continue
@@ -218,10 +223,7 @@ class Trainer:
                 xb = self.augment(xb, self.bk)
             loss = self.step(xb, y[idx], share)
             losses.append(loss * share if share != 1 else loss)
-        total = self.bk.scalar(sum(losses))
-        if self.comm is not None:
-            total = self.comm.sum([total])[0]
-        mean = total / len(batches)
+        mean = self.parallel.sum([self.bk.scalar(sum(losses))])[0] / len(batches)
         if not math.isfinite(mean):
             step = next((i for i, loss in enumerate(losses) if not math.isfinite(self.bk.scalar(loss))), None)
             where = "on another rank" if step is None else (
@@ -232,29 +234,19 @@ class Trainer:
     def evaluate(self, x, y, noise=None, batch_size=None):
         """``(mean loss, accuracy)`` on ``(x, y)`` in evaluation mode; ``noise`` as in
         :func:`manualbp.model.evaluating` (``None``: each noise layer's own ``eval_noise``).
-        With ``comm`` each rank evaluates its shard of the images and the sums are added."""
+        In data-parallel training each rank evaluates its shard of the images and the sums are added."""
         total_loss, correct = 0.0, 0
         batch_size = batch_size or self.eval_batch_size
         n = len(x)
-        if self.comm is not None:
-            part = self.comm.shard(n)
-            x, y = x[part], y[part]
+        x, y = self.parallel.images(x, y)
         with evaluating(self.model, noise):
             for i in range(0, len(x), batch_size):
                 logits = self.model.forward(x[i:i + batch_size])
                 yb = y[i:i + batch_size]
                 total_loss = total_loss + self.loss.forward(logits, yb) * len(yb)
                 correct = correct + (logits.argmax(axis=1) == yb).sum()
-        total_loss, correct = self.bk.scalar(total_loss), self.bk.scalar(correct)
-        if self.comm is not None:
-            total_loss, correct = self.comm.sum([total_loss, correct])
+        total_loss, correct = self.parallel.sum([self.bk.scalar(total_loss), self.bk.scalar(correct)])
         return total_loss / n, correct / n
-
-    def _progress(self, items, label):
-        if not self.progress or not sys.stderr.isatty():     # no bars in logs and pipes
-            return items
-        from tqdm import tqdm
-        return tqdm(items, desc=label, leave=False, unit="batch")
 
     # --- the whole run ---------------------------------------------------------------------
     def fit(self, splits, epochs, checkpoint_path=None, resume=False, log=print):
@@ -262,88 +254,35 @@ class Trainer:
         loss, validation loss and accuracy, test accuracy (the data of the paper's Fig. 3), the
         seconds the epoch took and the learned noise levels. ``splits`` maps ``"train"``,
         ``"val"``, ``"test"`` to ``(x, y)`` backend arrays. With ``checkpoint_path`` a checkpoint
-        is written after every epoch; ``resume=True`` continues from it if it exists."""
+        is written after every epoch; ``resume=True`` continues from it if it exists (refused
+        when it holds more than ``epochs``). In data-parallel training rank 0 alone logs and writes."""
         start = 0
         if resume and checkpoint_path is not None:
-            start = self.load(checkpoint_path, missing_ok=True)
-        log = log if self.is_root else None
-        if self.comm is not None:
-            self.comm.check_identical(self.model, "before training")
-            transport = self.comm.transport_for(self.bk)     # chosen by all ranks together
-            if log and self.comm.size > 1:
-                log(f"data parallel on {self.comm.size} ranks: batches of {self.batch_size} in shards of "
-                    f"about {self.batch_size // self.comm.size}, gradients all-reduced by {transport}")
+            start = trainer_state.restore(self, checkpoint_path, missing_ok=True, epochs=epochs)
+        log = log if self.parallel.is_root else None
+        self.parallel.start(self.model, log)
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             train_loss = self.train_epoch(*splits["train"], epoch=epoch)
             self.bk.synchronize()
             seconds = time.perf_counter() - t0
-            if self.comm is not None:
-                self.comm.average_running_statistics(self.model)
-                self.comm.check_identical(self.model, f"after epoch {epoch + 1}")
+            self.parallel.end_epoch(self.model, epoch)
             val_loss, val_acc = self.evaluate(*splits["val"])
             _, test_acc = self.evaluate(*splits["test"])
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                      "val_accuracy": val_acc, "test_accuracy": test_acc, "seconds": seconds,
-                      "sigma": sigma_summary(self.model)}
-            self.history.append(record)
+            self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                                 "val_accuracy": val_acc, "test_accuracy": test_acc, "seconds": seconds,
+                                 "sigma": sigma_summary(self.model)})
             if log:
-                log(f"epoch {epoch + 1:3d}/{epochs}  train loss {train_loss:.4f}  val loss "
-                    f"{val_loss:.4f}  val acc {val_acc:.4f}  test acc {test_acc:.4f}  {seconds:.2f} s")
-            if checkpoint_path is not None and self.is_root:
+                log(progress.epoch_line(self.history[-1], epochs))
+            if checkpoint_path is not None and self.parallel.is_root:
                 self.save(checkpoint_path)
         return self.history
 
     # --- checkpoints ------------------------------------------------------------------------
     def save(self, path):
         """Model, optimiser states and history after the last finished epoch."""
-        to_host = self.bk.to_host
-        arrays = {f"model/{k}": to_host(v) for k, v in self.model.state_dict().items()}
-        optimizers = []
-        for i, opt in enumerate(self.optimizers):
-            state = opt.state_dict()
-            optimizers.append({"t": state.pop("t"), "lr": state.pop("lr"), "names": opt.names})
-            arrays.update({f"optimizer{i}/{k}": to_host(v) for k, v in state.items()})
-        from . import __version__
-        meta = {"epochs_done": len(self.history), "history": self.history, "settings": self.settings,
-                "version": __version__, "optimizers": optimizers}
-        checkpoint.save(path, arrays, meta)
+        trainer_state.save(self, path)
 
     def load(self, path, missing_ok=False):
         """Restore a checkpoint written by :meth:`save`; returns the number of finished epochs."""
-        if missing_ok and not os.path.exists(path):
-            return 0
-        arrays, meta = checkpoint.load(path)
-        for key in ("settings", "epochs_done", "history", "optimizers"):
-            if key not in meta:
-                raise checkpoint.CheckpointError(f"checkpoint {path} has no {key!r} in its metadata: "
-                                                 "not written by this version of manualbp")
-        if meta["settings"].get("ranks", 1) != self.settings.get("ranks", 1):
-            raise checkpoint.CheckpointError(
-                f"checkpoint {path} was written by {meta['settings'].get('ranks', 1)} ranks, this run has "
-                f"{self.settings.get('ranks', 1)}: resuming would not continue the same run")
-        for key, value in self.settings.items():
-            if key not in meta["settings"]:
-                raise checkpoint.CheckpointError(
-                    f"checkpoint {path} does not record the setting {key!r}: cannot check that "
-                    "resuming continues the same run")
-            if meta["settings"][key] != value:
-                raise checkpoint.CheckpointError(
-                    f"checkpoint {path} was written with {key}={meta['settings'][key]!r}, this run has "
-                    f"{key}={value!r}: resuming would not continue the same run")
-        if len(meta["optimizers"]) != len(self.optimizers):
-            raise checkpoint.CheckpointError(f"checkpoint {path} holds {len(meta['optimizers'])} "
-                                             f"optimisers, this run has {len(self.optimizers)}")
-        try:
-            self.model.load_state_dict(model_state(arrays))
-        except ValueError as err:
-            raise checkpoint.CheckpointError(f"checkpoint {path}: {err}") from None
-        for i, (opt, info) in enumerate(zip(self.optimizers, meta["optimizers"])):
-            if info["names"] != opt.names:
-                raise checkpoint.CheckpointError(f"checkpoint {path}: optimiser {i} updated "
-                                                 f"{info['names']}, this one updates {opt.names}")
-            prefix = f"optimizer{i}/"
-            opt.load_state_dict({"t": info["t"], "lr": info["lr"],
-                                 **{k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}})
-        self.history = meta["history"]
-        return meta["epochs_done"]
+        return trainer_state.restore(self, path, missing_ok)

@@ -88,6 +88,18 @@ def test_mixed_adversarial_loss_weighs_clean_and_adversarial_images(bk64):
     assert mixed == pytest.approx(0.75 * clean + 0.25 * adv, rel=1e-12)
 
 
+def test_adversarial_training_weighs_images_that_come_weighted(bk64):
+    """A remedy is a hook on the step's batch: weights given with the clean batch carry over to
+    each image's clean and adversarial copy."""
+    model = small(bk64, "mlp")
+    x, y = batch(bk64)
+    given = bk64.uniform(0, 2, (10,))
+    _, _, weights = AdversarialTraining(0.1, 0.03, 3, mix=0.25).batch(model, x, y, given)
+    expected = np.concatenate([1.5 * bk64.to_host(given), 0.5 * bk64.to_host(given)])
+    np.testing.assert_allclose(bk64.to_host(weights), expected, rtol=1e-15)
+    assert AdversarialTraining(0.1, 0.03, 3).batch(model, x, y, given)[2] is given
+
+
 def test_released_rule_drops_the_sign_of_sigma(bk64):
     """``released``: sigma from N(0, 1) (some negative), |sigma| in the forward pass, and Eq. (3)
     without sign(sigma): for the negative levels its gradient is the true one with the wrong sign."""

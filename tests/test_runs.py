@@ -122,6 +122,40 @@ def test_a_script_prints_one_line_and_no_traceback(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.parametrize("flags, env, words", [
+    (["--backend", "cupy"], {"CUDA_VISIBLE_DEVICES": ""}, "error: backend 'cupy': "),       # CuPy sees no GPU
+    ([], {"MANUALBP_NUM_THREADS": "two"}, "error: MANUALBP_NUM_THREADS='two': expected a positive integer"),
+    ([], {"MANUALBP_NUM_THREADS": "1.5", "MPI_LOCALNRANKS": "2"},        # also read by `import manualbp` there
+     "error: MANUALBP_NUM_THREADS='1.5': expected a positive integer"),
+], ids=["cupy-without-gpu", "bad-thread-count", "bad-thread-count-read-at-import"])
+def test_a_machine_that_cannot_run_the_script_is_refused_in_one_line(tmp_path, flags, env, words):
+    """Exit status 2, one line on standard error, before any work: not even ``--out`` is made."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "mnist_mlp.py"), "--out", str(out), *flags],
+                          capture_output=True, text=True, cwd=ROOT, env=checkout_env(**env))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(words) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stdout == "" and not out.exists()
+
+
+def test_resuming_a_longer_run_for_fewer_epochs_is_refused_in_one_line(tmp_path, tiny_mnist, monkeypatch, capsys):
+    """``--resume --epochs 1`` over a checkpoint of 2 epochs would report ``epochs: 1`` beside a
+    history of 2: refused with exit status 2 and one line, before any work, nothing written."""
+    run(tmp_path, "--epochs", "2")
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    loads, _ = len(tiny_mnist), capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["mnist_mlp.py"])
+    with pytest.raises(SystemExit) as refused:
+        experiments.cli(lambda: run(tmp_path, "--resume", "--epochs", "1"))
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: checkpoint {tmp_path / 'checkpoints' / 'mlpn-relu.npz'} already holds 2 epochs, more "
+                   "than the 1 asked for: ask for at least 2 epochs to resume it\n")
+    assert len(tiny_mnist) == loads                                 # before any work
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert len(run(tmp_path, "--resume", "--epochs", "2")["results"][0]["history"]) == 2
+
+
 # --- bad input elsewhere: one clear error each ------------------------------------------------------
 
 def test_bad_input_gets_one_clear_error(tmp_path, monkeypatch):
@@ -160,7 +194,7 @@ def test_bad_input_gets_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_nan_loss_stops_training_with_epoch_and_step(tiny_mnist):
-    from manualbp import get_backend
+    from manualbp import get_backend, progress
     from manualbp.optim import Adam
     from manualbp.train import Trainer
     bk = get_backend("numpy", "float32", 0)
@@ -169,7 +203,7 @@ def test_a_nan_loss_stops_training_with_epoch_and_step(tiny_mnist):
     x = bk.uniform(0, 1, (64, 784))
     y = bk.asarray(np.arange(64) % 10, dtype="int64")
     trainer = Trainer(model, [Adam(model)], batch_size=32, progress=True)
-    assert trainer._progress([1, 2], "x") == [1, 2]               # no bar: stderr is not a terminal
+    assert progress.bar([1, 2], "x") == [1, 2]                    # no bar: stderr is not a terminal
     with pytest.raises(FloatingPointError, match=r"epoch 1, step 1 of 2: the training loss is nan"):
         trainer.train_epoch(x, y)
 

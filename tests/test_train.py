@@ -13,7 +13,7 @@ from manualbp.checkpoint import load as load_checkpoint
 from manualbp.checkpoint import save as save_checkpoint
 from manualbp.data import split_dataset
 from manualbp.optim import Adam, StepLR, is_noise_level, noise_level_optimizer
-from manualbp.train import Trainer
+from manualbp.train import OPTIMIZER_SETTINGS, Trainer, make_optimizers
 from manualbp.zoo import mlp
 
 SIZES = (10, 16, 8, 3)
@@ -90,6 +90,28 @@ def test_fit_logs_one_line_per_epoch():
     assert len(lines) == 2 and lines[0].startswith("epoch   1/2") and "val acc" in lines[1]
 
 
+@pytest.mark.parametrize("limit", [-1, 0, 1.5, float("nan")])
+def test_a_limit_of_batches_that_is_not_a_positive_integer_is_refused(limit):
+    """-1 once divided by zero at the end of the epoch; 0 trained every batch."""
+    with pytest.raises(ValueError, match=rf"^limit_batches must be a positive integer, got {limit!r}$"):
+        Trainer(make_trainer().model, [], limit_batches=limit)
+
+
+def test_a_limit_of_batches_stops_the_epoch():
+    trainer = Trainer(make_trainer().model, [], batch_size=32, limit_batches=2)
+    assert len(trainer.batches(300)) == 2 and len(Trainer(trainer.model, [], batch_size=32).batches(300)) == 10
+
+
+def test_make_optimizers_refuses_settings_it_does_not_know():
+    model = make_trainer().model
+    with pytest.raises(ValueError) as refused:
+        make_optimizers(model, lr=1e-2, epochs=3, learning_rate=1e-2)
+    assert str(refused.value) == ("make_optimizers: unknown setting(s) 'epochs', 'learning_rate': expected "
+                                  "optimizer, lr, weight_decay, momentum, decay_every, decay_gamma, sigma_lr, sigma_update")
+    assert OPTIMIZER_SETTINGS == ("optimizer", "lr", "weight_decay", "momentum", "decay_every", "decay_gamma",
+                                  "sigma_lr", "sigma_update")
+
+
 # --- checkpoints and resumption -------------------------------------------------------------------
 
 @pytest.mark.parametrize("schedule", [False, True])
@@ -134,6 +156,18 @@ def test_resume_of_finished_run_trains_nothing(tmp_path):
     again.fit(SPLITS, 2, checkpoint_path=path, resume=True, log=None)
     assert without_time(again.history) == without_time(done.history)
     assert_same_params(params_of(again), params_of(done))
+
+
+def test_resume_for_fewer_epochs_than_the_checkpoint_holds_is_refused(tmp_path):
+    path = tmp_path / "c.npz"
+    make_trainer(seed=1).fit(SPLITS, 2, checkpoint_path=str(path), log=None)
+    written = path.read_bytes()
+    again = make_trainer(seed=1, init_seed=5)
+    before = params_of(again)
+    with pytest.raises(CheckpointError, match="already holds 2 epochs, more than the 1 asked for"):
+        again.fit(SPLITS, 1, checkpoint_path=str(path), resume=True, log=None)
+    assert again.history == [] and path.read_bytes() == written
+    assert_same_params(params_of(again), before)                         # refused before loading anything
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,20 @@ def test_command_line_passes(torch, tmp_path):
     assert '"passed": true' in out.read_text()
 
 
+@pytest.mark.parametrize("flags, env, words", [
+    (["--backend", "cupy"], {"CUDA_VISIBLE_DEVICES": ""}, "error: backend 'cupy': "),       # CuPy sees no GPU
+    ([], {"MANUALBP_NUM_THREADS": "two"}, "error: MANUALBP_NUM_THREADS='two': expected a positive integer"),
+], ids=["cupy-without-gpu", "bad-thread-count"])
+def test_command_line_that_cannot_run_says_why_in_one_line(tmp_path, flags, env, words):
+    """Exit status 2, one line on standard error, nothing printed and no report written."""
+    out = tmp_path / "report.json"
+    run = subprocess.run([sys.executable, "-m", "manualbp.verify", "--model", "mlp-relu", "--json", str(out), *flags],
+                         capture_output=True, text=True, env=checkout_env(**env))
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(words) and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.stdout == "" and not out.exists()
+
+
 def test_missing_jax_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "jax", None)            # import jax -> ImportError
     assert main(["--against", "jax", "--model", "mlp-relu"]) == 2

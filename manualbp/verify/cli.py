@@ -5,15 +5,17 @@ model with its manualbp import, one table per model.
     python -m manualbp.verify --torch-model mypackage.models:make_net --input-shape 3 32 32 --train
 
 Exit status: 0 when every array of every model agrees, 1 when one does not, 2 when the check
-cannot run (reference framework missing, a layer without a conversion rule).
+cannot run (reference framework missing, a layer without a conversion rule, a backend this
+machine lacks, a bad ``MANUALBP_NUM_THREADS``).
 """
 import argparse
 import importlib
 import sys
 
-from ..backend import BACKENDS, DTYPES, KERNELS, get_backend
+from ..backend import BACKENDS, DTYPES, KERNELS, BackendError, get_backend
 from ..checkpoint import write_json
 from ..model import evaluating
+from ..parallel import ThreadCountError, num_threads
 from .compare import FRAMEWORKS, TOLERANCES, FrameworkMissing, verify_model
 from .models import zoo_models
 from .walk import ConversionError
@@ -92,13 +94,22 @@ def torch_model_main(args):
 
 def main(argv=None):
     args = parse_args(argv, zoo_models())
+    try:
+        num_threads()                  # read at the threads' first use: refused here, before any work
+    except ThreadCountError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.torch_model is not None:
         return torch_model_main(args)
     models = zoo_models(args.resnet_width)
     names = list(models) if args.model == "all" else [args.model]
     reports = []
     for name in names:
-        bk = get_backend(args.backend, args.dtype, args.seed, args.kernels)
+        try:
+            bk = get_backend(args.backend, args.dtype, args.seed, args.kernels)
+        except BackendError as err:        # the first model's: before anything is printed or written
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         model = models[name](bk)
         x, y = random_batch(model, args.batch, args.seed)
         bk.seed(args.seed)
