@@ -86,6 +86,9 @@ def worker(args):
             if ddp else 0.0
         results[name] = {"manualbp_step_s": step, "torch_step_s": torch_step_s, "floats": int(grad.size),
                          "manualbp_allreduce_s": reduce_s, "torch_allreduce_s": torch_reduce_s}
+    if ddp:
+        comm.barrier()
+        torch.distributed.destroy_process_group()      # gloo's threads joined before exit, not killed
     if comm.is_root:
         print(json.dumps({"ranks": comm.size, "threads": args.threads, "models": results}))
 
