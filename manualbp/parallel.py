@@ -116,10 +116,10 @@ def parallel_blocks(xp, channels, batch, size, work):
     than blocks), on several threads on NumPy when ``size`` elements are touched. The blocks
     must write disjoint parts of the output. On CuPy, or for small work, one call covers
     everything."""
-    threads = num_threads()
-    if xp.__name__ != "numpy" or threads < 2 or size < PARALLEL_MIN_SIZE:
+    if xp.__name__ != "numpy" or size < PARALLEL_MIN_SIZE or num_threads() < 2:
         work(slice(None), slice(None))
         return
+    threads = num_threads()
     count = BLOCKS_PER_THREAD * threads
     along_channels = channels >= count
     length = channels if along_channels else batch

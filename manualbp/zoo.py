@@ -98,7 +98,11 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
     convolutions keep their bias. ``noise_options`` (``abs_sigma``, ``learn_mean`` for the dense
     layer) go to every :class:`GaussianNoise`.
 
-    Layer order is the paper's: convolution (with its noise), ReLU, max-pool.
+    The paper orders each stage convolution (with its noise), ReLU, max-pool; the model pools
+    first and applies the ReLU to a quarter of the numbers. The two orders are the same
+    function with the same gradients: ``max`` of ``relu`` is ``relu`` of ``max`` (ReLU is
+    non-decreasing), and in both a window's gradient reaches its first maximum when that maximum
+    is positive and nothing otherwise, ties included (``tests/test_cnn.py`` checks it).
     """
     from .layers import Conv2d, Flatten, MaxPool2d, ReLU
 
@@ -111,7 +115,7 @@ def cnn(bk, variant="cnn-an", input_shape=(1, 28, 28), channels=(32, 64), hidden
         noise, mean = map_noise_for(bk, out_shape, conv_mode, conv_mean, sigma0, eval_noise, **noise_options)
         conv = Conv2d(bk, shape[0], out_channels, 3, padding=1, bias=not mean, noise=noise)
         pool = MaxPool2d(bk, 2)
-        layers += [(f"conv{i}", conv), (f"act{i}", ReLU(bk)), (f"pool{i}", pool)]
+        layers += [(f"conv{i}", conv), (f"pool{i}", pool), (f"act{i}", ReLU(bk))]   # = conv, ReLU, pool
         shape = pool.output_shape(out_shape)
     flatten = Flatten(bk)
     (features,) = flatten.output_shape(shape)

@@ -34,7 +34,7 @@ CONV_MEAN = {"conv1.noise.mu": (32, 28, 28), "conv2.noise.mu": (64, 14, 14)}
 def test_variants(variant, params, buffers):
     bk = get_backend("numpy", "float32", 0)
     model = cnn(bk, variant)
-    assert list(model.children) == ["conv1", "act1", "pool1", "conv2", "act2", "pool2", "flatten",
+    assert list(model.children) == ["conv1", "pool1", "act1", "conv2", "pool2", "act2", "flatten",
                                     "fc1", "act3", "fc2"]
     assert {k: tuple(v.shape) for k, v in model.named_parameters().items()} == params
     assert {k: tuple(v.shape) for k, v in model.named_buffers().items()} == buffers
@@ -69,18 +69,24 @@ def test_options_and_errors():
 
 @pytest.mark.parametrize("kernels", ["fast", "reference"])
 @pytest.mark.parametrize("variant", ["cnn", "cnn-a+", "cnn-an"])
-def test_the_model_runs_its_layers_as_listed(variant, kernels):
-    """The model is the chain of its children in their order -- ReLU, then max-pooling -- on
-    both kernel settings: its forward and backward give the logits and gradients of the layers'
-    own ``forward`` called in order and ``backward`` in reverse, bit for bit, ties included:
-    constant image regions make every 2x2 window of the first feature map a tie."""
+def test_the_model_is_the_papers_order_exactly(variant, kernels):
+    """The model is the chain of its children in their order -- max-pooling, then ReLU -- and
+    that is the paper's order (ReLU, then max-pooling) exactly: the model's forward and backward
+    give the logits and gradients of the layers' own ``forward`` called in the paper's order and
+    ``backward`` in reverse, bit for bit, on both kernel settings -- ties included: constant
+    image regions make every 2x2 window of the first feature map a tie."""
     bk = get_backend("numpy", "float32", 5, kernels)
     model = cnn(bk, variant)
     assert model.edges == [(name, (before,)) for name, before in zip(model.children, [INPUT, *model.children])]
+    assert [n for n in model.children if n[:3] in ("act", "poo")][:4] == ["pool1", "act1", "pool2", "act2"]
     x = np.zeros((6, 1, 28, 28), np.float32)
     x[:, :, 8:20, 6:22] = np.random.default_rng(6).random((6, 1, 12, 16))
     loss = SoftmaxCrossEntropy(bk)
-    layers = list(model.children.values())
+    names = list(model.children)
+    for i in (1, 2):                                        # the paper's order: ReLU, then the pool
+        p, a = names.index(f"pool{i}"), names.index(f"act{i}")
+        names[p], names[a] = names[a], names[p]
+    layers = [model.children[n] for n in names]
 
     def literal_forward(x):
         for layer in layers:

@@ -97,9 +97,9 @@ class Module:
     def run(self, op, *inputs, **settings):
         """The forward pass of ``op`` as the backend's table says; keeps its cache for
         :meth:`run_backward`."""
-        forward, _ = self.bk.kernel(op)
+        forward, backward = op.pair(self.bk.name, self.bk.kernels)     # = self.bk.kernel(op)
         out, cache = forward(self.xp, *inputs, **settings)
-        self.cache = (op, cache, out.shape)
+        self.cache = (op, backward, cache, out.shape)           # backward: the forward's partner
         return out
 
     def run_backward(self, delta, input_grad=True):
@@ -111,15 +111,14 @@ class Module:
         if self.cache is None:
             raise RuntimeError(f"{self.kind}: backward before forward: run forward first, it keeps "
                                f"what backward needs")
-        op, cache, shape = self.cache
-        if tuple(delta.shape) != tuple(shape):
+        op, backward, cache, shape = self.cache
+        if delta.shape != shape:
             raise ValueError(f"{self.kind}: backward got delta of shape {tuple(delta.shape)}, but the last "
                              f"forward pass gave an output of shape {tuple(shape)}: backward differentiates "
                              f"the most recent forward pass, so run forward again before this backward")
-        keys = op.inputs[self.arity:]
-        need = (*[True if input_grad else None] * self.arity,
-                *[self.grads[k] if self.param_grads and k in self.params else None for k in keys])
-        grads = self.bk.kernel(op)[1](self.xp, delta, cache, need)
+        targets = self.grads if self.param_grads else {}             # a gradient array per parameter
+        need = (True if input_grad else None,) * self.arity + tuple([targets.get(k) for k in op.inputs[self.arity:]])
+        grads = backward(self.xp, delta, cache, need)
         for target, grad in zip(need[self.arity:], grads[self.arity:]):
             if target is not None and grad is not target:
                 target[...] = grad

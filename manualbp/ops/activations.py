@@ -1,5 +1,6 @@
 """Element-wise activations ``x_next = phi(v)`` (Eq. 1); backward multiplies by ``phi'(v)``
 (Eq. 2). Shapes: any; output and gradients have the shape of the input."""
+from ..parallel import PARALLEL_MIN_SIZE, parallel_blocks
 from .base import Op
 
 
@@ -26,6 +27,33 @@ def relu_backward_in_layout(xp, delta, active, need):
 
 
 relu.kernel("cupy", relu_forward_in_layout, relu_backward_in_layout)
+
+
+def relu_forward_threads(xp, v):
+    """The reference's, in ``v``'s memory layout, by blocks of channels (or samples) on threads
+    (a small ``v``: the reference itself)."""
+    if v.size < PARALLEL_MIN_SIZE:
+        return relu_forward(xp, v)
+    out, active = xp.empty_like(v), xp.empty_like(v, dtype=bool)
+
+    def block(cs, ns):
+        xp.greater(v[ns, cs], 0, out=active[ns, cs])
+        xp.maximum(v[ns, cs], 0, out=out[ns, cs])
+
+    parallel_blocks(xp, v.shape[1], len(v), v.size, block)
+    return out, active
+
+
+def relu_backward_threads(xp, delta, active, need):
+    if not need[0] or delta.size < PARALLEL_MIN_SIZE:
+        return relu_backward(xp, delta, active, need)
+    dx = xp.empty_like(delta)
+    parallel_blocks(xp, delta.shape[1], len(delta), delta.size,
+                    lambda cs, ns: xp.multiply(delta[ns, cs], active[ns, cs], out=dx[ns, cs]))
+    return (dx,)
+
+
+relu.kernel("numpy", relu_forward_threads, relu_backward_threads)
 
 
 def leaky_relu_forward(xp, v, slope=0.01):
