@@ -103,3 +103,41 @@ def test_backward_errors_are_clear():
         loss.backward()
     with pytest.raises(TypeError, match="labels must be an array of the backend"):
         loss.forward(bk.zeros((2, 3)), [0, 1])
+
+
+def test_two_forward_passes_then_their_two_backward_passes():
+    """A loss on clean and on adversarial logits: both forward passes first, then a backward for
+    each -- the earlier one through its saved caches -- gives each pass's own gradients (those
+    of a forward and backward run alone), noise draws and batch statistics included."""
+    from manualbp.zoo import cnn
+    bk = get_backend("numpy", "float64", seed=0)
+    model = cnn(bk, "cnn-an", input_shape=(1, 8, 8), channels=(2, 3), hidden=6, classes=4)
+    rng = np.random.default_rng(4)
+    xs = [bk.asarray(rng.random((5, 1, 8, 8))) for _ in range(2)]
+    y = bk.asarray([0, 1, 2, 3, 0], dtype="int64")
+    loss = SoftmaxCrossEntropy(bk)
+
+    def pass_alone(x, seed):
+        bk.seed(seed)
+        loss.forward(model.forward(x), y)
+        dx = model.backward(loss.backward())
+        return dx.copy(), {k: g.copy() for k, g in model.named_gradients().items()}
+
+    state = {k: v.copy() for k, v in model.state_dict().items()}
+    alone = [pass_alone(x, seed) for x, seed in zip(xs, (1, 2))]
+    model.load_state_dict(state)
+    seeds = []
+    for x, seed in zip(xs, (1, 2)):
+        bk.seed(seed)
+        loss.forward(model.forward(x), y)
+        seeds.append(loss.backward())
+        if seed == 1:
+            first = model.saved_caches()
+    together = [None, None]
+    for i, caches in ((1, None), (0, first)):                   # the later pass first, then the earlier
+        dx = model.backward(seeds[i], caches=caches)
+        together[i] = dx.copy(), {k: g.copy() for k, g in model.named_gradients().items()}
+    for (dx_a, g_a), (dx_t, g_t) in zip(alone, together):
+        np.testing.assert_array_equal(dx_a, dx_t)
+        for name in g_a:
+            np.testing.assert_array_equal(g_a[name], g_t[name], err_msg=name)

@@ -105,9 +105,10 @@ class Module:
     def run_backward(self, delta, input_grad=True):
         """The backward pass of the op the last forward ran, on its cache: the parameter
         gradients written into ``grads``, ``dL/d(input)`` returned (a tuple, one per input, for a
-        module of several inputs). Each module keeps the cache of its last forward pass only, so
-        backward differentiates the most recent forward (as often as asked); a ``delta`` of
-        another shape than that pass's output stops with an error."""
+        module of several inputs). Each module keeps the cache of its last forward pass, so
+        backward differentiates the most recent forward (as often as asked; an earlier one
+        through :meth:`Graph.saved_caches`); a ``delta`` of another shape than that pass's output
+        stops with an error."""
         if self.cache is None:
             raise RuntimeError(f"{self.kind}: backward before forward: run forward first, it keeps "
                                f"what backward needs")
@@ -115,7 +116,8 @@ class Module:
         if delta.shape != shape:
             raise ValueError(f"{self.kind}: backward got delta of shape {tuple(delta.shape)}, but the last "
                              f"forward pass gave an output of shape {tuple(shape)}: backward differentiates "
-                             f"the most recent forward pass, so run forward again before this backward")
+                             f"the most recent forward pass (an earlier one: model.backward(delta, "
+                             f"caches=saved), saved = model.saved_caches() after its forward)")
         targets = self.grads if self.param_grads else {}             # a gradient array per parameter
         need = (True if input_grad else None,) * self.arity + tuple([targets.get(k) for k in op.inputs[self.arity:]])
         grads = backward(self.xp, delta, cache, need)

@@ -91,13 +91,23 @@ class Graph(Module):
             self.reached[key] = wanted
         return self.reached[key]
 
-    def backward(self, delta, input_grad=True):
+    def saved_caches(self):
+        """What every module kept from the last forward pass: hand it to ``backward(delta,
+        caches=...)`` to differentiate that pass after later ones (a loss on clean and on
+        adversarial logits: forward both, then a backward for each). References, not copies."""
+        return {m: m.cache for _, m in self.modules() if m.cache is not None}
+
+    def backward(self, delta, input_grad=True, caches=None):
         """Propagate the residual error from the output down to the input: Eq. (2) node by node
         in reverse, deltas adding up where a value was used twice. Returns ``dL/dx`` (``None``
-        without ``input_grad``)."""
+        without ``input_grad``). Differentiates the most recent forward pass, or the one whose
+        :meth:`saved_caches` are given (each module keeps them from then on). Parameter
+        gradients are written, not added: a sum over two passes is the caller's."""
         if not self.forwarded:
             raise RuntimeError("backward before forward: run model.forward(x) first, it keeps what "
                                "backward needs")
+        for module, cache in (caches or {}).items():
+            module.cache = cache
         wanted, deltas = self.wanted(input_grad), {self.output: delta}
         add = self.bk.kernel(ops.add)[0]
         for name, inputs in reversed(self.edges):
