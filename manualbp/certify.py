@@ -1,0 +1,260 @@
+"""Certified robustness by randomized smoothing (Cohen, Rosenfeld and Kolter, ICML 2019), through
+the model's own noise layer.
+
+The smoothed classifier ``g(x) = argmax_c P(f(x) = c)`` answers with the class a randomised model
+``f`` gives most often. Cohen's Theorem 1: if ``f(x) = u(A x + b + e)`` with ``e ~ N(0, I)`` and
+``pA`` bounds the top class's probability from below, ``g`` cannot change within the L2 radius
+``PhiInv(pA) / ||A||_2`` of ``x`` (``u`` may itself be random: the counts stay binomial). Two
+sources of the smoothing noise:
+
+* :class:`InputNoise` -- Cohen's own setting, ``x + s eps``: ``A = I / s``;
+* :class:`FirstNoiseLayer` -- the model's first noise layer, ``v1 = W1 x + b1 + sigma1 * eps``
+  (Eq. 1): in the coordinates ``Sigma^(-1/2) v1`` it is smoothing of scale 1, so
+  ``A = Sigma^(-1/2) W1``; the later noise layers only make ``u`` random. ``||A||_2`` comes from
+  power iteration on ``A^T A``, whose two products are the prefix's forward pass and its
+  hand-written input gradient. Where the layers before the noise are not affine (a ReLU, a
+  pooling), the product of each affine segment's norm and each non-linearity's Lipschitz
+  constant bounds it from above: a smaller radius, still valid (``bound = "upper"``).
+
+:func:`certify` is Cohen's CERTIFY, :func:`predict` his PREDICT; every draw of a batch is one
+row of one forward pass (no loop over draws), and the counts are read from the device once.
+"""
+import math
+from statistics import NormalDist
+
+from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GaussianNoise, GlobalAvgPool2d,
+                     LeakyReLU, Linear, MaxPool2d, Normalize, ReLU, Sequential, Sigmoid, Tanh)
+from .model import evaluating, input_gradient_only
+
+#: Cohen's defaults: draws to pick the class, draws to bound its probability, failure probability.
+N0, N, ALPHA = 100, 100_000, 0.001
+
+AFFINE = (Linear, Conv2d, Normalize, BatchNorm1d, BatchNorm2d, Flatten)
+
+
+def lower_confidence_bound(count, n, alpha):
+    """One-sided Clopper-Pearson lower bound on a binomial probability from ``count`` successes
+    in ``n`` trials, at level ``1 - alpha``: the ``alpha`` quantile of ``Beta(count, n - count + 1)``."""
+    from scipy.stats import beta
+    return 0.0 if count == 0 else float(beta.ppf(alpha, count, n - count + 1))
+
+
+def check_settings(n0, n, alpha):
+    """Raise one clear ValueError for draw counts below 1 or a level outside (0, 1)."""
+    for name, value in (("n0", n0), ("n", n)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer (noise draws), got {value!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1) (the failure probability), got {alpha!r}")
+
+
+def lipschitz(module):
+    """The L2 Lipschitz constant of a parameter-free non-linearity, or ``None`` when not known."""
+    if isinstance(module, (ReLU, Tanh)):
+        return 1.0
+    if isinstance(module, LeakyReLU):
+        return max(1.0, abs(module.slope))
+    if isinstance(module, Sigmoid):
+        return 0.25
+    if isinstance(module, (MaxPool2d, AvgPool2d)) and all(s >= k for s, k in zip(module.stride, module.kernel_size)):
+        return 1.0                                  # windows that do not overlap: each value counted once
+    if isinstance(module, GlobalAvgPool2d):
+        return 1.0
+    return None
+
+
+def spectral_norm(bk, modules, input_shape, scale=None, iterations=200, tol=1e-7):
+    """``||D A||_2`` of the affine chain ``modules`` (``A d = chain(d) - chain(0)``; ``D``
+    divides by ``scale`` per output neuron, or is the identity), by power iteration on
+    ``A^T D^2 A``: ``A`` is the chain's forward pass, ``A^T`` its input gradient (Eq. 2)."""
+    xp = bk.xp
+
+    def forward(d):
+        for m in modules:
+            d = m.forward(d)
+        return d
+
+    def backward(g):
+        for m in reversed(modules):
+            g = m.backward(g)
+        return g
+
+    def norm(a):
+        return bk.scalar(xp.sqrt((a * a).sum()))
+
+    zero = forward(bk.zeros((1, *input_shape)))
+    start = bk.normal((1, *input_shape))                # a start with every direction in it
+    v = start / norm(start)
+    estimate = 0.0
+    for _ in range(iterations):
+        u = forward(v) - zero                           # A v
+        if scale is not None:
+            u = u / (scale * scale)                     # D^2 A v
+        w = backward(u)                                 # A^T D^2 A v
+        new = bk.scalar(xp.sqrt((v * w).sum()))       # sqrt(v^T A^T D^2 A v) = ||D A v||
+        size = norm(w)
+        if size == 0:
+            return 0.0
+        v = w / size
+        if abs(new - estimate) <= tol * max(new, 1e-300):
+            return new
+        estimate = new
+    return estimate
+
+
+class InputNoise:
+    """Cohen's smoothing: ``f(x + s eps)``, ``eps ~ N(0, I)`` on the pixels; ``||A||_2 = 1 / s``.
+    The model's own noise layers draw as each is set to in evaluation mode."""
+
+    bound = "exact"
+    name = "input"
+    noise = None
+
+    def __init__(self, model, scale):
+        if not scale > 0:
+            raise ValueError(f"input noise scale must be positive, got {scale!r}")
+        self.model, self.scale, self.prefix_norm = model, float(scale), 1.0 / float(scale)
+
+    def draw(self, x, count):
+        """``count`` noisy copies of the image ``x`` ``(1, ...)``, one forward pass."""
+        bk = self.model.bk
+        noisy = x + self.scale * bk.normal((count, *x.shape[1:]))
+        return self.model.forward(noisy)
+
+
+class FirstNoiseLayer:
+    """Smoothing by the model's first noise layer: the layers up to its parent (a ``Linear`` or
+    ``Conv2d`` whose child ``noise`` draws) are the prefix, run once per image; each draw adds
+    ``sigma * eps`` to the prefix's output and runs the rest of the model (its own later noise
+    layers drawing). ``model``: a :class:`Sequential` (the MLP and CNN families)."""
+
+    name = "first-noise-layer"
+    noise = True
+
+    def __init__(self, model, input_shape=None):
+        if not isinstance(model, Sequential):
+            raise ValueError("first-noise-layer smoothing needs a chain of layers (Sequential), got "
+                             f"{model.kind}")
+        layers = list(model.children.items())
+        first = next((i for i, (_, m) in enumerate(layers)
+                      if isinstance(m.children.get("noise"), GaussianNoise) and m.children["noise"].sigma is not None
+                      and m.children["noise"].mode != "off"), None)
+        if first is None or not layers[first][1].children["noise"].eval_noise:
+            raise ValueError("first-noise-layer smoothing needs a model whose first noise layer draws in "
+                             "evaluation mode (eval_noise); this one has none")
+        self.model, self.parent = model, layers[first][1]
+        self.layer = self.parent.children["noise"]
+        self.prefix = [m for _, m in layers[:first + 1]]
+        self.rest = [m for _, m in layers[first + 1:]]
+        for name, m in layers[:first]:
+            if not isinstance(m, AFFINE) and lipschitz(m) is None:
+                raise ValueError(f"first-noise-layer smoothing: layer {name!r} ({m.kind}) before the first noise "
+                                 "layer is neither affine nor of a known Lipschitz constant")
+        self.bound = "exact" if all(isinstance(m, AFFINE) for m in self.prefix) else "upper"
+        self.input_shape = tuple(input_shape or model.input_shape)
+        self.prefix_norm = self.norm()
+
+    def norm(self):
+        """``||Sigma^(-1/2) prefix||``: exact for an affine prefix, else the product of each
+        affine segment's norm (the last scaled by ``1 / sigma``) and each non-linearity's
+        Lipschitz constant."""
+        bk = self.model.bk
+        with evaluating(self.model, noise=False), input_gradient_only(self.model):
+            segments, current, shape, total = [], [], self.input_shape, 1.0
+            for m in self.prefix:
+                if isinstance(m, AFFINE):
+                    current.append(m)
+                    continue
+                segments.append((current, shape))
+                total *= lipschitz(m)
+                shape = self._shape_after(current + [m], shape)
+                current = []
+            for chain, chain_shape in segments:
+                total *= spectral_norm(bk, chain, chain_shape) if chain else 1.0
+            level = self.level()
+            if bk.scalar((level == 0).sum()):
+                if self._rows_of_silent_neurons(current, shape, level):
+                    return math.inf                 # a neuron without noise that x reaches: radius 0
+                level = bk.xp.where(level == 0, 1, level)   # neurons x does not reach do not count
+            return total * spectral_norm(bk, current, shape, scale=level)
+
+    def level(self):
+        """The first noise layer's ``sigma`` as its forward pass uses it."""
+        sigma = self.layer.sigma
+        return self.model.xp.abs(sigma) if self.layer.abs_sigma else sigma
+
+    def _rows_of_silent_neurons(self, chain, shape, level):
+        """Whether a neuron with ``sigma = 0`` has a non-zero row of ``A``: ``A^T e_i`` by one
+        backward pass over a batch of one-hot deltas."""
+        bk, xp = self.model.bk, self.model.xp
+        silent = bk.to_host(level == 0).reshape(-1).nonzero()[0]
+        onehots = bk.zeros((len(silent), level.size))
+        onehots[xp.arange(len(silent)), bk.asarray(silent, dtype="int64")] = 1
+        h = bk.zeros((len(silent), *shape))
+        for m in chain:
+            h = m.forward(h)
+        g = onehots.reshape(h.shape)
+        for m in reversed(chain):
+            g = m.backward(g)
+        return bk.scalar(xp.abs(g).max()) > 0
+
+    def _shape_after(self, modules, shape):
+        bk = self.model.bk
+        h = bk.zeros((1, *shape))
+        for m in modules:
+            h = m.forward(h)
+        return tuple(h.shape[1:])
+
+    def draw(self, x, count):
+        """``count`` draws for the image ``x`` ``(1, ...)``: the prefix once (noise off), then
+        ``v + sigma * eps`` for every draw and the rest of the model."""
+        bk = self.model.bk
+        with evaluating(self.model, noise=False):
+            v = x
+            for m in self.prefix:
+                v = m.forward(v)                    # W1 x + b1 (+ mu): the affine part of Eq. (1)
+        h = v + self.level() * bk.normal((count, *v.shape[1:]))    # + sigma * eps, Eq. (1)
+        for m in self.rest:
+            h = m.forward(h)
+        return h
+
+
+def counts(smoothing, x, n, batch):
+    """How often each class wins over ``n`` draws for the image ``x`` ``(1, ...)``, on the device."""
+    xp = smoothing.model.xp
+    total, done = None, 0
+    with evaluating(smoothing.model, noise=smoothing.noise):
+        while done < n:
+            k = min(batch, n - done)
+            logits = smoothing.draw(x, k)
+            c = xp.bincount(logits.argmax(axis=1), minlength=logits.shape[1])
+            total = c if total is None else total + c
+            done += k
+    return total
+
+
+def certify(smoothing, x, n0=N0, n=N, alpha=ALPHA, batch=1000):
+    """Cohen's CERTIFY for one image ``x`` ``(1, ...)``: the class of ``n0`` draws, then
+    ``pA`` from ``n`` fresh ones; returns ``(class or None when abstaining, radius, count, pA)``
+    with ``radius = PhiInv(pA) / prefix_norm`` (0 when abstaining)."""
+    check_settings(n0, n, alpha)
+    bk = smoothing.model.bk
+    top = int(bk.to_host(counts(smoothing, x, n0, batch)).argmax())
+    count = int(bk.to_host(counts(smoothing, x, n, batch))[top])
+    p_lower = lower_confidence_bound(count, n, alpha)
+    if p_lower < 0.5:
+        return None, 0.0, count, p_lower
+    return top, NormalDist().inv_cdf(p_lower) / smoothing.prefix_norm, count, p_lower
+
+
+def predict(smoothing, x, n=N, alpha=ALPHA, batch=1000):
+    """Cohen's PREDICT: the top class of ``n`` draws, or ``None`` when a two-sided binomial test
+    of its count against the runner-up's cannot reject a tie at level ``alpha``."""
+    from scipy.stats import binomtest
+    check_settings(1, n, alpha)
+    c = smoothing.model.bk.to_host(counts(smoothing, x, n, batch))
+    order = c.argsort()[::-1]
+    n_a, n_b = int(c[order[0]]), int(c[order[1]]) if len(c) > 1 else 0
+    if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
+        return None
+    return int(order[0])
