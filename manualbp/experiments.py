@@ -16,6 +16,7 @@ from . import checkpoint, datasets, distributed, trainer_state
 from .attacks import eot
 from .backend import BACKENDS, DTYPES, KERNELS, BackendError, get_backend
 from .data import random_crop_flip
+from .data.augment import input_noise
 from .evaluate import ATTACK_BATCH, DRAWS
 from .model import noise_layers, sigma_summary
 from .optim import SIGMA_LR
@@ -39,8 +40,8 @@ REMEDIES = {"adversarial": {"budget": "adv_budget", "alpha": "adv_alpha", "steps
             "sigma_penalty": {"strength": "sigma_penalty", "target": "sigma_target"}}
 #: The flags that define a training run, recorded in its checkpoints (``--resume`` with another
 #: value is refused): the set-up but ``--epochs`` (a finished run may be trained further) and the
-#: batch size (the trainer records it), the data and the family's options.
-RUN_SETTINGS = ("dataset", *TRAINING[:-2], "width", "augment", "limit_train")
+#: batch size (the trainer records it), the data, its augmentation and the family's options.
+RUN_SETTINGS = ("dataset", *TRAINING[:-2], "width", "augment", "input_noise", "limit_train")
 
 
 def training_setup(args):
@@ -57,19 +58,40 @@ def training_setup(args):
     return setup
 
 
-def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=None, log=print, comm=None):
-    """Train one model variant and evaluate it; returns its entry of ``metrics.json``. With
-    ``comm`` (a :class:`~manualbp.distributed.Communicator`) it trains and evaluates data-parallel."""
+def training_augment(args):
+    """The training batches' augmentation ``augment(x, bk) -> x`` of ``args``, or ``None``: the
+    dataset's random crops and flips (unless ``--no-augment``), then ``x + S * eps`` with
+    ``--input-noise S`` > 0 (Gaussian data augmentation, as Cohen et al. train for input smoothing)."""
+    augment = random_crop_flip if getattr(args, "augment", False) else None
+    scale = getattr(args, "input_noise", 0.0)
+    return input_noise(scale, augment) if scale > 0 else augment
+
+
+def variant_builder(family, variant, activation, args):
+    """``build(bk, **options)`` of a variant (x activation) of ``family`` for ``args.dataset``,
+    with the family's own options of ``args``."""
     options = {name: getattr(args, name) for name, _ in family.options}
+    return lambda b, **more: family.model(b, variant, activation, args.dataset, **options, **more)
+
+
+def train_variant(bk, family, variant, activation, splits, args, checkpoint_dir=None, log=print, comm=None):
+    """Train one model variant as the training scripts do; returns ``(model, trainer)``. Its
+    checkpoint (``checkpoint_dir/<name>.npz``) records the run's settings (:data:`RUN_SETTINGS`)."""
     settings = {"variant": variant, "activation": activation,
                 **{k: getattr(args, k) for k in RUN_SETTINGS if hasattr(args, k)}}
     path = variant_checkpoint(checkpoint_dir, variant, activation) if checkpoint_dir else None
-    augment = random_crop_flip if getattr(args, "augment", False) else None
-    model, trainer = train_model(
-        bk, lambda b, **more: family.model(b, variant, activation, args.dataset, **options, **more), splits,
-        training_setup(args), args.seed, checkpoint_path=path, resume=args.resume, log=log, augment=augment,
+    return train_model(
+        bk, variant_builder(family, variant, activation, args), splits, training_setup(args), args.seed,
+        checkpoint_path=path, resume=args.resume, log=log, augment=training_augment(args),
         limit_batches=args.limit_batches, eval_batch_size=args.eval_batch_size, progress=args.progress,
         settings=settings, comm=comm)
+
+
+def run_variant(bk, family, variant, activation, splits, args, checkpoint_dir=None, log=print, comm=None):
+    """Train one model variant and evaluate it; returns its entry of ``metrics.json``. With
+    ``comm`` (a :class:`~manualbp.distributed.Communicator`) it trains and evaluates data-parallel."""
+    path = variant_checkpoint(checkpoint_dir, variant, activation) if checkpoint_dir else None
+    model, trainer = train_variant(bk, family, variant, activation, splits, args, checkpoint_dir, log, comm)
     history = trainer.history
     bk.seed([args.seed, FINAL_EVAL_STREAM])
     if comm is not None:
@@ -122,10 +144,20 @@ def add_backend_arguments(parser):
     return add_kernels_argument(parser)
 
 
-def add_arguments(parser, family, out):
+def number(text):
+    """``float(text)``, or ``text`` itself when it is not a number: the flag's check then refuses
+    it in one line (:func:`require`) instead of argparse's usage message."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def add_arguments(parser, family, out, distributed=True):
     """The flags of a training script for ``family`` (a :class:`manualbp.zoo.Family`): data,
     variants, the Table 1 set-up of its first dataset as defaults, the family's own options,
-    quick-run flags; ``out``: the script's own default output folder."""
+    quick-run flags; ``out``: the script's own default output folder; ``distributed``: whether
+    it takes ``--distributed``."""
     data = datasets.get_dataset(family.datasets[0])
     p = data.training
     add_backend_arguments(parser)
@@ -164,12 +196,16 @@ def add_arguments(parser, family, out):
     if data.augment:
         parser.add_argument("--no-augment", dest="augment", action="store_false",
                             help="no random crops (4-pixel padding) and horizontal flips in training")
+    parser.add_argument("--input-noise", type=number, default=0.0, metavar="S",
+                        help="train on x + S * eps, eps ~ N(0, 1) per pixel (Gaussian data augmentation for "
+                             "input smoothing, examples/certify.py); 0: off")
     parser.add_argument("--out", default=out, help="folder of metrics.json, the figures and checkpoints/")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints in OUT")
     parser.add_argument("--overwrite", action="store_true",
                         help="train again a variant whose finished results are already in OUT")
-    parser.add_argument("--distributed", action="store_true",
-                        help="data-parallel over the ranks of mpiexec -n K (docs/distributed.md)")
+    if distributed:
+        parser.add_argument("--distributed", action="store_true",
+                            help="data-parallel over the ranks of mpiexec -n K (docs/distributed.md)")
     return add_quick_run_arguments(parser)
 def add_remedy_arguments(parser):
     """The flags of the remedies for collapsing noise (:data:`REMEDIES`)."""
@@ -323,6 +359,8 @@ def check_arguments(args):
     require(args, finite(args.weight_decay) and args.weight_decay >= 0, "weight_decay",
             "a non-negative finite number")
     require(args, finite(args.decay_gamma) and 0 < args.decay_gamma <= 1, "decay_gamma", "a number in (0, 1]")
+    require(args, finite(args.input_noise) and args.input_noise >= 0, "input_noise",
+            "a non-negative finite number (pixel units; 0: off)")
     require(args, args.momentum is None or args.optimizer == "sgd", "momentum", "no value with --optimizer adam")
     require(args, args.momentum is None or (finite(args.momentum) and 0 <= args.momentum < 1), "momentum",
             "a number in [0, 1)")

@@ -1,12 +1,12 @@
 """Training-time augmentation on the device: random crops of a zero-padded image and horizontal
-flips, for a whole batch at once (no loop over samples).
+flips, and Gaussian noise on the pixels, for a whole batch at once (no loop over samples).
 
 Each function takes the batch ``(N, C, H, W)`` and the backend, so it can be passed as the
 ``augment`` argument of :class:`manualbp.train.Trainer`; its randomness comes from the backend's
 seeded generator.
 """
 
-__all__ = ["crop_flip", "random_crop_flip"]
+__all__ = ["crop_flip", "input_noise", "random_crop_flip"]
 
 
 def crop_flip(x, top, left, flip, padding, xp):
@@ -41,3 +41,21 @@ def random_crop_flip(x, bk, padding=4, flip=True):
     top, left = offsets(), offsets()
     mirror = bk.uniform(0, 1, (n,)) < 0.5 if flip else xp.zeros(n, dtype=bool)
     return crop_flip(x, top, left, mirror, padding, xp)
+
+
+def input_noise(scale, then=None):
+    """The augmentation ``augment(x, bk) -> x + scale * eps``, ``eps ~ N(0, 1)`` per pixel drawn by
+    the backend (``bk.normal``), after the augmentation ``then`` when given: Gaussian data
+    augmentation at the scale of input smoothing, as Cohen et al. (ICML 2019) train. The
+    pixels are not clipped to [0, 1] (the smoothed classifier sees them unclipped too)."""
+    scale = float(scale)
+    if not scale >= 0:
+        raise ValueError(f"input noise scale must be a non-negative number, got {scale!r}")
+
+    def augment(x, bk):
+        if then is not None:
+            x = then(x, bk)
+        return x + scale * bk.normal(x.shape)
+
+    augment.scale, augment.then = scale, then
+    return augment
