@@ -1,6 +1,7 @@
 """Figures (PNG, matplotlib's Agg renderer, no global state): the paper's Fig. 3 training
 curves, the learned noise levels over training, Fig. 4 saliency maps, clean vs adversarial
-images, accuracy against the attack budget, and the Theorem 2 comparison of gradient estimators.
+images, accuracy against the attack budget, certified accuracy against the radius, and the
+Theorem 2 comparison of gradient estimators.
 
 Plots run on the host: every array is copied to NumPy first. Figure sizes are fixed multiples of
 a panel size at :data:`DPI`, so a figure's pixel size is known in advance.
@@ -226,6 +227,31 @@ def budget_sweep(sweep, path, title=""):
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
     axes[0][1].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def certified_accuracy(curves, path, title=""):
+    """Certified accuracy against the L2 radius (Cohen et al.'s figure), one curve per model: at
+    ``r`` the fraction of the images certified correct with a radius of at least ``r``.
+    ``curves``: ``{label: [each image's certified radius, None where the smoothed classifier
+    abstains or is wrong]}``."""
+    fig, axes = _figure(1, 1, (5.5, 4.2))
+    ax = axes[0][0]
+    top = max([r for radii in curves.values() for r in radii if r is not None] + [1.0]) * 1.05
+    for label, radii in curves.items():
+        if not radii:
+            continue
+        correct = numpy.sort(numpy.asarray([r for r in radii if r is not None], dtype=float))
+        steps = numpy.concatenate([[0.0], correct, [top]])
+        accuracy = numpy.concatenate([len(correct) - numpy.arange(len(correct) + 1), [0]]) / len(radii)
+        ax.step(steps, accuracy, where="post", label=label)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("radius (L2, pixel units)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
