@@ -59,8 +59,13 @@ def restore(trainer, path, missing_ok=False, epochs=None):
     return meta["epochs_done"]
 
 
+#: Settings that checkpoints written before them do not record, with the value those runs had.
+LATER_SETTINGS = {"input_noise": 0.0}
+
+
 def check_settings(path, recorded, settings):
     """Resuming continues the same run: the checkpoint at ``path`` was written with ``settings``."""
+    recorded = {**LATER_SETTINGS, **recorded}
     if recorded.get("ranks", 1) != settings.get("ranks", 1):
         raise CheckpointError(
             f"checkpoint {path} was written by {recorded.get('ranks', 1)} ranks, this run has "

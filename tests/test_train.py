@@ -376,3 +376,14 @@ def test_mlpn_one_epoch_fashion_mnist(fashion_splits):
         assert (sigma >= 0).all(), name
         assert np.abs(sigma - 1.0).max() > 1e-2, f"{name} did not move from its initial 1.0"
     assert record["sigma"]["fc1.noise"]["mean"] != 1.0
+
+
+def test_a_checkpoint_from_before_a_later_setting_resumes_with_its_old_value():
+    """Checkpoints written before ``input_noise`` existed record none: they were trained without
+    input noise, so a run with ``input_noise=0`` resumes them and one with noise is refused."""
+    from manualbp.checkpoint import CheckpointError
+    from manualbp.trainer_state import check_settings
+    old = {"seed": 0, "dataset": "fashion-mnist"}
+    check_settings("old.npz", old, {"seed": 0, "dataset": "fashion-mnist", "input_noise": 0.0})
+    with pytest.raises(CheckpointError, match="input_noise=0.0, this run has input_noise=0.25"):
+        check_settings("old.npz", old, {"seed": 0, "dataset": "fashion-mnist", "input_noise": 0.25})
