@@ -63,10 +63,12 @@ def lipschitz(module):
     return None
 
 
-def spectral_norm(bk, modules, input_shape, scale=None, iterations=200, tol=1e-7):
+def spectral_norm(bk, modules, input_shape, weight=None, iterations=200, tol=1e-7):
     """``||D A||_2`` of the affine chain ``modules`` (``A d = chain(d) - chain(0)``; ``D``
-    divides by ``scale`` per output neuron, or is the identity), by power iteration on
-    ``A^T D^2 A``: ``A`` is the chain's forward pass, ``A^T`` its input gradient (Eq. 2)."""
+    multiplies by ``weight`` per output neuron, or is the identity), by power iteration on
+    ``A^T D^2 A``: ``A`` is the chain's forward pass, ``A^T`` its input gradient (Eq. 2). It
+    runs in float64 whatever the model's dtype: ``A v = chain(v) - chain(0)`` subtracts the
+    biases, which would swamp a small row of ``A`` in float32."""
     xp = bk.xp
 
     def forward(d):
@@ -82,14 +84,14 @@ def spectral_norm(bk, modules, input_shape, scale=None, iterations=200, tol=1e-7
     def norm(a):
         return bk.scalar(xp.sqrt((a * a).sum()))
 
-    zero = forward(bk.zeros((1, *input_shape)))
-    start = bk.normal((1, *input_shape))                # a start with every direction in it
+    zero = forward(xp.zeros((1, *input_shape), dtype="float64"))
+    start = bk.normal((1, *input_shape)).astype("float64")   # a start with every direction in it
     v = start / norm(start)
     estimate = 0.0
     for _ in range(iterations):
         u = forward(v) - zero                           # A v
-        if scale is not None:
-            u = u / (scale * scale)                     # D^2 A v
+        if weight is not None:
+            u = u * (weight * weight)                   # D^2 A v
         w = backward(u)                                 # A^T D^2 A v
         new = bk.scalar(xp.sqrt((v * w).sum()))       # sqrt(v^T A^T D^2 A v) = ||D A v||
         size = norm(w)
@@ -171,32 +173,53 @@ class FirstNoiseLayer:
                 current = []
             for chain, chain_shape in segments:
                 total *= spectral_norm(bk, chain, chain_shape) if chain else 1.0
-            level = self.level()
-            if bk.scalar((level == 0).sum()):
-                if self._rows_of_silent_neurons(current, shape, level):
-                    return math.inf                 # a neuron without noise that x reaches: radius 0
-                level = bk.xp.where(level == 0, 1, level)   # neurons x does not reach do not count
-            return total * spectral_norm(bk, current, shape, scale=level)
+            return total * self._scaled_norm(current, shape)
+
+    #: Noise levels this many times apart make float32's ``(sigma_min / sigma)^2`` underflow.
+    WIDE = 1e12
+
+    def _scaled_norm(self, chain, shape):
+        """``||diag(1 / sigma) A||`` of the last affine segment, computed as
+        ``||diag(s / sigma) A|| / s`` with ``s`` the smallest noise level whose row of ``A`` is
+        not zero: the weights ``s / sigma`` lie in ``(0, 1]``, so nothing overflows, and the
+        neurons whose weights underflow count for nothing beside the one of weight 1. Rows are
+        looked at only where it matters (a level of 0, or levels ``WIDE`` apart); a neuron
+        without noise whose row is not zero makes the norm infinite (radius 0)."""
+        bk = self.model.bk
+        level = bk.to_host(self.level()).reshape(-1).astype("float64")
+        live = level > 0
+        if not live.all() or level.max() > self.WIDE * level[live].min():
+            live = self._row_norms(chain, shape, level.size) > 0
+            if (level[live] == 0).any():
+                return math.inf                     # a neuron without noise that x reaches: radius 0
+            if not live.any():
+                raise ValueError("the first noise layer's neurons do not depend on the input: no radius")
+        smallest = level[live].min()
+        weight = bk.asarray((smallest / level.clip(smallest)) * live, dtype="float64").reshape(self.level().shape)
+        return spectral_norm(bk, chain, shape, weight=weight) / smallest
 
     def level(self):
         """The first noise layer's ``sigma`` as its forward pass uses it."""
         sigma = self.layer.sigma
         return self.model.xp.abs(sigma) if self.layer.abs_sigma else sigma
 
-    def _rows_of_silent_neurons(self, chain, shape, level):
-        """Whether a neuron with ``sigma = 0`` has a non-zero row of ``A``: ``A^T e_i`` by one
-        backward pass over a batch of one-hot deltas."""
+    def _row_norms(self, chain, shape, neurons, chunk=1024):
+        """``||A_i||`` of every row of the affine chain's matrix (host): ``A^T e_i`` by backward
+        passes over batches of one-hot deltas."""
         bk, xp = self.model.bk, self.model.xp
-        silent = bk.to_host(level == 0).reshape(-1).nonzero()[0]
-        onehots = bk.zeros((len(silent), level.size))
-        onehots[xp.arange(len(silent)), bk.asarray(silent, dtype="int64")] = 1
-        h = bk.zeros((len(silent), *shape))
-        for m in chain:
-            h = m.forward(h)
-        g = onehots.reshape(h.shape)
-        for m in reversed(chain):
-            g = m.backward(g)
-        return bk.scalar(xp.abs(g).max()) > 0
+        norms = []
+        for start in range(0, neurons, chunk):
+            k = min(chunk, neurons - start)
+            h = bk.zeros((k, *shape))
+            for m in chain:
+                h = m.forward(h)
+            onehots = bk.zeros((k, neurons))
+            onehots[xp.arange(k), xp.arange(start, start + k)] = 1
+            g = onehots.reshape(h.shape)
+            for m in reversed(chain):
+                g = m.backward(g)
+            norms.append(xp.sqrt((g * g).reshape(k, -1).sum(axis=1)))
+        return bk.to_host(xp.concatenate(norms))
 
     def _shape_after(self, modules, shape):
         bk = self.model.bk

@@ -46,7 +46,7 @@ def test_power_iteration_matches_the_svd(kind):
     expected = np.linalg.norm(matrix / bk.to_host(sigma).reshape(-1, 1), 2)
     m = Sequential(bk, [(str(i), mod) for i, mod in enumerate(modules)])
     with evaluating(m), input_gradient_only(m):
-        assert spectral_norm(bk, modules, shape, scale=sigma) == pytest.approx(expected, rel=1e-6)
+        assert spectral_norm(bk, modules, shape, weight=1 / sigma) == pytest.approx(expected, rel=1e-6)
         assert spectral_norm(bk, modules, shape) == pytest.approx(np.linalg.norm(matrix, 2), rel=1e-6)
 
 
@@ -177,3 +177,23 @@ def test_no_attack_changes_a_certified_prediction_within_its_radius(sigma):
     assert radius < exact                                   # the certificate is sound here
     assert predict(smoothing, l2_eot_pgd(model, x, y, radius), n=20_000) == 0
     assert predict(smoothing, l2_eot_pgd(model, x, y, 3 * exact), n=20_000) == 1
+
+
+def test_a_collapsed_noise_level_gives_a_huge_norm_not_an_overflow():
+    """Neurons whose sigma fell to 1e-30 (the released rule drives some there) make the norm about
+    ``|w| / 1e-30``, computed without overflowing float32's ``1 / sigma^2``."""
+    bk = get_backend("numpy", "float32", seed=11)
+    model = linear_model(bk, np.array([1e-30, 1.0]))
+    w = bk.to_host(model.children["fc"].params["weight"]).astype(np.float64)
+    expected = np.linalg.norm(w / np.array([1e-30, 1.0])[:, None], 2)
+    assert FirstNoiseLayer(model).prefix_norm == pytest.approx(expected, rel=1e-4)
+
+
+def test_levels_far_apart_with_the_smallest_on_a_dead_row():
+    """The smallest level sits on a neuron the input does not reach (a zero row of W): the norm is
+    that of the other neurons, not 0, however far apart the levels are."""
+    bk = get_backend("numpy", "float32", seed=12)
+    model = linear_model(bk, np.array([1e-36, 1e-3]))
+    model.children["fc"].params["weight"][0] = 0
+    w1 = bk.to_host(model.children["fc"].params["weight"])[1].astype(np.float64)
+    assert FirstNoiseLayer(model).prefix_norm == pytest.approx(np.linalg.norm(w1) / 1e-3, rel=1e-4)
