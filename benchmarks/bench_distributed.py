@@ -93,6 +93,17 @@ def worker(args):
         print(json.dumps({"ranks": comm.size, "threads": args.threads, "models": results}))
 
 
+def finish_worker():
+    """End a worker at once after MPI's finalisation: its output is written, and the teardown of
+    the interpreter -- where torch's and gloo's threads sometimes abort the process ("terminate
+    called without an active exception") -- is skipped."""
+    from mpi4py import MPI
+    sys.stdout.flush()
+    sys.stderr.flush()
+    MPI.Finalize()
+    os._exit(0)
+
+
 def free_port():
     import socket
     with socket.socket() as s:
@@ -126,7 +137,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args)
+        worker(args)
+        finish_worker()
     if shutil.which("mpiexec") is None:
         sys.exit("bench_distributed.py needs mpiexec: pip install -e '.[mpi]'")
     repeats = [{"one": launch(1, args.ranks, args), "many": launch(args.ranks, 1, args)}
