@@ -63,36 +63,26 @@ def lipschitz(module):
     return None
 
 
-def spectral_norm(bk, modules, input_shape, weight=None, iterations=200, tol=1e-7):
-    """``||D A||_2`` of the affine chain ``modules`` (``A d = chain(d) - chain(0)``; ``D``
-    multiplies by ``weight`` per output neuron, or is the identity), by power iteration on
-    ``A^T D^2 A``: ``A`` is the chain's forward pass, ``A^T`` its input gradient (Eq. 2). It
-    runs in float64 whatever the model's dtype: ``A v = chain(v) - chain(0)`` subtracts the
-    biases, which would swamp a small row of ``A`` in float32."""
+def spectral_norm(bk, chain, input_shape, weight=None, iterations=200, tol=1e-7):
+    """``||D A||_2`` of the affine ``chain`` (a :class:`Sequential`; ``A d = chain(d) -
+    chain(0)``; ``D`` multiplies by ``weight`` per output neuron, or is the identity), by power
+    iteration on ``A^T D^2 A``: ``A`` is the chain's forward pass, ``A^T`` its input gradient
+    (Eq. 2). It runs in float64 whatever the model's dtype: ``A v = chain(v) - chain(0)``
+    subtracts the biases, which would swamp a small row of ``A`` in float32."""
     xp = bk.xp
-
-    def forward(d):
-        for m in modules:
-            d = m.forward(d)
-        return d
-
-    def backward(g):
-        for m in reversed(modules):
-            g = m.backward(g)
-        return g
 
     def norm(a):
         return bk.scalar(xp.sqrt((a * a).sum()))
 
-    zero = forward(xp.zeros((1, *input_shape), dtype="float64"))
+    zero = chain.forward(xp.zeros((1, *input_shape), dtype="float64"))
     start = bk.normal((1, *input_shape)).astype("float64")   # a start with every direction in it
     v = start / norm(start)
     estimate = 0.0
     for _ in range(iterations):
-        u = forward(v) - zero                           # A v
+        u = chain.forward(v) - zero                     # A v
         if weight is not None:
             u = u * (weight * weight)                   # D^2 A v
-        w = backward(u)                                 # A^T D^2 A v
+        w = chain.backward(u)                           # A^T D^2 A v
         new = bk.scalar(xp.sqrt((v * w).sum()))       # sqrt(v^T A^T D^2 A v) = ||D A v||
         size = norm(w)
         if size == 0:
@@ -117,11 +107,13 @@ class InputNoise:
             raise ValueError(f"input noise scale must be positive, got {scale!r}")
         self.model, self.scale, self.prefix_norm = model, float(scale), 1.0 / float(scale)
 
+    def prepare(self, x):
+        """What every draw for the image ``x`` ``(1, ...)`` starts from: the image itself."""
+        return x
+
     def draw(self, x, count):
-        """``count`` noisy copies of the image ``x`` ``(1, ...)``, one forward pass."""
-        bk = self.model.bk
-        noisy = x + self.scale * bk.normal((count, *x.shape[1:]))
-        return self.model.forward(noisy)
+        """The logits of ``count`` noisy copies of the image ``x``, one forward pass."""
+        return self.model.forward(x + self.scale * self.model.bk.normal((count, *x.shape[1:])))
 
 
 class FirstNoiseLayer:
@@ -144,15 +136,15 @@ class FirstNoiseLayer:
         if first is None or not layers[first][1].children["noise"].eval_noise:
             raise ValueError("first-noise-layer smoothing needs a model whose first noise layer draws in "
                              "evaluation mode (eval_noise); this one has none")
-        self.model, self.parent = model, layers[first][1]
-        self.layer = self.parent.children["noise"]
-        self.prefix = [m for _, m in layers[:first + 1]]
-        self.rest = [m for _, m in layers[first + 1:]]
         for name, m in layers[:first]:
             if not isinstance(m, AFFINE) and lipschitz(m) is None:
                 raise ValueError(f"first-noise-layer smoothing: layer {name!r} ({m.kind}) before the first noise "
                                  "layer is neither affine nor of a known Lipschitz constant")
-        self.bound = "exact" if all(isinstance(m, AFFINE) for m in self.prefix) else "upper"
+        self.model, self.layer = model, layers[first][1].children["noise"]
+        self.prefix_layers = layers[:first + 1]
+        self.prefix = Sequential(model.bk, self.prefix_layers)
+        self.rest = Sequential(model.bk, layers[first + 1:])
+        self.bound = "exact" if all(isinstance(m, AFFINE) for _, m in self.prefix_layers) else "upper"
         self.input_shape = tuple(input_shape or model.input_shape)
         self.prefix_norm = self.norm()
 
@@ -162,18 +154,19 @@ class FirstNoiseLayer:
         Lipschitz constant."""
         bk = self.model.bk
         with evaluating(self.model, noise=False), input_gradient_only(self.model):
-            segments, current, shape, total = [], [], self.input_shape, 1.0
-            for m in self.prefix:
+            segment, shape, total = [], self.input_shape, 1.0
+            for name, m in self.prefix_layers:
                 if isinstance(m, AFFINE):
-                    current.append(m)
+                    segment.append((name, m))
                     continue
-                segments.append((current, shape))
+                if segment:
+                    chain = Sequential(bk, segment)
+                    total *= spectral_norm(bk, chain, shape)
+                    shape = tuple(chain.forward(bk.zeros((1, *shape))).shape[1:])
                 total *= lipschitz(m)
-                shape = self._shape_after(current + [m], shape)
-                current = []
-            for chain, chain_shape in segments:
-                total *= spectral_norm(bk, chain, chain_shape) if chain else 1.0
-            return total * self._scaled_norm(current, shape)
+                shape = tuple(m.forward(bk.zeros((1, *shape))).shape[1:])
+                segment = []
+            return total * self._scaled_norm(Sequential(bk, segment), shape)
 
     #: Noise levels this many times apart make float32's ``(sigma_min / sigma)^2`` underflow.
     WIDE = 1e12
@@ -210,46 +203,33 @@ class FirstNoiseLayer:
         norms = []
         for start in range(0, neurons, chunk):
             k = min(chunk, neurons - start)
-            h = bk.zeros((k, *shape))
-            for m in chain:
-                h = m.forward(h)
+            h = chain.forward(bk.zeros((k, *shape)))
             onehots = bk.zeros((k, neurons))
             onehots[xp.arange(k), xp.arange(start, start + k)] = 1
-            g = onehots.reshape(h.shape)
-            for m in reversed(chain):
-                g = m.backward(g)
+            g = chain.backward(onehots.reshape(h.shape))
             norms.append(xp.sqrt((g * g).reshape(k, -1).sum(axis=1)))
         return bk.to_host(xp.concatenate(norms))
 
-    def _shape_after(self, modules, shape):
-        bk = self.model.bk
-        h = bk.zeros((1, *shape))
-        for m in modules:
-            h = m.forward(h)
-        return tuple(h.shape[1:])
-
-    def draw(self, x, count):
-        """``count`` draws for the image ``x`` ``(1, ...)``: the prefix once (noise off), then
-        ``v + sigma * eps`` for every draw and the rest of the model."""
-        bk = self.model.bk
+    def prepare(self, x):
+        """The prefix's output for the image ``x`` ``(1, ...)``, noise off: ``W1 x + b1 (+ mu)``,
+        the affine part of Eq. (1), computed once for all its draws."""
         with evaluating(self.model, noise=False):
-            v = x
-            for m in self.prefix:
-                v = m.forward(v)                    # W1 x + b1 (+ mu): the affine part of Eq. (1)
-        h = v + self.level() * bk.normal((count, *v.shape[1:]))    # + sigma * eps, Eq. (1)
-        for m in self.rest:
-            h = m.forward(h)
-        return h
+            return self.prefix.forward(x)
+
+    def draw(self, v, count):
+        """The logits of ``count`` draws from the prefix's output ``v``: ``v + sigma * eps``
+        (Eq. 1), then the rest of the model."""
+        return self.rest.forward(v + self.level() * self.model.bk.normal((count, *v.shape[1:])))
 
 
 def counts(smoothing, x, n, batch):
     """How often each class wins over ``n`` draws for the image ``x`` ``(1, ...)``, on the device."""
     xp = smoothing.model.xp
-    total, done = None, 0
+    start, total, done = smoothing.prepare(x), None, 0
     with evaluating(smoothing.model, noise=smoothing.noise):
         while done < n:
             k = min(batch, n - done)
-            logits = smoothing.draw(x, k)
+            logits = smoothing.draw(start, k)
             c = xp.bincount(logits.argmax(axis=1), minlength=logits.shape[1])
             total = c if total is None else total + c
             done += k

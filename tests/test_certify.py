@@ -46,8 +46,8 @@ def test_power_iteration_matches_the_svd(kind):
     expected = np.linalg.norm(matrix / bk.to_host(sigma).reshape(-1, 1), 2)
     m = Sequential(bk, [(str(i), mod) for i, mod in enumerate(modules)])
     with evaluating(m), input_gradient_only(m):
-        assert spectral_norm(bk, modules, shape, weight=1 / sigma) == pytest.approx(expected, rel=1e-6)
-        assert spectral_norm(bk, modules, shape) == pytest.approx(np.linalg.norm(matrix, 2), rel=1e-6)
+        assert spectral_norm(bk, m, shape, weight=1 / sigma) == pytest.approx(expected, rel=1e-6)
+        assert spectral_norm(bk, m, shape) == pytest.approx(np.linalg.norm(matrix, 2), rel=1e-6)
 
 
 def linear_model(bk, sigma):
