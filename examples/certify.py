@@ -214,13 +214,7 @@ def smoothing_for(args, model, trained_scale):
 
 def clopper_pearson(k, m, level=LEVEL):
     """The two-sided ``level`` Clopper-Pearson interval of a binomial proportion, ``k`` of ``m``."""
-    from scipy.stats import beta
-    if m == 0:
-        return [0.0, 1.0]
-    tail = (1 - level) / 2
-    low = 0.0 if k == 0 else float(beta.ppf(tail, k, m - k + 1))
-    high = 1.0 if k == m else float(beta.ppf(1 - tail, k + 1, m - k))
-    return [low, high]
+    return [0.0, 1.0] if m == 0 else list(certify.clopper_pearson(k, m, (1 - level) / 2))
 
 
 def summarise(images):

@@ -32,11 +32,19 @@ N0, N, ALPHA = 100, 100_000, 0.001
 AFFINE = (Linear, Conv2d, Normalize, BatchNorm1d, BatchNorm2d, Flatten)
 
 
-def lower_confidence_bound(count, n, alpha):
-    """One-sided Clopper-Pearson lower bound on a binomial probability from ``count`` successes
-    in ``n`` trials, at level ``1 - alpha``: the ``alpha`` quantile of ``Beta(count, n - count + 1)``."""
+def clopper_pearson(count, n, tail):
+    """The Clopper-Pearson bounds ``(low, high)`` of a binomial probability from ``count``
+    successes in ``n`` trials, each missing with probability ``tail``: the ``tail`` quantile of
+    ``Beta(count, n - count + 1)`` and the ``1 - tail`` one of ``Beta(count + 1, n - count)``."""
     from scipy.stats import beta
-    return 0.0 if count == 0 else float(beta.ppf(alpha, count, n - count + 1))
+    low = 0.0 if count == 0 else float(beta.ppf(tail, count, n - count + 1))
+    high = 1.0 if count == n else float(beta.ppf(1 - tail, count + 1, n - count))
+    return low, high
+
+
+def lower_confidence_bound(count, n, alpha):
+    """One-sided Clopper-Pearson lower bound at level ``1 - alpha`` (Cohen's ``pA``)."""
+    return clopper_pearson(count, n, alpha)[0]
 
 
 def check_settings(n0, n, alpha):

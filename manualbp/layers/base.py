@@ -97,7 +97,7 @@ class Module:
     def run(self, op, *inputs, **settings):
         """The forward pass of ``op`` as the backend's table says; keeps its cache for
         :meth:`run_backward`."""
-        forward, backward = op.pair(self.bk.name, self.bk.kernels)     # = self.bk.kernel(op)
+        forward, backward = self.bk.kernel(op)
         out, cache = forward(self.xp, *inputs, **settings)
         self.cache = (op, backward, cache, out.shape)           # backward: the forward's partner
         return out
