@@ -18,9 +18,7 @@ def _check_4d(layer, x):
 
 
 class _Pool2d(Module):
-    """Window geometry shared by max and average pooling; ``pad_value`` fills the border."""
-
-    pad_value = 0.0
+    """Window geometry shared by max and average pooling (the ops pad the border)."""
 
     def __init__(self, bk, kernel_size, stride=None, padding=0):
         super().__init__(bk)
