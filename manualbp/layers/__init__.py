@@ -1,5 +1,6 @@
 """Layers: each a forward pass and a hand-written backward pass (Eq. 1 forward, Eq. 2 backward)."""
-from .activations import ACTIVATIONS, LeakyReLU, ReLU, Sigmoid, Tanh
+from .activations import (ACTIVATIONS, GELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, ReLU, Sigmoid, SiLU,
+                          Tanh)
 from .base import Module
 from .dropout import Dropout
 from .linear import Linear
@@ -8,6 +9,7 @@ from .noise import NOISE_MODES, GaussianNoise
 
 __all__ = ["ACTIVATIONS", "Dropout", "GaussianNoise", "LeakyReLU", "Linear", "Module", "NOISE_MODES", "ReLU",
            "Sigmoid", "SoftmaxCrossEntropy", "Tanh"]
+__all__ += ["GELU", "Hardsigmoid", "Hardswish", "Hardtanh", "SiLU"]
 from .norm import BatchNorm1d, BatchNorm2d
 from .normalize import Normalize
 
@@ -22,3 +24,6 @@ from .graph import INPUT, Add, Graph, Sequential
 from .residual import BasicBlock, Projection
 
 __all__ += ["Add", "BasicBlock", "Graph", "INPUT", "Projection", "Sequential"]
+from .apply import Apply, Constant, Parameter
+
+__all__ += ["Apply", "Constant", "Parameter"]

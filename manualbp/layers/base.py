@@ -23,6 +23,12 @@ op computes ``v`` may carry the noise term ``z`` of Eq. (1) as its child ``"nois
 """
 
 
+def join(path, name):
+    """A full name: ``path.name``; ``path`` alone for the empty name (a graph node that is one
+    array, :class:`~manualbp.layers.Parameter`)."""
+    return f"{path}.{name}" if path and name else path or name
+
+
 class Arrays(dict):
     """A module's named arrays, each registered once and from then on changed in place only."""
 
@@ -81,11 +87,15 @@ class Module:
     def check(self, x):
         """Raise a clear error for an input the module cannot take (before any work)."""
 
+    def op_inputs(self, values, array):
+        """The op's inputs in order: the ``values`` flowing in, then ``array(key)`` for each
+        remaining input key (the module's own arrays: ``self.array``)."""
+        return [*values, *[array(key) for key in self.op.inputs[self.arity:]]]
+
     def forward(self, x):
         """``output = op(x, arrays, settings)`` (+ the noise term ``z`` of Eq. 1)."""
         self.check(x)
-        v = self.run(self.op, x, *[self.array(key) for key in self.op.inputs[self.arity:]],
-                     **self.settings(self.training))
+        v = self.run(self.op, *self.op_inputs((x,), self.array), **self.settings(self.training))
         return self.children["noise"].forward(v) if "noise" in self.children else v
 
     def backward(self, delta, input_grad=True):
@@ -109,6 +119,24 @@ class Module:
         backward differentiates the most recent forward (as often as asked; an earlier one
         through :meth:`Graph.saved_caches`); a ``delta`` of another shape than that pass's output
         stops with an error."""
+        op, backward, cache = self.last_pass(delta)
+        targets = self.grads if self.param_grads else {}             # a gradient array per parameter
+        need = self.value_need(input_grad) + tuple([targets.get(k) for k in op.inputs[self.arity:]])
+        grads = backward(self.xp, delta, cache, need)
+        for target, grad in zip(need[self.arity:], grads[self.arity:]):
+            if target is not None and grad is not target:
+                target[...] = grad
+        return grads[0] if self.arity == 1 else grads[:self.arity]
+
+    def value_need(self, input_grad):
+        """``need`` of the values flowing in: ``input_grad`` is one flag for all of them, or a
+        tuple of one flag per value (a graph's node, some of whose inputs need no gradient)."""
+        wanted = input_grad if isinstance(input_grad, tuple) else (input_grad,) * self.arity
+        return tuple(True if flag else None for flag in wanted)
+
+    def last_pass(self, delta):
+        """``(op, backward, cache)`` of the last forward pass, after checking that ``delta``
+        fits its output."""
         if self.cache is None:
             raise RuntimeError(f"{self.kind}: backward before forward: run forward first, it keeps "
                                f"what backward needs")
@@ -118,24 +146,18 @@ class Module:
                              f"forward pass gave an output of shape {tuple(shape)}: backward differentiates "
                              f"the most recent forward pass (an earlier one: model.backward(delta, "
                              f"caches=saved), saved = model.saved_caches() after its forward)")
-        targets = self.grads if self.param_grads else {}             # a gradient array per parameter
-        need = (True if input_grad else None,) * self.arity + tuple([targets.get(k) for k in op.inputs[self.arity:]])
-        grads = backward(self.xp, delta, cache, need)
-        for target, grad in zip(need[self.arity:], grads[self.arity:]):
-            if target is not None and grad is not target:
-                target[...] = grad
-        return grads[0] if self.arity == 1 else grads[:self.arity]
+        return op, backward, cache
 
     # --- walking the tree ----------------------------------------------------------------
     def modules(self, prefix=""):
         """Yield ``(full name, module)`` for this module and every descendant, parents first."""
         yield prefix, self
         for name, child in self.children.items():
-            yield from child.modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.modules(join(prefix, name))
 
     def parameter_slots(self):
         """``[(full name, module, local name)]`` of every trained array, in a fixed order."""
-        return [(f"{path}.{key}" if path else key, module, key)
+        return [(join(path, key), module, key)
                 for path, module in self.modules() for key in module.params]
 
     def named_parameters(self):
@@ -146,7 +168,7 @@ class Module:
         return {name: module.grads[key] for name, module, key in self.parameter_slots()}
 
     def named_buffers(self):
-        return {(f"{path}.{key}" if path else key): array
+        return {join(path, key): array
                 for path, module in self.modules() for key, array in module.buffers.items()}
 
     def parameter_store(self):

@@ -26,7 +26,9 @@ class Graph(Module):
 
     ``nodes``: ``(name, module, inputs)`` triples in an order where every input comes first;
     ``inputs`` names the values the module takes -- ``"input"`` (the graph's input) or earlier
-    nodes -- and the last node's value is the output. Each module becomes the child ``name``.
+    nodes, none for a node that is an array (:class:`~manualbp.layers.Parameter`) -- and the
+    value of ``output`` (default: the last node) is the graph's. Each module becomes the child
+    ``name``.
 
     ``forward`` runs the nodes in order. ``backward`` runs them in reverse, each handed ``delta =
     dL/d(its value)``; where a value feeds several nodes, its delta is the sum of theirs (Eq. 2:
@@ -37,7 +39,7 @@ class Graph(Module):
     convolution). ``input_shape`` (per sample), when given, makes ``forward`` check its input.
     """
 
-    def __init__(self, bk, nodes, input_shape=None):
+    def __init__(self, bk, nodes, input_shape=None, output=None):
         super().__init__(bk)
         self.edges = []
         for name, module, inputs in nodes:
@@ -48,13 +50,17 @@ class Graph(Module):
                                  f"name is taken")
             self.children[name] = module
             self.edges.append((name, inputs))
+        if output is not None and output not in self.children:
+            raise ValueError(f"graph output {output!r} is not one of its nodes")
+        self.chosen_output = output
         self.input_shape = None if input_shape is None else tuple(input_shape)
         self.forwarded = False
         self.reached = {}
 
     @property
     def output(self):
-        return self.edges[-1][0] if self.edges else INPUT
+        """The node whose value the graph returns: ``output`` as given, else the last node."""
+        return self.chosen_output or (self.edges[-1][0] if self.edges else INPUT)
 
     def check_input(self, x):
         """Raise a clear error for input that is not an array of the backend, or of the wrong
@@ -114,9 +120,9 @@ class Graph(Module):
             d = deltas.pop(name, None)
             if d is None or not wanted[name]:
                 continue
-            needs_input = any(wanted[i] for i in inputs)
-            grads = self.children[name].backward(d, input_grad=needs_input)
-            for i, g in zip(inputs, grads if len(inputs) > 1 else (grads,)):
+            reach = tuple(wanted[i] for i in inputs)           # which of the node's inputs need dL/d(input)
+            grads = self.children[name].backward(d, input_grad=reach[0] if len(inputs) == 1 else reach)
+            for i, g in zip(inputs, grads if len(inputs) != 1 else (grads,)):
                 if wanted[i] and g is not None:
                     deltas[i] = add(self.xp, deltas[i], g)[0] if i in deltas else g   # deltas add (Eq. 2) by the add op
         return deltas.get(INPUT) if input_grad else None

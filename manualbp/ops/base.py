@@ -20,7 +20,8 @@ A rule ``rule(x, *inputs, **settings)`` computes the forward pass in another fra
 same arrays (``op.rule("torch")``); that framework's autograd then differentiates it, which is
 how :mod:`manualbp.verify` checks the hand-written ``backward``. An import rule
 (``op.imports("Conv2d")``) builds the manualbp module that runs the op from a torch module of
-that type (:func:`manualbp.verify.from_torch`).
+that type, and a trace rule (``op.traces("aten.conv2d.default")``) the node of a traced graph
+that calls that ATen op (:func:`manualbp.verify.from_torch`).
 """
 
 #: every op, in the order they were made (:func:`manualbp.backend.Backend.table` lists them)
@@ -38,6 +39,7 @@ class Op:
         self.kernels = {}          # backend name -> (forward, backward)
         self.rules = {}            # framework -> rule
         self.importers = {}        # torch module type name -> import rule
+        self.tracers = {}          # traced ATen op name -> trace rule
         OPS.append(self)
 
     def __repr__(self):
@@ -66,6 +68,24 @@ class Op:
         def register(function):
             for name in torch_types:
                 self.importers[name] = function
+            return function
+        return register
+
+    def traces(self, *aten_names):
+        """Decorator: ``rule(call, *args, **kwargs)`` imports a call of one of the named ATen ops
+        (``"aten.conv2d.default"``: ``str(node.target)`` in a graph of ``torch.export``) as this
+        op (:mod:`manualbp.verify.trace`). ``args`` and ``kwargs`` are the call's own: each tensor
+        a :class:`~manualbp.verify.trace.Value` (with its ``shape``), everything else its Python
+        value. The rule returns ``(inputs, settings)`` -- the op's inputs in order (Values, or
+        ``None`` for an absent optional one) and its settings -- or ``(other_op, inputs,
+        settings)`` for a call that another op computes (``x * 2``: ``scale``), or ``(inputs,
+        module)`` with a module built on ``call.bk`` that runs the op (a ``Dropout``, which draws
+        its own masks), or one Value (the call changes nothing: an alias), or a list of those,
+        one per output of a call that returns several (``chunk``, picked by ``getitem``).
+        ``call.refuse(what)`` stops the import for a setting the op does not compute."""
+        def register(function):
+            for name in aten_names:
+                self.tracers[name] = function
             return function
         return register
 

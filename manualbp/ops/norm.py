@@ -219,3 +219,20 @@ def batch_norm_from_torch(imp, m, path, where):
     for key in ("running_mean", "running_var"):
         imp.copy(layer, "buffers", key, getattr(m, key), where, path)
     return layer
+
+
+@batch_norm.traces("aten.batch_norm.default")
+def batch_norm_from_trace(call, input, weight, bias, running_mean, running_var, training, momentum, eps,
+                          cudnn_enabled):
+    """``F.batch_norm`` of a ``BatchNorm1d`` / ``BatchNorm2d`` with ``affine=True`` and running
+    statistics: ``eps`` becomes ``floor``."""
+    if input.ndim not in (2, 4):
+        call.refuse(f"batch_norm of a {input.ndim}-D input; expected (N, F) or (N, C, H, W)")
+    if weight is None or bias is None:
+        call.refuse("batch_norm without weight or bias (affine=False); expected both")
+    if running_mean is None or running_var is None:
+        call.refuse("batch_norm without running statistics (track_running_stats=False); expected both")
+    if momentum is None:
+        call.refuse("batch_norm with momentum=None (a cumulative average); expected a momentum")
+    return (input, weight, bias, running_mean, running_var), {"training": bool(training),
+                                                              "momentum": float(momentum), "floor": float(eps)}

@@ -12,6 +12,8 @@ A module of your own whose ``forward`` is not one op (no ``op``) can still be wa
 rule ``rule(walker, module, x, path) -> output`` for its class with :func:`register`.
 """
 
+from ..layers.base import join
+
 RULES = {"torch": {}, "jax": {}}
 
 
@@ -24,8 +26,6 @@ def refuse(path, module, what):
     raise ConversionError(f"cannot import {path or '<model>'!r} of type {type(module).__name__}: {what}")
 
 
-def join(path, name):
-    return f"{path}.{name}" if path else name
 
 
 def register(framework, *type_names):
@@ -71,8 +71,8 @@ def graph(w, m, x, path):
 def leaf(w, m, x, path):
     """A leaf: its op's rule on the module's arrays and settings (+ its noise child, Eq. 1)."""
     xs = x if m.arity > 1 else (x,)
-    inputs = [w.input(m, path, key, xs[0]) for key in m.op.inputs[m.arity:]]
-    v = m.op.rules[w.framework](*xs, *inputs, **m.settings(w.training(m, path)))
+    inputs = m.op_inputs(xs, lambda key: w.input(m, path, key, xs[0]))
+    v = m.op.rules[w.framework](*inputs, **m.settings(w.training(m, path)))
     return w.noise(m, v, path)
 
 

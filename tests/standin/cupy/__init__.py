@@ -197,6 +197,12 @@ class ufunc:
     def __call__(self, *args, **kwargs):
         return _ufunc_call(self.name, args, kwargs)
 
+    def at(self, a, indices, b=None):
+        """In place at ``indices``, repeated indices applied once each (one launch)."""
+        _launch(f"{self.name}.at")
+        where = f"cupy.{self.name}.at"
+        getattr(numpy, self.name).at(_unwrap(a, where), _unwrap(indices, where), _unwrap(b, where))
+
     def __repr__(self):
         return f"<ufunc 'cupy_{self.name}' (stand-in)>"
 
