@@ -78,7 +78,7 @@ def steppers(variant, seed, backend, kernels, device):
 #: Per ``--kernels``: the module whose im2col/col2im the conv op calls (looked up there by name,
 #: so patched there), the conv op's forward that runs, and the array function doing its GEMMs.
 CONV_PATHS = {"fast": (fast_im2col, conv_ops.conv_forward_batch_inner, "matmul"),
-              "reference": (conv_ops, conv_ops.conv_forward, "tensordot")}
+              "reference": (conv_ops, conv_ops.conv_forward, "matmul")}
 PARTS = ("conv GEMM", "im2col/col2im", "noise draws")
 
 

@@ -10,8 +10,8 @@ Softplus, ``phi(v) = log(1 + e^v)`` with ``phi'(v) = sigmoid(v)``, which manualb
 4. the module that runs the op, used in a small model with learned noise (Eq. 1);
 5. every gradient checked by finite differences (float64), on both kernel settings;
 6. the model verified against PyTorch and JAX;
-7. an import rule: a ``torch.nn.Softplus`` in a PyTorch model becomes this module, so that
-   ``compare_torch`` checks that model's every gradient against the hand-written backward.
+7. a trace rule: torch's ``softplus`` called in a PyTorch model becomes a node running this op,
+   so that ``compare_torch`` checks that model's every gradient against the hand-written backward.
 
 Prints each check and exits 0 only if all of them pass (docs/extending.md walks through it).
 """
@@ -23,7 +23,6 @@ from manualbp.layers import Linear, Module, SoftmaxCrossEntropy
 from manualbp.model import Sequential
 from manualbp.ops import Op
 from manualbp.verify import verify_model
-from manualbp.verify.walk import refuse
 from manualbp.zoo import noise_for
 
 
@@ -90,12 +89,12 @@ class Softplus(Module):
     op = softplus
 
 
-# --- 7. an import rule: torch.nn.Softplus -> Softplus -------------------------------------------
-@softplus.imports("Softplus")
-def softplus_from_torch(importer, m, path, where):
-    if m.beta != 1:                               # log(1 + e^(beta v)) / beta: not this op
-        refuse(path, m, f"beta {m.beta}; expected 1")
-    return Softplus(importer.bk)
+# --- 7. a trace rule: torch's softplus in a traced PyTorch model -> this op -----------------------
+@softplus.traces("aten.softplus.default")
+def softplus_from_aten(call, v, beta=1, threshold=20):
+    if beta != 1:                                 # log(1 + e^(beta v)) / beta: not this op
+        call.refuse(f"beta {beta}; expected 1")
+    return [v], {}
 
 
 def torch_model_agrees():

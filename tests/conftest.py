@@ -7,6 +7,7 @@ Environment switches (set by CI so that nothing it needs is silently skipped):
 * ``MANUALBP_STRICT=1`` -- all of the following;
 * ``MANUALBP_REQUIRE_TORCH=1`` -- a missing ``torch`` fails the parity tests instead of skipping them;
 * ``MANUALBP_REQUIRE_JAX=1`` -- likewise for ``jax`` and the JAX parity tests;
+* ``MANUALBP_REQUIRE_TORCHVISION=1`` -- likewise for ``torchvision`` and the tests of its models;
 * ``MANUALBP_REQUIRE_DATA=1``  -- missing Fashion-MNIST files fail the real-data tests instead of
   skipping them;
 * ``MANUALBP_REQUIRE_MPI=1`` -- a missing ``mpi4py`` or ``mpiexec`` fails the data-parallel tests.
@@ -139,12 +140,12 @@ def assert_normwise_close(ours, reference, rtol, what):
     assert error <= rtol, f"{what}: relative error {error:.3g} > {rtol:g}"
 
 
-def _require_module(name, install="pip install -e '.[test]'"):
-    """Import and return module ``name``; skip when it is missing, or fail under
-    ``MANUALBP_REQUIRE_<NAME>=1``."""
+def _require_module(name, install="pip install -e '.[test]'", load=importlib.import_module):
+    """Import and return module ``name`` (by ``load(name)``); skip when it is missing, or fail
+    under ``MANUALBP_REQUIRE_<NAME>=1``."""
     flag = f"MANUALBP_REQUIRE_{name.upper()}"
     try:
-        return importlib.import_module(name)
+        return load(name)
     except ImportError as err:
         if _env_flag(flag):
             pytest.fail(f"{flag}=1 but {name} cannot be imported ({err}); install it with {install}",
@@ -166,6 +167,13 @@ def require_cupy():
     """The real ``cupy`` (its API, for the stand-in's snapshot; no GPU needed), see
     :func:`_require_module`."""
     return _require_module("cupy", "bash .ci/setup (cupy-cuda12x, which imports without a GPU)")
+
+
+def require_torchvision():
+    """``torchvision.models``, imported as :mod:`manualbp.verify.torchvision_zoo` does beside
+    PyTorch's CPU build (the torchvision tests), see :func:`_require_module`."""
+    from manualbp.verify.torchvision_zoo import models
+    return _require_module("torchvision", "pip install --no-deps torchvision==0.28.0", lambda _: models())
 
 
 def require_mpi():
@@ -204,6 +212,12 @@ def torch():
 def jax():
     """The ``jax`` module (see :func:`require_jax`)."""
     return require_jax()
+
+
+@pytest.fixture
+def torchvision_models(torch):
+    """``torchvision.models`` (see :func:`require_torchvision`)."""
+    return require_torchvision()
 
 
 @pytest.fixture

@@ -77,9 +77,10 @@ def inputs(*makers):
     return lambda rng: [None if m is None else m(rng) for m in makers]
 
 
-def conv_case(x, weight, bias=True, stride=1, padding=0, **options):
+def conv_case(x, weight, bias=True, stride=1, padding=0, dilation=1, groups=1, **options):
     settings = {"stride": (stride,) * 2 if isinstance(stride, int) else stride,
-                "padding": (padding,) * 2 if isinstance(padding, int) else padding}
+                "padding": (padding,) * 2 if isinstance(padding, int) else padding,
+                "dilation": (dilation,) * 2 if isinstance(dilation, int) else dilation, "groups": groups}
     return Case(conv2d, inputs(normal(*x), normal(*weight), normal(weight[0]) if bias else None), settings,
                 params=(1, 2), **options)
 
@@ -97,9 +98,9 @@ def norm_case(shape, training):
                 {"training": training, "momentum": 0.1, "floor": 1e-5}, params=(1, 2), fixed=(3, 4))
 
 
-def pool_case(shape, kernel, stride, padding=0):
+def pool_case(shape, kernel, stride, padding=0, ceil_mode=False):
     return Case(max_pool2d, inputs(normal(*shape)), {"kernel_size": (kernel,) * 2, "stride": (stride,) * 2,
-                                                      "padding": (padding,) * 2}, ties=True)
+                                                      "padding": (padding,) * 2, "ceil_mode": ceil_mode}, ties=True)
 
 
 CASES = {
@@ -114,6 +115,14 @@ CASES = {
     "conv-many-outputs": conv_case((4, 1, 5, 5), (3, 1, 3, 3), padding=1),
     "conv-padding-past-kernel": conv_case((4, 2, 4, 5), (3, 2, 2, 2), bias=False, padding=(2, 1)),
     "conv-1x1": conv_case((4, 3, 5, 5), (2, 3, 1, 1)),
+    "conv-dilated": conv_case((4, 3, 7, 8), (4, 3, 3, 3), padding=2, dilation=2),
+    "conv-grouped-strided-dilated": conv_case((4, 4, 9, 8), (6, 2, 3, 3), stride=2, padding=(2, 1), dilation=(2, 1),
+                                              groups=2),
+    "conv-grouped-nobias": conv_case((4, 6, 5, 6), (6, 2, 3, 3), bias=False, padding=1, groups=3),
+    "conv-depthwise": conv_case((4, 4, 6, 7), (4, 1, 3, 3), padding=1, groups=4),
+    "conv-depthwise-strided-nobias": conv_case((4, 4, 7, 8), (4, 1, 3, 3), bias=False, stride=2, padding=1, groups=4),
+    "conv-depthwise-multiplier-dilated": conv_case((4, 3, 9, 9), (6, 1, 3, 3), padding=(2, 1), dilation=(2, 1),
+                                                   groups=3),
     "noise-dense-mean": noise_case((6, 5), mean=True),
     "noise-map-mean": noise_case((6, 3, 4, 5), mean=True),
     "noise-map-abs-sigma": noise_case((6, 3, 4, 5), sigma=(-1.5, 1.5), abs_sigma=True),
@@ -128,6 +137,10 @@ CASES = {
     "maxpool-2x2": pool_case((4, 3, 6, 8), 2, 2),
     "maxpool-2x2-cropped": pool_case((4, 3, 7, 9), 2, 2),
     "maxpool-2x2-padded": pool_case((4, 3, 7, 8), 2, 2, 1),
+    "maxpool-2x2-ceil": pool_case((4, 3, 7, 9), 2, 2, ceil_mode=True),
+    "maxpool-2x2-ceil-even": pool_case((4, 3, 6, 8), 2, 2, ceil_mode=True),
+    "maxpool-3x3-s2-ceil-padded": pool_case((4, 3, 8, 9), 3, 2, 1, ceil_mode=True),
+    "maxpool-3x3-tiled-ceil": pool_case((4, 3, 8, 7), 3, 3, ceil_mode=True),
     "maxpool-2x2-s1": pool_case((4, 3, 5, 6), 2, 1),
     "maxpool-3x3-s2": pool_case((4, 3, 7, 9), 3, 2),
     "maxpool-3x3-tiled-cropped": pool_case((4, 3, 8, 7), 3, 3),

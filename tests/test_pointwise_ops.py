@@ -283,30 +283,28 @@ def test_existing_activations_keep_their_trace_rules():
 
 # --- PyTorch modules ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make,kind,settings", [
-    (lambda nn: nn.ReLU6(), "Hardtanh", {"min_value": 0.0, "max_value": 6.0}),
-    (lambda nn: nn.Hardtanh(-0.5, 2), "Hardtanh", {"min_value": -0.5, "max_value": 2.0}),
-    (lambda nn: nn.Hardswish(), "Hardswish", {}), (lambda nn: nn.Hardsigmoid(), "Hardsigmoid", {}),
-    (lambda nn: nn.SiLU(), "SiLU", {}), (lambda nn: nn.GELU(), "GELU", {"approximate": "none"}),
-    (lambda nn: nn.GELU("tanh"), "GELU", {"approximate": "tanh"}),
+@pytest.mark.parametrize("make,name,settings", [
+    (lambda nn: nn.ReLU6(), "hardtanh", {"min_value": 0.0, "max_value": 6.0}),
+    (lambda nn: nn.Hardtanh(-0.5, 2), "hardtanh", {"min_value": -0.5, "max_value": 2.0}),
+    (lambda nn: nn.Hardswish(), "hardswish", {}), (lambda nn: nn.Hardsigmoid(), "hardsigmoid", {}),
+    (lambda nn: nn.SiLU(), "silu", {}), (lambda nn: nn.GELU(), "gelu", {"approximate": "none"}),
+    (lambda nn: nn.GELU("tanh"), "gelu", {"approximate": "tanh"}),
 ], ids=["ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "SiLU", "GELU", "GELU_tanh"])
-def test_pytorch_activation_modules_are_imported(torch, make, kind, settings):
-    """The module's import rule builds the manualbp module of that name and settings; its forward
-    and hand-written backward match the torch module and autograd (the kinks included; through
-    Hardsigmoid, whose float64 derivative PyTorch rounds to float32, to 1e-7)."""
-    from types import SimpleNamespace
-
-    import manualbp.layers
-    from manualbp.verify.torch_ref import import_rules
+def test_pytorch_activation_modules_are_traced(torch, make, name, settings):
+    """The module traces to one node of its op with its settings; its forward and hand-written
+    backward match the torch module and autograd (the kinks included; through Hardsigmoid, whose
+    float64 derivative PyTorch rounds to float32, to 1e-7)."""
+    from manualbp.layers import Apply
+    from manualbp.verify import from_torch
     m = make(torch.nn)
-    bk = get_backend("numpy", "float64", 0)
-    layer = import_rules()[type(m).__name__](SimpleNamespace(bk=bk), m, "act", "act")
-    assert type(layer) is getattr(manualbp.layers, kind) and layer.settings(True) == settings
+    model = from_torch(m, (5,), batch=4)
+    (node,) = [n for _, n in model.modules() if isinstance(n, Apply)]
+    assert node.op.name == name and node.settings(True) == settings
     v = np.concatenate([AT_KINKS, x(12)]).reshape(4, 5)
     delta = np.random.default_rng(9).standard_normal(v.shape)
-    ours = layer.forward(bk.asarray(v)), layer.backward(bk.asarray(delta))
+    ours = model.forward(model.bk.asarray(v)), model.backward(model.bk.asarray(delta))
     vt = torch.tensor(v, requires_grad=True)
     out = m(vt)
     out.backward(torch.tensor(delta))
     assert relative_error(ours[0], out.detach().numpy()) < 1e-13
-    assert relative_error(ours[1], vt.grad.numpy()) < (1e-7 if kind == "Hardsigmoid" else 1e-13)
+    assert relative_error(ours[1], vt.grad.numpy()) < (1e-7 if name == "hardsigmoid" else 1e-13)

@@ -310,6 +310,11 @@ def hardsigmoid_torch(v):
     return F.relu6(v + 3) / 6
 
 
+for _name in ("aten.hardsigmoid.default", "aten.hardsigmoid_.default"):
+    hardsigmoid.inexact_in_torch(_name, "its float64 derivative is 1/6 rounded to float32, 1/6 + 5.0e-9",
+                                 hardsigmoid_torch)
+
+
 @hardsigmoid.rule("jax")
 def hardsigmoid_jax(v):
     import jax.numpy as jnp
@@ -338,27 +343,6 @@ def gelu_torch(v, approximate="none"):
 def gelu_jax(v, approximate="none"):
     import jax
     return jax.nn.gelu(v, approximate=approximate == "tanh")
-
-
-@relu.imports("ReLU")
-@sigmoid.imports("Sigmoid")
-@tanh.imports("Tanh")
-@leaky_relu.imports("LeakyReLU")
-@hardtanh.imports("Hardtanh", "ReLU6")
-@hardswish.imports("Hardswish")
-@hardsigmoid.imports("Hardsigmoid")
-@silu.imports("SiLU")
-@gelu.imports("GELU")
-def activation_from_torch(imp, m, path, where):
-    from .. import layers
-    kind = type(m).__name__
-    if kind == "LeakyReLU":
-        return layers.LeakyReLU(imp.bk, m.negative_slope)
-    if kind in ("Hardtanh", "ReLU6"):
-        return layers.Hardtanh(imp.bk, float(m.min_val), float(m.max_val))
-    if kind == "GELU":
-        return layers.GELU(imp.bk, m.approximate)
-    return getattr(layers, kind)(imp.bk)
 
 
 @relu.traces("aten.relu.default", "aten.relu_.default")

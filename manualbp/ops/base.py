@@ -18,10 +18,9 @@ forward, one cache, one backward.
 
 A rule ``rule(x, *inputs, **settings)`` computes the forward pass in another framework from the
 same arrays (``op.rule("torch")``); that framework's autograd then differentiates it, which is
-how :mod:`manualbp.verify` checks the hand-written ``backward``. An import rule
-(``op.imports("Conv2d")``) builds the manualbp module that runs the op from a torch module of
-that type, and a trace rule (``op.traces("aten.conv2d.default")``) the node of a traced graph
-that calls that ATen op (:func:`manualbp.verify.from_torch`).
+how :mod:`manualbp.verify` checks the hand-written ``backward``. A trace rule
+(``op.traces("aten.conv2d.default")``) imports a call of that ATen op in a traced PyTorch
+model as a node running the op (:func:`manualbp.verify.from_torch`).
 """
 
 #: every op, in the order they were made (:func:`manualbp.backend.Backend.table` lists them)
@@ -38,8 +37,8 @@ class Op:
         self.forward, self.backward = forward, backward
         self.kernels = {}          # backend name -> (forward, backward)
         self.rules = {}            # framework -> rule
-        self.importers = {}        # torch module type name -> import rule
         self.tracers = {}          # traced ATen op name -> trace rule
+        self.inexact = {}          # ATen op name -> (how PyTorch falls short of float64, exact rule)
         OPS.append(self)
 
     def __repr__(self):
@@ -61,16 +60,6 @@ class Op:
             return function
         return register
 
-    def imports(self, *torch_types):
-        """Decorator: ``rule(importer, module, path, where) -> manualbp module`` builds the module
-        running this op from a torch module of one of the named types (refusing, with
-        :func:`manualbp.verify.walk.refuse`, settings the op does not compute)."""
-        def register(function):
-            for name in torch_types:
-                self.importers[name] = function
-            return function
-        return register
-
     def traces(self, *aten_names):
         """Decorator: ``rule(call, *args, **kwargs)`` imports a call of one of the named ATen ops
         (``"aten.conv2d.default"``: ``str(node.target)`` in a graph of ``torch.export``) as this
@@ -88,6 +77,13 @@ class Op:
                 self.tracers[name] = function
             return function
         return register
+
+    def inexact_in_torch(self, aten_name, why, exact):
+        """Record that PyTorch computes the ATen op ``aten_name`` less precisely than its dtype
+        (``why``) and that ``exact(*args, **kwargs)`` computes the call with torch functions
+        exactly: a comparison then also runs PyTorch with ``exact`` in its place, and an array
+        that agrees with that run differs from PyTorch's only by PyTorch's own error."""
+        self.inexact[aten_name] = (why, exact)
 
     def pair(self, backend, kernels="fast"):
         """``(forward, backward)`` that runs on ``backend`` with ``kernels`` ``"fast"`` or

@@ -209,12 +209,6 @@ def dropout_rule(v, mask):
     return v if mask is None else v * mask
 
 
-@dropout.imports("Dropout")
-def dropout_from_torch(imp, m, path, where):
-    from ..layers import Dropout
-    return Dropout(imp.bk, m.p)
-
-
 # --- trace rules: ATen's arithmetic with a tensor, or with a Python number (a scale node) --------
 def is_number(a):
     return isinstance(a, (int, float))

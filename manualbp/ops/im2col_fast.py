@@ -11,7 +11,7 @@ Shapes
 * columns ``cols``: ``(C, KH, KW, N, OH, OW)``, read as a ``(K, P)`` matrix whose column
   ``(n, oh, ow)`` is the patch under output pixel ``(oh, ow)`` of sample ``n``::
 
-      cols[c, i, j, n, oh, ow] = x_pad[n, c, oh * SH + i, ow * SW + j]
+      cols[c, i, j, n, oh, ow] = x_pad[n, c, oh * SH + i * DH, ow * SW + j * DW]
 
   where ``x_pad`` is ``x`` with ``PH`` / ``PW`` zeros around it.
 
@@ -31,7 +31,7 @@ On NumPy, large im2col and col2im calls split the channels (or the batch) into b
 several threads (:func:`manualbp.parallel.parallel_blocks`): the blocks touch disjoint memory,
 so the result is the same bit for bit, only faster on several cores.
 """
-from .im2col import conv_geometry
+from .im2col import conv_geometry, pair
 from ..parallel import parallel_blocks
 
 
@@ -46,16 +46,19 @@ def _valid(offset, stride, pad, size, out_size):
     return lo, hi, slice(start, start + (hi - lo - 1) * stride + 1, stride)
 
 
-def _offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow):
-    """Yield ``(i, j, output slices, input slices)`` for every kernel offset."""
-    rows = [_valid(i, sh, ph, h, oh) for i in range(kh)]
-    cols = [_valid(j, sw, pw, w, ow) for j in range(kw)]
+def kernel_offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow, dilation=(1, 1)):
+    """Yield ``(i, j, output slices, input slices)`` for every kernel offset: the output pixels
+    whose tap ``(i, j)`` (at ``(i DH, j DW)`` in the window) lies inside the image, and the image
+    pixels they read."""
+    dh, dw = dilation
+    rows = [_valid(i * dh, sh, ph, h, oh) for i in range(kh)]
+    cols = [_valid(j * dw, sw, pw, w, ow) for j in range(kw)]
     for i, (r_lo, r_hi, r_in) in enumerate(rows):
         for j, (c_lo, c_hi, c_in) in enumerate(cols):
             yield i, j, (slice(r_lo, r_hi), slice(c_lo, c_hi)), (r_in, c_in)
 
 
-def im2col(x, kernel_size, stride, padding, xp, out=None):
+def im2col(x, kernel_size, stride, padding, xp, out=None, dilation=(1, 1)):
     """Unfold the patches of ``x`` ``(N, C, H, W)`` into ``cols`` ``(C, KH, KW, N, OH, OW)``.
 
     ``out`` (optional): an array of that shape to write into, in any memory layout (e.g. a
@@ -64,14 +67,14 @@ def im2col(x, kernel_size, stride, padding, xp, out=None):
     that every slice copy runs over long contiguous stretches.
     """
     n, c, h, w = x.shape
-    kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x.shape, kernel_size, stride, padding)
+    kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x.shape, kernel_size, stride, padding, dilation)
     shape = (c, kh, kw, n, oh, ow)
     if out is None:
         out = xp.empty(shape, dtype=x.dtype)
     elif tuple(out.shape) != shape:
         raise ValueError(f"im2col: out has shape {tuple(out.shape)}, expected {shape}")
     xt = in_layout_of(x.transpose(1, 0, 2, 3), out[:, 0, 0], xp)   # (C, N, H, W) view
-    offsets = list(_offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow))
+    offsets = list(kernel_offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow, pair(dilation)))
 
     def unfold(cs, ns):                                        # one block of channels or samples
         for i, j, (r_out, c_out), (r_in, c_in) in offsets:
@@ -92,7 +95,7 @@ def _zero_border(dst, r_out, c_out, oh, ow):
     dst[:, :, r_out, c_out.stop:] = 0
 
 
-def col2im(cols, x_shape, kernel_size, stride, padding, xp, out=None):
+def col2im(cols, x_shape, kernel_size, stride, padding, xp, out=None, dilation=(1, 1)):
     """Fold ``cols`` ``(C, KH, KW, N, OH, OW)`` back into an image of shape ``x_shape``
     ``(N, C, H, W)``, summing where patches overlap and dropping the padding: the adjoint of
     :func:`im2col`, i.e. ``dL/dx`` from ``dL/dcols``.
@@ -102,7 +105,7 @@ def col2im(cols, x_shape, kernel_size, stride, padding, xp, out=None):
     ``cols``).
     """
     n, c, h, w = x_shape
-    kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x_shape, kernel_size, stride, padding)
+    kh, kw, sh, sw, ph, pw, oh, ow = conv_geometry(x_shape, kernel_size, stride, padding, dilation)
     if tuple(cols.shape) != (c, kh, kw, n, oh, ow):
         raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, expected {(c, kh, kw, n, oh, ow)}")
     if out is None:
@@ -110,7 +113,7 @@ def col2im(cols, x_shape, kernel_size, stride, padding, xp, out=None):
     elif tuple(out.shape) != tuple(x_shape):
         raise ValueError(f"col2im: out has shape {tuple(out.shape)}, expected {tuple(x_shape)}")
     xt = out.transpose(1, 0, 2, 3)                             # (C, N, H, W) view
-    offsets = list(_offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow))
+    offsets = list(kernel_offsets(kh, kw, sh, sw, ph, pw, h, w, oh, ow, pair(dilation)))
     # An offset whose slice covers the whole image is assigned first, saving a zero fill.
     full = [k for k, (_, _, _, (r_in, c_in)) in enumerate(offsets)
             if _covers(r_in, h) and _covers(c_in, w)]

@@ -64,14 +64,6 @@ def linear_jax(x, weight, bias):
     return v if bias is None else v + bias
 
 
-@linear.imports("Linear")
-def linear_from_torch(imp, m, path, where):
-    from ..layers import Linear
-    layer = Linear(imp.bk, m.in_features, m.out_features, bias=m.bias is not None)
-    imp.weights(layer, m, path, where)
-    return layer
-
-
 @linear.traces("aten.linear.default")
 def linear_from_trace(call, input, weight, bias=None):
     """``F.linear(input, weight, bias)``: ``input`` ``(..., in)``."""

@@ -208,19 +208,6 @@ def batch_norm_jax(x, weight, bias, running_mean, running_var, training=True, mo
     return xhat * weight.reshape(shape) + bias.reshape(shape)
 
 
-@batch_norm.imports("BatchNorm1d", "BatchNorm2d")
-def batch_norm_from_torch(imp, m, path, where):
-    from .. import layers
-    from ..verify.walk import refuse
-    if not (m.affine and m.track_running_stats) or m.momentum is None:
-        refuse(path, m, "expected affine=True, track_running_stats=True and a momentum (not None)")
-    layer = getattr(layers, type(m).__name__)(imp.bk, m.num_features, momentum=m.momentum, floor=m.eps)
-    imp.weights(layer, m, path, where)
-    for key in ("running_mean", "running_var"):
-        imp.copy(layer, "buffers", key, getattr(m, key), where, path)
-    return layer
-
-
 @batch_norm.traces("aten.batch_norm.default")
 def batch_norm_from_trace(call, input, weight, bias, running_mean, running_var, training, momentum, eps,
                           cudnn_enabled):

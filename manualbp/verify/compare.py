@@ -12,10 +12,13 @@ FRAMEWORKS = {"torch": ("torch", "pip install torch"), "jax": ("jax", "pip insta
 # reference is zero up to round-off (every entry at most atol, e.g. the gradient of a bias in
 # front of batch norm) has no meaningful relative error and is judged by its absolute error.
 TOLERANCES = {"float64": (1e-9, 1e-13), "float32": (1e-4, 1e-7)}
-#: an array beyond ``rtol`` whose error is at most this many times its expected round-off (the
-#: spread of the reference under a perturbation of every input and weight by a few units in the
-#: last place) is ill-conditioned, not wrong: a wrong gradient is off by far more
+#: an array beyond its tolerance whose error is at most this many times what round-off alone
+#: moves it by (the spread of the reference when every input and weight is moved by a few units in
+#: the last place: :func:`perturbed`) is ill-conditioned, not wrong; a wrong gradient is off by
+#: far more
 ROUNDOFF_MARGIN = 100
+#: how many units in the last place :func:`perturbed` moves each entry by, at most
+PERTURBATION_ULPS = 4
 
 
 class FrameworkMissing(ImportError):
@@ -24,7 +27,11 @@ class FrameworkMissing(ImportError):
 
 @dataclass
 class Row:
-    """One compared quantity: its name, shape, and errors of manualbp against the reference."""
+    """One compared quantity: its name, shape, and errors of manualbp against the reference.
+    ``reason``: why an array beyond its tolerance passed -- ``"round-off"`` (ill-conditioned:
+    its error is within :data:`ROUNDOFF_MARGIN` times ``spread``) or ``"reference"`` (it agrees
+    to ``rtol`` with the reference computed exactly, ``exact_rel``: the difference is the
+    reference's own error) -- else ``""``."""
 
     name: str
     shape: tuple
@@ -32,13 +39,9 @@ class Row:
     max_rel: float
     passed: bool
     near_zero: bool = False      # the reference is zero up to round-off: judged by max_abs
-    roundoff: float = 0.0        # the relative error round-off alone is expected to cause
-    rtol: float = 0.0            # the tolerance it was judged by
-
-    @property
-    def ill_conditioned(self):
-        """Passed only because its error is within its expected round-off."""
-        return self.passed and not self.near_zero and self.max_rel > self.rtol
+    spread: float = None         # max|reference - reference on perturbed inputs| (None: not measured)
+    exact_rel: float = None      # the relative error against the reference computed exactly
+    reason: str = ""
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Report:
     atol: float
     rows: list = field(default_factory=list)
     title: str = ""
+    inexact: dict = field(default_factory=dict)  # the reference's inexact ops the model calls: ATen name -> why
 
     @property
     def passed(self):
@@ -69,21 +73,25 @@ class Report:
         for row in self.rows:
             rel = f"{'(~0 ref)':>11}" if row.near_zero else f"{row.max_rel:11.3e}"
             verdict = ("pass" if row.passed else "FAIL") + (" by abs err" if row.near_zero else "")
-            if row.ill_conditioned:
-                verdict = f"pass: within round-off (ill-conditioned: expected {row.roundoff:.1e})"
-            elif not row.passed and row.roundoff:
-                verdict += f" (round-off alone: {row.roundoff:.1e})"
+            if row.reason == "round-off":
+                verdict = f"pass: within round-off (ill-conditioned: round-off alone moves it by {row.spread:.1e})"
+            elif row.reason == "reference":
+                verdict = f"pass: {row.exact_rel:.1e} from {self.against} computed exactly"
+            elif not row.passed and row.spread is not None:
+                verdict += f" (round-off alone moves it by {row.spread:.1e})"
             lines.append(f"{row.name:<{width}}  {str(row.shape):<18} {row.max_abs:11.3e}  {rel}  {verdict}")
-        conditioned = [row.name for row in self.rows if row.ill_conditioned]
+        conditioned = [row.name for row in self.rows if row.reason == "round-off"]
+        inexact = [row.name for row in self.rows if row.reason == "reference"]
         lines.append((f"PASS: all {len(self.rows)} arrays agree" if self.passed else f"FAIL: {', '.join(self.failures)}")
-                     + (f"; within round-off of ill-conditioned arrays: {', '.join(conditioned)}" if conditioned else ""))
+                     + (f"; within round-off of ill-conditioned arrays: {', '.join(conditioned)}" if conditioned else "")
+                     + (f"; {len(inexact)} arrays agree with {self.against} up to its own error in "
+                        + "; ".join(f"{name} ({why})" for name, why in self.inexact.items()) if inexact else ""))
         return "\n".join(lines)
 
     def to_dict(self):
         return {"title": self.title, "against": self.against, "dtype": self.dtype, "rtol": self.rtol, "atol": self.atol,
                 "passed": self.passed, "failures": self.failures,
-                "rows": [dict(vars(row), shape=list(row.shape), ill_conditioned=row.ill_conditioned)
-                         for row in self.rows]}
+                "inexact": self.inexact, "rows": [dict(vars(row), shape=list(row.shape)) for row in self.rows]}
 
 
 def load_framework(against):
@@ -99,21 +107,41 @@ def load_framework(against):
     return importlib.import_module(f".{against}_ref", __package__)
 
 
-def compare(name, ours, theirs, rtol, atol, roundoff=0.0):
+def compare(name, ours, theirs, rtol, atol, again=None, exact=None):
     """A :class:`Row`: ``max|a - b|`` and the relative error of
     :func:`manualbp.gradcheck.relative_error` (scaled by the largest entry, its floor only a guard
     against dividing by zero); a reference ``b`` that is zero up to round-off (``max|b| <= atol``)
-    is judged by the absolute error alone. ``roundoff``: the relative error round-off alone is
-    expected to cause; within :data:`ROUNDOFF_MARGIN` times it, an error beyond ``rtol`` passes
-    as ill-conditioned."""
+    is judged by the absolute error alone. Beyond that, ``again`` (the reference on perturbed
+    inputs: what round-off alone does) passes an ill-conditioned array, and ``exact`` (the
+    reference computed with exact rules in place of its inexact ops) one whose difference is the
+    reference's own error."""
     a, b = ours.astype("float64"), theirs.astype("float64")          # host arrays
     if a.shape != b.shape:
-        return Row(name, a.shape, float("inf"), float("inf"), False, rtol=rtol)
+        return Row(name, a.shape, float("inf"), float("inf"), False)
     diff = float(abs(a - b).max()) if a.size else 0.0
     rel = relative_error(a, b, floor=1e-30)
     near_zero = bool(b.size) and float(abs(b).max()) <= atol
-    passed = diff <= atol if near_zero else rel <= max(rtol, ROUNDOFF_MARGIN * roundoff)
-    return Row(name, a.shape, diff, rel, passed, near_zero, roundoff, rtol)
+    row = Row(name, a.shape, diff, rel, diff <= atol if near_zero else rel <= rtol, near_zero)
+    if again is not None:
+        row.spread = float(abs(again.astype("float64") - b).max()) if b.size else 0.0
+    if exact is not None:
+        row.exact_rel = relative_error(a, exact.astype("float64"), floor=1e-30)
+    if not row.passed and row.spread is not None and diff <= ROUNDOFF_MARGIN * row.spread:
+        row.passed, row.reason = True, "round-off"
+    elif not row.passed and row.exact_rel is not None and row.exact_rel <= rtol:
+        row.passed, row.reason = True, "reference"
+    return row
+
+
+def perturbed(array, seed=0, ulps=PERTURBATION_ULPS):
+    """A copy of the host array with every entry moved by up to ``ulps`` units of its last place,
+    at random (an integer array: unchanged): run on such copies, a computation differs from
+    itself by what round-off alone does to each result."""
+    import numpy as np
+    if not np.issubdtype(array.dtype, np.floating):
+        return array.copy()
+    noise = np.random.default_rng(seed).uniform(-1, 1, array.shape)
+    return (array * (1 + ulps * np.finfo(array.dtype).eps * noise)).astype(array.dtype)
 
 
 def verify_model(model, x, y, against="torch", rtol=None, atol=None, title=""):
@@ -148,8 +176,15 @@ def verify_model(model, x, y, against="torch", rtol=None, atol=None, title=""):
     eps = {path: bk.to_host(layer.eps) for path, layer in noise_layers(model).items() if layer.draws}
 
     model.load_state_dict(arrays)          # undo the pass's side effects (running statistics)
-    ref = framework.reference(model, bk.to_host(x), bk.to_host(y), arrays, trainable, eps)
-    theirs = {"logits": ref["logits"], "loss": ref["loss"], **ref["grads"], "input": ref["input"]}
+    def reference(x, arrays):
+        ref = framework.reference(model, x, bk.to_host(y), arrays, trainable, eps)
+        return {"logits": ref["logits"], "loss": ref["loss"], **ref["grads"], "input": ref["input"]}
+
+    theirs = reference(bk.to_host(x), arrays)
     report = Report(framework.version(), bk.dtype.name, rtol, atol, title=title)
     report.rows = [compare(name, ours[name], theirs[name], rtol, atol) for name in ours]
+    if not report.passed:                  # what round-off alone does: the reference on perturbed inputs
+        again = reference(perturbed(bk.to_host(x)), {name: perturbed(a, seed=i + 1) for i, (name, a)
+                                                      in enumerate(arrays.items())})
+        report.rows = [compare(name, ours[name], theirs[name], rtol, atol, again[name]) for name in ours]
     return report

@@ -33,9 +33,9 @@ def to_torch(model, dtype=None, device="cpu"):
 class Layer(torch.nn.Module):
     """One layer of a twin: the manualbp layer's arrays, its children as submodules."""
 
-    def __init__(self, layer, dtype, device):
+    def __init__(self, layer, dtype, device, path=""):
         super().__init__()
-        self.kind = layer.kind
+        self.kind, self.path = layer.kind, path
         self.training = layer.training
         if hasattr(layer, "eval_noise"):
             self.eval_noise = layer.eval_noise
@@ -43,12 +43,12 @@ class Layer(torch.nn.Module):
         def copy(array):
             return torch.tensor(layer.bk.to_host(array), dtype=dtype, device=device).contiguous()
 
-        for key, array in layer.params.items():
-            self.register_parameter(key, torch.nn.Parameter(copy(array)))
+        for key, array in layer.params.items():          # an array node's (local name ""): "value"
+            self.register_parameter(key or "value", torch.nn.Parameter(copy(array)))
         for key, array in layer.buffers.items():
-            self.register_buffer(key, copy(array))
-        for name, child in layer.children.items():
-            self.add_module(name, Layer(child, dtype, device))
+            self.register_buffer(key or "value", copy(array))
+        for name, child in layer.children.items():       # a torch name has no dots: "layer1/0/conv1/weight"
+            self.add_module(name.replace(".", "/"), Layer(child, dtype, device, join(path, name)))
 
     def extra_repr(self):
         return self.kind
@@ -61,10 +61,11 @@ class TorchTwin(Layer):
     def __init__(self, model, dtype, device):
         super().__init__(model, dtype, device)
         self._model = model
-        self._nodes = dict(self.named_modules())
+        self._nodes = {node.path: node for node in self.modules() if isinstance(node, Layer)}
         self._rules = {path: rule_of("torch", layer, path) for path, layer in model.modules()}
-        self._slots = [(join(path, key), store, key) for path, node in self._nodes.items()
-                       for store in (node._parameters, node._buffers) for key in store]
+        layers = dict(model.modules())
+        self._slots = [(join(path, key), node._parameters if key in layers[path].params else node._buffers, key or "value")
+                       for path, node in self._nodes.items() for key in [*layers[path].params, *layers[path].buffers]]
 
     def arrays(self):
         """Every parameter and buffer of the twin by the model's full names."""

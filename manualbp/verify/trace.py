@@ -30,6 +30,13 @@ ALIASES = {"aten.contiguous.default", "aten.clone.default", "aten.alias.default"
 #: ATen ops whose value depends on their input's shape and dtype only, not on its values
 VALUE_FREE = {"aten.new_zeros.default", "aten.new_ones.default", "aten.new_empty.default", "aten.new_full.default",
               "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default", "aten.full_like.default"}
+#: ATen ops whose result may share memory with their first argument (a view of it)
+VIEWS = {"aten.view.default", "aten._unsafe_view.default", "aten.reshape.default", "aten.slice.Tensor",
+         "aten.select.int", "aten.narrow.default", "aten.permute.default", "aten.transpose.int", "aten.t.default",
+         "aten.expand.default", "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims",
+         "aten.squeeze.default", "aten.unflatten.int", "aten.flatten.using_ints", "aten.split.Tensor",
+         "aten.split_with_sizes.default", "aten.chunk.default", "aten.unbind.int", "aten.alias.default",
+         "aten.detach.default", "aten.as_strided.default", "aten.diagonal.default", "aten.unfold.default"}
 #: dropout, whose masks :class:`TracedRun` draws itself (and records)
 DROPOUT = {"aten.dropout.default", "aten.dropout_.default"}
 
@@ -65,6 +72,12 @@ def trace_rules():
     """``{ATen op name: (op, rule)}`` of every op (a user's own op included)."""
     from ..ops import OPS
     return {name: (op, rule) for op in OPS for name, rule in op.tracers.items()}
+
+
+def inexact_calls():
+    """``{ATen op name: (how PyTorch falls short of float64, exact rule)}`` of every op."""
+    from ..ops import OPS
+    return {name: entry for op in OPS for name, entry in op.inexact.items()}
 
 
 def export(module, x):
@@ -114,9 +127,11 @@ class TracedRun:
     (``values``) and the masks dropout drew (``masks``: node name -> tensor of 0 and 1/(1-p)).
     ``trained``: ``{name: tensor}`` of parameters to differentiate (leaves), default copies.
     ``like``: an earlier run whose masks and constants (values that depend on neither the input
-    nor the parameters, such as stochastic depth's draws) this one reuses."""
+    nor the parameters, such as stochastic depth's draws) this one reuses. ``exact``: ATen ops
+    PyTorch computes less precisely than float64 are computed by their exact rules
+    (:func:`inexact_calls`)."""
 
-    def __init__(self, ep, module, x, trained=None, like=None):
+    def __init__(self, ep, module, x, trained=None, like=None, exact=False):
         import torch
         self.ep, self.values, self.masks = ep, {}, dict(like.masks) if like else {}
         self.inputs = {}
@@ -137,7 +152,11 @@ class TracedRun:
             self.values[node.name] = value.detach().clone() if keep else value
             return value
 
+        substitutes = {name: rule for name, (_, rule) in inexact_calls().items()} if exact else {}
+
         def call_function(target, args, kwargs):
+            if str(target) in substitutes:
+                return substitutes[str(target)](*args, **kwargs)
             if str(target) in DROPOUT and args[1] > 0 and (args[2] if len(args) > 2 else kwargs.get("train", True)):
                 p = args[1]
                 if self.node.name not in self.masks:
@@ -152,6 +171,18 @@ class TracedRun:
         self.output = interpreter.run(*[x if name not in self.inputs else self.inputs[name] for name in placeholders])
         if isinstance(self.output, (tuple, list)):
             self.output = self.output[0]
+
+
+def read_later(node, order):
+    """Whether a node after the in-place call ``node`` reads the value it changes or a view of
+    it (a graph of values, as manualbp's, would give that node the value before the change)."""
+    aliases, todo = set(), [node.args[0]]
+    while todo:
+        value = todo.pop()
+        if value not in aliases:
+            aliases.add(value)
+            todo += [u for u in value.users if str(u.target) in VIEWS or u.target is operator.getitem]
+    return any(order[u] > order[node] for value in aliases for u in value.users if u is not node and u not in aliases)
 
 
 class Importer:
@@ -232,9 +263,9 @@ class Importer:
         if node.target is operator.getitem:
             self.values[node.name] = self.values[node.args[0].name][node.args[1]]
             return
-        if target.split(".")[1].endswith("_") and any(order[u] > order[node] for u in node.args[0].users):
+        if target.split(".")[1].endswith("_") and read_later(node, order):
             raise ConversionError(f"cannot import {where(node)}: it changes {node.args[0].name!r} in place, "
-                                  f"and a later node reads that value")
+                                  f"and a later node reads that value (or a view of it)")
         args = self.argument(node.args, run)
         kwargs = {k: self.argument(v, run) for k, v in node.kwargs.items()}
         if target in ALIASES:

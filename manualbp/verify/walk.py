@@ -21,13 +21,6 @@ class ConversionError(TypeError):
     """A layer of the model has no rule in the reference framework."""
 
 
-def refuse(path, module, what):
-    """Stop an import: the torch module at ``path`` has a setting manualbp does not compute."""
-    raise ConversionError(f"cannot import {path or '<model>'!r} of type {type(module).__name__}: {what}")
-
-
-
-
 def register(framework, *type_names):
     """Decorator: use the function as the ``framework`` rule for layers of the named types."""
     if framework not in RULES:
@@ -74,6 +67,16 @@ def leaf(w, m, x, path):
     inputs = m.op_inputs(xs, lambda key: w.input(m, path, key, xs[0]))
     v = m.op.rules[w.framework](*inputs, **m.settings(w.training(m, path)))
     return w.noise(m, v, path)
+
+
+def array_node(w, m, x, path):
+    """A graph node that is one array (:class:`~manualbp.layers.Parameter`, ``Constant``):
+    the framework's array of that name."""
+    return w.arrays[path]
+
+
+for _framework in RULES:
+    RULES[_framework]["Parameter"] = RULES[_framework]["Constant"] = array_node
 
 
 class Walker:

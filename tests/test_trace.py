@@ -1,0 +1,162 @@
+"""Import by tracing (manualbp.verify.trace): a module whose forward is code -- torch functions,
+methods, operators, parameters used directly -- becomes a graph of ops; what cannot be imported
+stops with one line naming the node, its ATen op, where it is and what is supported; verdicts
+tell round-off from a wrong gradient; JAX checks the same imported graph."""
+import json
+
+import numpy as np
+import pytest
+
+from manualbp.verify.walk import ConversionError
+
+
+def code_net(torch):
+    """A network whose forward is code: functions, methods, operators, a residual sum, a
+    parameter used directly (layer scale), chunk and cat, softmax, mean over axes."""
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.bn = nn.Linear(6, 8), nn.BatchNorm1d(8)
+            self.ln, self.fc = nn.LayerNorm(8), nn.Linear(8, 5)
+            self.scale = nn.Parameter(torch.rand(8))
+            self.drop = nn.Dropout(0.3)
+
+        def forward(self, x):
+            h = torch.relu(self.bn(self.fc1(torch.flatten(x, 1))))
+            h = h + self.ln(h) * self.scale                     # a fork: deltas add
+            a, b = h.chunk(2, dim=1)
+            h = torch.cat([b, torch.sigmoid(a)], 1).softmax(-1)
+            return self.fc(self.drop(h)) + h.mean(dim=1, keepdim=True)
+
+    return Net()
+
+
+def data(torch, shape, n=4, classes=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((n, *shape), generator=gen, dtype=torch.float64), torch.randint(0, classes, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_module_whose_forward_is_code_agrees(torch, mode):
+    from manualbp.verify import compare_torch
+    torch.manual_seed(0)
+    net = code_net(torch).double().train(mode == "train")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, y = data(torch, (2, 3))
+    report = compare_torch(net, x, y)
+    assert report.passed, report.format()
+    assert {n for n, _ in net.named_parameters()} | {"output", "loss", "input"} <= {r.name for r in report.rows}
+    assert {"bn.running_mean", "bn.running_var"} <= {r.name for r in report.rows}
+    for key, value in net.state_dict().items():                  # the user's module is left alone
+        assert torch.equal(value, before[key]), key
+    assert json.loads(json.dumps(report.to_dict()))["passed"] is True
+
+
+def test_the_import_runs_at_any_batch_and_keeps_names_and_mode(torch):
+    from manualbp.layers import Apply, Constant, Parameter
+    from manualbp.verify import from_torch
+    torch.manual_seed(1)
+    net = code_net(torch).double().eval()
+    model = from_torch(net, (2, 3))                                # traced at batch 2
+    assert not model.training
+    params = model.named_parameters()
+    assert set(params) == {n for n, _ in net.named_parameters()}
+    np.testing.assert_array_equal(params["fc1.weight"], net.fc1.weight.detach().numpy())
+    assert isinstance(model.children["bn.running_var"], Constant)
+    assert isinstance(model.children["scale"], Parameter)
+    assert {m.op.name for _, m in model.modules() if isinstance(m, Apply)} >= {"linear", "batch_norm", "layer_norm",
+                                                                              "mul", "add", "take", "cat", "softmax"}
+    x = torch.rand(7, 2, 3, dtype=torch.float64)
+    np.testing.assert_allclose(model.forward(model.bk.asarray(x.numpy())), net(x).detach().numpy(), rtol=1e-12,
+                               atol=1e-14)
+    np.testing.assert_array_equal(net.fc1.weight.detach().numpy(), params["fc1.weight"])   # copies, not views
+    params["fc1.weight"][...] = 0
+    assert net.fc1.weight.abs().sum() > 0
+
+
+def test_a_call_without_a_rule_is_refused_in_one_line(torch):
+    from manualbp.verify import from_torch
+    nn = torch.nn
+
+    class Inner(nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, 1)
+
+    net = nn.Sequential(nn.Linear(4, 4), nn.Sequential(Inner()))
+    with pytest.raises(ConversionError) as err:
+        from_torch(net, (4,))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "node 'cumsum' (aten.cumsum.default) in 1.0: no op traces aten.cumsum.default" in message
+    assert "supported are" in message and "aten.conv2d.default" in message and "aten.linear.default" in message
+
+
+def test_what_cannot_be_traced_is_refused_in_one_line(torch):
+    from manualbp.verify import from_torch
+    nn = torch.nn
+
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    with pytest.raises(ConversionError, match=r"^cannot trace DataDependent: torch.export failed \(.*\); see "
+                                              r"docs/verifying_pytorch.md, 'What cannot be traced'$"):
+        from_torch(DataDependent(), (4,))
+
+
+def test_an_in_place_change_of_a_value_read_later_is_refused(torch):
+    from manualbp.verify import from_torch
+    nn = torch.nn
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.fc(x)
+            view = y[:, :2]
+            y.relu_()
+            return view * 3
+
+    with pytest.raises(ConversionError, match=r"changes 'linear' in place, and a later node reads that value \(or "
+                                              r"a view of it\)"):
+        from_torch(InPlace(), (4,))
+
+
+def test_a_broken_rule_or_backward_is_caught(torch, monkeypatch):
+    """A trace rule that drops the transpose, and a backward with a wrong term, each FAIL."""
+    from manualbp.ops import mul, permute
+    from manualbp.verify import compare_torch
+    torch.manual_seed(2)
+    net = code_net(torch).double().eval()
+    x, y = data(torch, (2, 3))
+    right = mul.backward
+
+    def wrong(xp, delta, cache, need):
+        return tuple(None if g is None else 1.01 * g for g in right(xp, delta, cache, need))
+
+    monkeypatch.setattr(mul, "backward", wrong)
+    report = compare_torch(net, x, y, kernels="reference")
+    assert not report.passed and "scale" in report.failures and "output" not in report.failures
+    monkeypatch.undo()
+
+    class Transposed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x.transpose(1, 2)).flatten(1)
+
+    monkeypatch.setitem(permute.tracers, "aten.transpose.int", lambda call, x, dim0, dim1: x)
+    net = Transposed().double()
+    report = compare_torch(net, *data(torch, (3, 3), classes=9))
+    assert not report.passed and "output" in report.failures
+
