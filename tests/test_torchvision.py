@@ -1,10 +1,14 @@
 """torchvision's classification models, imported by tracing and every gradient compared with
-PyTorch's autograd, in training and evaluation mode, float64 (``python -m manualbp.verify
---torchvision NAME`` does the same from the command line)."""
+PyTorch's autograd, in training and evaluation mode, float64; JAX's autograd on the same imported
+graph; ``python -m manualbp.verify --torchvision NAME`` (other class counts, batches, input
+sizes, float32, and its refusals)."""
+import json
+
 import pytest
 
 from manualbp.verify.cli import main as verify_main
 from manualbp.verify.torchvision_zoo import CLASSIFIERS as MODELS
+
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", list(MODELS))
@@ -20,3 +24,53 @@ def test_torchvision_model_agrees(torch, torchvision_models, name, mode):
     report = compare_torch(module, x, y)
     assert report.passed, report.format()
     assert {n for n, _ in module.named_parameters()} <= {row.name for row in report.rows}
+
+
+VIT_ARGS = ["--model-arg"] + [f"{k}={v}" for k, v in MODELS["VisionTransformer"][0].items()]
+
+
+@pytest.mark.parametrize("name,mode", [("VisionTransformer", "train"), ("mobilenet_v3_small", "eval"),
+                                       ("swin_t", "eval")])
+def test_jax_agrees_on_the_imported_graph(torchvision_models, jax, name, mode, capsys):
+    """Three ways: JAX's autograd through each op's JAX rule on the same imported graph."""
+    options, shape = MODELS[name]
+    extra = VIT_ARGS if name == "VisionTransformer" else []
+    status = verify_main(["--torchvision", name, *extra, "--input-shape", *map(str, shape), "--against", "jax",
+                          "--batch", "3", *(["--train"] if mode == "train" else [])])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "vs jax" in printed and "PASS" in printed
+
+
+def test_the_command_line_verifies_a_torchvision_model(torchvision_models, capsys, tmp_path):
+    out = tmp_path / "report.json"
+    status = verify_main(["--torchvision", "squeezenet1_1", "--num-classes", "7", "--input-shape", "3", "40", "40",
+                          "--train", "--batch", "3", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "SqueezeNet: manualbp (fast kernels) vs torch" in printed and "training mode, batch 3" in printed
+    report = json.loads(out.read_text())[0]
+    assert report["passed"] and {"output", "loss", "input", "classifier.1.weight"} <= {r["name"] for r in report["rows"]}
+    assert [r["shape"] for r in report["rows"] if r["name"] == "output"] == [[3, 7]]
+
+
+def test_the_command_line_judges_float32_with_float32_tolerances(torchvision_models, capsys):
+    status = verify_main(["--torchvision", "VisionTransformer", *VIT_ARGS, "--input-shape", "3", "32", "32",
+                          "--dtype", "float32", "--batch", "2"])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "float32" in printed and "rtol 0.0001, atol 1e-07" in printed
+
+
+def test_the_command_line_refuses_in_one_line(torchvision_models, capsys):
+    assert verify_main(["--torchvision", "resnet9000", "--input-shape", "3", "32", "32"]) == 2
+    assert "error: --torchvision resnet9000: not a model of torchvision.models; its classifiers are " in \
+        capsys.readouterr().err
+    assert verify_main(["--torchvision", "alexnet", "--input-shape", "3", "32", "32"]) == 2   # too small for it
+    assert "error: cannot trace AlexNet: torch.export failed" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--model-arg aux_logits: expected KEY=VALUE with a Python literal"):
+        verify_main(["--torchvision", "googlenet", "--model-arg", "aux_logits", "--input-shape", "3", "32", "32"])
+    with pytest.raises(SystemExit, match="--torchvision needs --input-shape"):
+        verify_main(["--torchvision", "resnet18"])
+    with pytest.raises(SystemExit, match="--torch-model and --torchvision: expected one of them"):
+        verify_main(["--torchvision", "resnet18", "--torch-model", "a:b", "--input-shape", "3", "8", "8"])

@@ -160,3 +160,72 @@ def test_a_broken_rule_or_backward_is_caught(torch, monkeypatch):
     report = compare_torch(net, *data(torch, (3, 3), classes=9))
     assert not report.passed and "output" in report.failures
 
+
+
+def ill_conditioned_net(torch):
+    """Batch norm over two values per feature with a tiny floor: whatever its input, it gives
+    nearly +-1, and the gradient through it is what is left of terms that cancel."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, eps=1e-12), nn.Linear(4, 3)).double().train()
+
+
+def test_round_off_is_told_apart_from_a_wrong_gradient(torch, monkeypatch):
+    from manualbp.ops import batch_norm
+    from manualbp.verify import compare_torch
+    x, y = torch.rand(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 2])
+    report = compare_torch(ill_conditioned_net(torch), x, y, kernels="reference")
+    rows = {row.name: row for row in report.rows}
+    assert report.passed, report.format()
+    for name in ("0.weight", "input"):                      # far beyond 1e-9, within their round-off
+        assert rows[name].max_rel > 1e-8 and rows[name].reason == "round-off"
+        assert rows[name].max_abs <= 100 * rows[name].spread
+    assert "pass: within round-off (ill-conditioned" in report.format()
+    assert "within round-off of ill-conditioned arrays: 0.weight" in report.format().splitlines()[-1]
+    right = batch_norm.backward
+
+    def wrong(xp, delta, cache, need):                      # dL/dx off by one part in a thousand
+        dx, *rest = right(xp, delta, cache, need)
+        return (None if dx is None else dx * (1 + 1e-3), *rest)
+
+    monkeypatch.setattr(batch_norm, "backward", wrong)
+    report = compare_torch(ill_conditioned_net(torch), x, y, kernels="reference")
+    assert not report.passed and {"0.weight", "input"} <= set(report.failures), report.format()
+
+
+def test_pytorchs_own_error_is_told_apart_from_a_wrong_gradient(torch, monkeypatch):
+    """F.hardsigmoid's float64 derivative is 1/6 rounded to float32: every gradient through it
+    is off by about 3e-8 in PyTorch; the run with the exact rule shows that the difference is
+    PyTorch's. A backward off by 1e-6 still fails."""
+    from manualbp.ops import hardsigmoid
+    from manualbp.verify import compare_torch
+    nn = torch.nn
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Hardsigmoid(), nn.Linear(6, 3)).double()
+    x, y = data(torch, (4,), classes=3)
+    report = compare_torch(net, x, y, kernels="reference")
+    rows = {row.name: row for row in report.rows}
+    assert report.passed, report.format()
+    assert rows["0.weight"].reason == "reference" and rows["0.weight"].max_rel > 1e-8
+    assert rows["0.weight"].exact_rel < 1e-13
+    assert report.inexact == {"aten.hardsigmoid.default": "its float64 derivative is 1/6 rounded to float32, "
+                                                          "1/6 + 5.0e-9"}
+    assert "up to its own error in aten.hardsigmoid.default" in report.format().splitlines()[-1]
+    right = hardsigmoid.backward
+    monkeypatch.setattr(hardsigmoid, "backward", lambda xp, delta, cache, need: tuple(
+        None if g is None else g * (1 + 1e-6) for g in right(xp, delta, cache, need)))
+    report = compare_torch(net, x, y, kernels="reference")
+    assert not report.passed and "0.weight" in report.failures
+
+
+def test_jax_checks_the_same_imported_graph(torch, jax):
+    """Three ways: the import of a module whose forward is code, differentiated by JAX's
+    autograd through each op's JAX rule, agrees with the hand-written backward."""
+    from manualbp.verify import from_torch, verify_model
+    torch.manual_seed(4)
+    net = code_net(torch).double().train()
+    model = from_torch(net, (2, 3), batch=4)
+    x, y = data(torch, (2, 3))
+    report = verify_model(model, model.bk.asarray(x.numpy()), model.bk.asarray(y.numpy(), dtype="int64"), "jax")
+    assert report.passed, report.format()
+    assert {n for n, _ in net.named_parameters()} <= {row.name for row in report.rows}

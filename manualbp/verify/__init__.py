@@ -5,9 +5,11 @@ weights, buffers and noise draws (``named_parameters``, ``named_eps``), layer by
 forward and backward in both and reports per array the largest absolute and relative error.
 ``python -m manualbp.verify --against torch`` does this for every model of the zoo.
 :func:`to_torch` turns any manualbp model into a ``torch.nn.Module`` through the same rules;
-:func:`from_torch` turns a ``torch.nn.Module`` into a manualbp model, and :func:`compare_torch`
-compares every gradient of the user's own module with the hand-written backward of its import
-(docs/verifying_pytorch.md).
+:func:`from_torch` traces a ``torch.nn.Module`` (``torch.export``) into a manualbp graph of ops,
+and :func:`compare_torch` compares every gradient of the user's own module with the hand-written
+backward of its import, telling round-off and PyTorch's own error apart from a wrong gradient
+(docs/verifying_pytorch.md). ``python -m manualbp.verify --torchvision NAME`` does so for
+torchvision's classifiers.
 
 The reference frameworks are imported only when a comparison runs or a model is converted.
 """

@@ -28,7 +28,7 @@ def from_torch(module, input_shape, backend=None, batch=2):
     bk = backend or get_backend("numpy", "float64", 0)
     dtype = next(iter(module.state_dict().values()), torch.empty(0, dtype=torch.float64)).dtype
     x = torch.rand((batch, *input_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
-    return import_module(module, x, bk)[0]
+    return import_module(module, x, bk)
 
 
 def compare_torch(module, x, y, dtype="float64", rtol=None, atol=None, kernels="fast"):

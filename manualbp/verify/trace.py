@@ -133,7 +133,7 @@ class TracedRun:
 
     def __init__(self, ep, module, x, trained=None, like=None, exact=False):
         import torch
-        self.ep, self.values, self.masks = ep, {}, dict(like.masks) if like else {}
+        self.values, self.masks = {}, dict(like.masks) if like else {}
         self.inputs = {}
         for name, (kind, target, tensor) in state(ep, module).items():
             self.inputs[name] = (trained or {}).get(target, tensor.detach().clone())
@@ -189,7 +189,7 @@ class Importer:
     """Builds the manualbp :class:`Graph` of a traced program on backend ``bk``."""
 
     def __init__(self, bk):
-        self.bk, self.nodes, self.names, self.taken = bk, [], {}, {INPUT}
+        self.bk, self.nodes, self.taken = bk, [], {INPUT}
         self.origin = {}           # graph node name -> the traced node it imports
 
     def add(self, name, module, inputs=()):
@@ -203,7 +203,6 @@ class Importer:
         """The :class:`Value` of a new ``kind`` node (Parameter or Constant) named ``target``
         holding a copy of ``tensor`` (the module's own stays as it is)."""
         array = tensor.detach().cpu().numpy().copy()
-        self.names[target] = target
         return Value(self.add(target, kind(self.bk, array)), array.shape, str(array.dtype))
 
     def constant(self, node, run):
@@ -255,7 +254,9 @@ class Importer:
         if not isinstance(result, Value):
             raise ConversionError(f"cannot import {type(module).__name__}: its forward must return one tensor "
                                   f"that depends on the input, got outputs {outputs}")
-        return Graph(self.bk, self.nodes, input_shape, output=result.node)
+        graph = Graph(self.bk, self.nodes, input_shape, output=result.node)
+        graph.training = module.training
+        return graph
 
     def call(self, node, rules, order, run):
         """Import one call of an ATen op that depends on the input or the parameters."""
@@ -299,11 +300,7 @@ class Importer:
 
 
 def import_module(module, x, backend):
-    """``(model, names)``: the manualbp graph of ``module`` traced on the example batch ``x`` (a
-    torch tensor) on ``backend``, and ``names`` (manualbp full name -> torch name of every
-    parameter and buffer). The module is left as it is."""
+    """The manualbp graph of ``module`` traced on the example batch ``x`` (a torch tensor), on
+    ``backend``, in the module's mode. The module is left as it is."""
     ep = export(module, x)
-    importer = Importer(backend)
-    model = importer.import_program(ep, module, TracedRun(ep, module, x), tuple(x.shape[1:]))
-    model.training = module.training
-    return model, importer.names
+    return Importer(backend).import_program(ep, module, TracedRun(ep, module, x), tuple(x.shape[1:]))
