@@ -22,8 +22,8 @@ row of one forward pass (no loop over draws), and the counts are read from the d
 import math
 from statistics import NormalDist
 
-from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GaussianNoise, GlobalAvgPool2d,
-                     LeakyReLU, Linear, MaxPool2d, Normalize, ReLU, Sequential, Sigmoid, Tanh)
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GaussianNoise,
+                     GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, Normalize, ReLU, Sequential, Sigmoid, Tanh)
 from .model import evaluating, input_gradient_only
 
 #: Cohen's defaults: draws to pick the class, draws to bound its probability, failure probability.
@@ -66,7 +66,7 @@ def lipschitz(module):
         return 0.25
     if isinstance(module, (MaxPool2d, AvgPool2d)) and all(s >= k for s, k in zip(module.stride, module.kernel_size)):
         return 1.0                                  # windows that do not overlap: each value counted once
-    if isinstance(module, GlobalAvgPool2d):
+    if isinstance(module, GlobalAvgPool2d) or isinstance(module, AdaptiveAvgPool2d) and module.output_size == (1, 1):
         return 1.0
     return None
 

@@ -18,6 +18,8 @@ RUNS = {                                   # id: script, its arguments, a key it
     "bench_resnet.py": ("bench_resnet.py", ["--models", "resnet18", "--rounds", "1", "--steps", "1", "--batch", "8"], None),
     "bench_pgd.py": ("bench_pgd.py", ["--images", "100", "--batch", "50", "--repeats", "1"], None),
     "bench_distributed.py": ("bench_distributed.py", ["--models", "mlpn", "--steps", "2", "--repeats", "1"], "many"),
+    "bench_torchvision.py": ("bench_torchvision.py", ["--models", "mobilenet_v2", "--rounds", "1", "--steps", "1",
+                                                      "--batch", "2"], "models"),
 }
 
 
