@@ -229,3 +229,71 @@ def test_jax_checks_the_same_imported_graph(torch, jax):
     report = verify_model(model, model.bk.asarray(x.numpy()), model.bk.asarray(y.numpy(), dtype="int64"), "jax")
     assert report.passed, report.format()
     assert {n for n, _ in net.named_parameters()} <= {row.name for row in report.rows}
+
+
+def every_op_net(torch):
+    """One small network calling every traced family: grouped, depthwise and dilated
+    convolution, ceil-mode and average pooling, adaptive pooling, squeeze-excitation (mul),
+    hardswish, layer norm channels-last (permute), chunk and cat, attention, gelu, roll, pad,
+    gather by an index buffer, expand, and a linear head."""
+    nn, F = torch.nn, torch.nn.functional
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.group = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+            self.depth = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False)
+            self.bn = nn.BatchNorm2d(8)
+            self.se = nn.Conv2d(8, 8, 1)
+            self.norm = nn.LayerNorm(8)
+            self.qkv = nn.Linear(8, 24)
+            self.table = nn.Parameter(torch.randn(7, 1))
+            self.register_buffer("index", torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]]))
+            self.token = nn.Parameter(torch.randn(1, 1, 8))
+            self.head = nn.Linear(8, 5)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.stem(x)), 3, 2, ceil_mode=True)
+            x = F.hardswish(self.bn(self.depth(self.group(x))))
+            x = x * torch.sigmoid(self.se(F.adaptive_avg_pool2d(x, 1)))
+            x = F.avg_pool2d(F.pad(torch.roll(x, 1, 3), (0, 1, 0, 1)), 2, count_include_pad=False)
+            tokens = self.norm(x.flatten(2).transpose(1, 2))             # (N, L, C), channels last
+            tokens = torch.cat([self.token.expand(len(x), -1, -1), tokens[:, :3]], 1)
+            q, k, v = self.qkv(tokens).chunk(3, -1)
+            bias = self.table[self.index].squeeze(-1)
+            attn = torch.softmax(q @ k.transpose(1, 2) + bias, -1)
+            out = F.gelu(attn @ v) + F.scaled_dot_product_attention(q, k, v)
+            return self.head(out.mean(1))
+
+    return Net()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_every_traced_family_agrees(torch, mode):
+    from manualbp.verify import compare_torch
+    torch.manual_seed(5)
+    net = every_op_net(torch).double().train(mode == "train")
+    report = compare_torch(net, *data(torch, (3, 12, 12), n=3))
+    assert report.passed, report.format()
+
+
+def test_an_imported_graph_runs_on_cupy_as_on_numpy(torch, cupy_standin):
+    """CuPy API conformance (the stand-in, not a GPU): every traced family's op, forward and
+    backward, on CuPy's kernels gives NumPy's numbers."""
+    from manualbp import get_backend
+    from manualbp.layers import SoftmaxCrossEntropy
+    from manualbp.verify import from_torch
+    torch.manual_seed(6)
+    net = every_op_net(torch).double().train()
+    x, y = data(torch, (3, 12, 12), n=3)
+    results = []
+    for name in ("numpy", "cupy"):
+        bk = get_backend(name, "float64", 0)
+        model = from_torch(net, (3, 12, 12), bk, batch=3)
+        loss = SoftmaxCrossEntropy(bk)
+        loss.forward(model.forward(bk.asarray(x.numpy())), bk.asarray(y.numpy(), dtype="int64"))
+        dx = model.backward(loss.backward())
+        results.append({"input": bk.to_host(dx), **{k: bk.to_host(g) for k, g in model.named_gradients().items()}})
+    for key, value in results[0].items():
+        np.testing.assert_allclose(results[1][key], value, rtol=1e-10, atol=1e-13, err_msg=key)
