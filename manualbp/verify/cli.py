@@ -106,6 +106,7 @@ def torch_model_main(args):
     import torch
 
     from .torch_import import compare_torch, from_torch
+    torch.manual_seed(args.seed)                   # the random weights: the same on every run
     try:
         module = build_module(args)
     except (ValueError, TypeError, ImportError) as err:

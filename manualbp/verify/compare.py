@@ -107,23 +107,20 @@ def load_framework(against):
     return importlib.import_module(f".{against}_ref", __package__)
 
 
-def compare(name, ours, theirs, rtol, atol, again=None, exact=None):
+def compare(name, ours, theirs, rtol, atol, spread=None, exact=None):
     """A :class:`Row`: ``max|a - b|`` and the relative error of
     :func:`manualbp.gradcheck.relative_error` (scaled by the largest entry, its floor only a guard
     against dividing by zero); a reference ``b`` that is zero up to round-off (``max|b| <= atol``)
-    is judged by the absolute error alone. Beyond that, ``again`` (the reference on perturbed
-    inputs: what round-off alone does) passes an ill-conditioned array, and ``exact`` (the
-    reference computed with exact rules in place of its inexact ops) one whose difference is the
-    reference's own error."""
+    is judged by the absolute error alone. Beyond that, ``spread`` (how far round-off alone moves
+    the array) passes an ill-conditioned array, and ``exact`` (the reference computed with exact
+    rules in place of its inexact ops) one whose difference is the reference's own error."""
     a, b = ours.astype("float64"), theirs.astype("float64")          # host arrays
     if a.shape != b.shape:
         return Row(name, a.shape, float("inf"), float("inf"), False)
     diff = float(abs(a - b).max()) if a.size else 0.0
     rel = relative_error(a, b, floor=1e-30)
     near_zero = bool(b.size) and float(abs(b).max()) <= atol
-    row = Row(name, a.shape, diff, rel, diff <= atol if near_zero else rel <= rtol, near_zero)
-    if again is not None:
-        row.spread = float(abs(again.astype("float64") - b).max()) if b.size else 0.0
+    row = Row(name, a.shape, diff, rel, diff <= atol if near_zero else rel <= rtol, near_zero, spread)
     if exact is not None:
         row.exact_rel = relative_error(a, exact.astype("float64"), floor=1e-30)
     if not row.passed and row.spread is not None and diff <= ROUNDOFF_MARGIN * row.spread:
@@ -183,8 +180,11 @@ def verify_model(model, x, y, against="torch", rtol=None, atol=None, title=""):
     theirs = reference(bk.to_host(x), arrays)
     report = Report(framework.version(), bk.dtype.name, rtol, atol, title=title)
     report.rows = [compare(name, ours[name], theirs[name], rtol, atol) for name in ours]
-    if not report.passed:                  # what round-off alone does: the reference on perturbed inputs
-        again = reference(perturbed(bk.to_host(x)), {name: perturbed(a, seed=i + 1) for i, (name, a)
-                                                      in enumerate(arrays.items())})
-        report.rows = [compare(name, ours[name], theirs[name], rtol, atol, again[name]) for name in ours]
+    if not report.passed:                  # what round-off alone does (float32: float64's result)
+        moved = ((lambda a, seed: a.astype("float64") if a.dtype.name == "float32" else a.copy())
+                 if bk.dtype.name == "float32" else perturbed)
+        again = reference(moved(bk.to_host(x), 0), {name: moved(a, i + 1) for i, (name, a) in enumerate(arrays.items())})
+        report.rows = [compare(name, ours[name], theirs[name], rtol, atol,
+                               float(abs(again[name].astype("float64") - theirs[name]).max()) if theirs[name].size
+                               else 0.0) for name in ours]
     return report

@@ -167,6 +167,7 @@ class TracedRun:
             return call(target, args, kwargs)
 
         interpreter.run_node, interpreter.call_function = record, call_function
+        self.input_shape = tuple(x.shape[1:])
         placeholders = [n.name for n in ep.graph.nodes if n.op == "placeholder"]
         self.output = interpreter.run(*[x if name not in self.inputs else self.inputs[name] for name in placeholders])
         if isinstance(self.output, (tuple, list)):
