@@ -74,3 +74,19 @@ def test_the_command_line_refuses_in_one_line(torchvision_models, capsys):
         verify_main(["--torchvision", "resnet18"])
     with pytest.raises(SystemExit, match="--torch-model and --torchvision: expected one of them"):
         verify_main(["--torchvision", "resnet18", "--torch-model", "a:b", "--input-shape", "3", "8", "8"])
+
+
+def test_the_table_script_writes_its_table(torchvision_models, tmp_path):
+    """examples/verify_torchvision.py (the table of docs/verifying_pytorch.md), on one model."""
+    import importlib.util
+
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("verify_torchvision", ROOT / "examples" / "verify_torchvision.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--out", str(tmp_path), "--models", "VisionTransformer"]) == 0
+    table = (tmp_path / "torchvision.md").read_text().splitlines()
+    assert table[0].startswith("| model | mode | verdict |") and len(table) == 4
+    assert table[2].startswith("| VisionTransformer | train | pass |") and "attention" in table[2]
+    reports = json.loads((tmp_path / "torchvision.json").read_text())
+    assert [r["mode"] for r in reports] == ["train", "eval"] and all(r["passed"] for r in reports)
