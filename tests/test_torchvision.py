@@ -90,3 +90,21 @@ def test_the_table_script_writes_its_table(torchvision_models, tmp_path):
     assert table[2].startswith("| VisionTransformer | train | pass |") and "attention" in table[2]
     reports = json.loads((tmp_path / "torchvision.json").read_text())
     assert [r["mode"] for r in reports] == ["train", "eval"] and all(r["passed"] for r in reports)
+
+
+@pytest.mark.parametrize("name", ["VisionTransformer", "swin_t", "shufflenet_v2_x0_5", "convnext_tiny"])
+def test_the_import_runs_at_another_batch(torchvision_models, torch, name):
+    """Traced at a batch of 2, the import computes the module at a batch of 3: reshapes follow
+    the batch (swin's windows of every image, the heads of attention), and the class token is
+    expanded over the batch of the input."""
+    import numpy as np
+
+    from manualbp.verify import from_torch
+    from manualbp.verify.torchvision_zoo import build
+    options, shape = MODELS[name]
+    torch.manual_seed(0)
+    module = build(name, 10, **options)
+    model = from_torch(module, shape, batch=2)
+    x = torch.rand((3, *shape), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    np.testing.assert_allclose(model.forward(model.bk.asarray(x.numpy())), module(x).detach().numpy(),
+                               rtol=1e-10, atol=1e-12)

@@ -59,64 +59,73 @@ def _known(shape, total):
     return shape
 
 
-def _reshaped(x, shape):
-    """The spec of ``x`` reshaped to the concrete ``shape``: its first entry ``-1`` when it is
-    the batch (the first size is kept), an alias of ``x`` when nothing changes."""
+def _reshaped(call, x, shape):
+    """The spec of ``x`` reshaped to the concrete ``shape``, an alias of ``x`` when nothing
+    changes. The axis that holds the batch becomes ``-1``, so that the op follows the batch size:
+    in C order the first axis whose sizes up to it multiply to a multiple of the traced batch
+    (the batch itself, or swin's windows of every image, ``(N nW, ...)``; behind a new leading
+    axis of size 1, the second); without the traced batch, the first axis when its size is kept.
+    ``-1`` changes nothing for a value of fixed size."""
     shape = tuple(shape)
     if shape == x.shape:
         return x
-    if x.ndim and shape and shape[0] == x.shape[0]:
-        shape = (-1, *shape[1:])
+    batch = call.input.shape[0] if call.input is not None else None
+    if batch is None:
+        axis = 0 if x.ndim and shape and shape[0] == x.shape[0] else None
+    else:
+        axis = next((j for j in range(len(shape)) if math.prod(shape[:j + 1]) % batch == 0), None)
+    if axis is not None and shape[axis]:
+        shape = shape[:axis] + (-1,) + shape[axis + 1:]
     return (x,), {"shape": shape}
 
 
 @reshape.traces("aten.view.default", "aten._unsafe_view.default")
 def reshape_from_view(call, x, size):
-    return _reshaped(x, _known(size, math.prod(x.shape)))
+    return _reshaped(call, x, _known(size, math.prod(x.shape)))
 
 
 @reshape.traces("aten.reshape.default")
 def reshape_from_reshape(call, x, shape):
-    return _reshaped(x, _known(shape, math.prod(x.shape)))
+    return _reshaped(call, x, _known(shape, math.prod(x.shape)))
 
 
 @reshape.traces("aten.flatten.using_ints")
 def reshape_from_flatten(call, x, start_dim=0, end_dim=-1):
     if x.ndim == 0:
-        return _reshaped(x, (1,))
+        return _reshaped(call, x, (1,))
     start, end = _axis(start_dim, x.ndim), _axis(end_dim, x.ndim)
-    return _reshaped(x, x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
+    return _reshaped(call, x, x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
 
 
 @reshape.traces("aten.unflatten.int")
 def reshape_from_unflatten(call, x, dim, sizes):
     dim = _axis(dim, x.ndim)
-    return _reshaped(x, x.shape[:dim] + _known(sizes, x.shape[dim]) + x.shape[dim + 1:])
+    return _reshaped(call, x, x.shape[:dim] + _known(sizes, x.shape[dim]) + x.shape[dim + 1:])
 
 
-def _squeezed(x, dims):
-    return _reshaped(x, tuple(n for i, n in enumerate(x.shape) if not (i in dims and n == 1)))
+def _squeezed(call, x, dims):
+    return _reshaped(call, x, tuple(n for i, n in enumerate(x.shape) if not (i in dims and n == 1)))
 
 
 @reshape.traces("aten.squeeze.default")
 def reshape_from_squeeze(call, x):
-    return _squeezed(x, range(x.ndim))
+    return _squeezed(call, x, range(x.ndim))
 
 
 @reshape.traces("aten.squeeze.dim")
 def reshape_from_squeeze_dim(call, x, dim):
-    return _squeezed(x, {_axis(dim, x.ndim)})
+    return _squeezed(call, x, {_axis(dim, x.ndim)})
 
 
 @reshape.traces("aten.squeeze.dims")
 def reshape_from_squeeze_dims(call, x, dim):
-    return _squeezed(x, {_axis(d, x.ndim) for d in dim})
+    return _squeezed(call, x, {_axis(d, x.ndim) for d in dim})
 
 
 @reshape.traces("aten.unsqueeze.default")
 def reshape_from_unsqueeze(call, x, dim):
     dim = dim % (x.ndim + 1)
-    return _reshaped(x, x.shape[:dim] + (1,) + x.shape[dim:])
+    return _reshaped(call, x, x.shape[:dim] + (1,) + x.shape[dim:])
 
 
 # --- permute --------------------------------------------------------------------------------------
@@ -431,33 +440,39 @@ def _expanded_shape(x_shape, shape):
     return tuple(shape[:new]) + tuple(n if s == -1 else s for s, n in zip(shape[new:], x_shape))
 
 
-def expand_forward(xp, x, shape):
-    """``y = broadcast_to(x, shape)``: size-1 axes of ``x`` repeated, new axes in front."""
-    return xp.broadcast_to(x, _expanded_shape(x.shape, shape)).copy(), x.shape
+def _batched(shape, like):
+    """``shape`` with its first entry the batch size of ``like`` (when given)."""
+    return shape if like is None else (like.shape[0], *shape[1:])
+
+
+def expand_forward(xp, x, like=None, shape=()):
+    """``y = broadcast_to(x, shape)``: size-1 axes of ``x`` repeated, new axes in front; with
+    ``like``, the first axis as long as ``like``'s (a parameter expanded over the batch)."""
+    return xp.broadcast_to(x, _expanded_shape(x.shape, _batched(shape, like))).copy(), x.shape
 
 
 def expand_backward(xp, delta, x_shape, need):
     """``dL/dx`` sums ``delta`` over every entry a value of ``x`` was copied to: over the new
     leading axes and the size-1 axes of ``x`` that were repeated."""
     if not need[0]:
-        return (None,)
+        return None, None
     dx = delta.sum(axis=tuple(range(delta.ndim - len(x_shape))))
     repeated = tuple(i for i, n in enumerate(x_shape) if n == 1 and dx.shape[i] != 1)
-    return (dx.sum(axis=repeated, keepdims=True),)
+    return dx.sum(axis=repeated, keepdims=True), None
 
 
-expand = Op("expand", ("x",), expand_forward, expand_backward)
+expand = Op("expand", ("x", "like"), expand_forward, expand_backward)
 
 
 @expand.rule("torch")
-def expand_torch(x, shape):
-    return x.expand(*shape)
+def expand_torch(x, like=None, shape=()):
+    return x.expand(*_batched(shape, like))
 
 
 @expand.rule("jax")
-def expand_jax(x, shape):
+def expand_jax(x, like=None, shape=()):
     import jax.numpy as jnp
-    return jnp.broadcast_to(x, _expanded_shape(x.shape, shape))
+    return jnp.broadcast_to(x, _expanded_shape(x.shape, _batched(shape, like)))
 
 
 @expand.traces("aten.expand.default")
@@ -466,4 +481,7 @@ def expand_from_expand(call, x, size, implicit=False):
     kept = tuple(-1 if s in (-1, n) else s for s, n in zip(size[new:], x.shape))
     if not new and all(s == -1 for s in kept):
         return x
-    return (x,), {"shape": tuple(size[:new]) + kept}
+    shape = tuple(size[:new]) + kept
+    follows = (call.input is not None and shape and x.ndim == len(shape) and x.shape[0] == 1
+               and shape[0] == call.input.shape[0])
+    return (x, call.input if follows else None), {"shape": shape}     # over the batch: as long as the input

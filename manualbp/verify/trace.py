@@ -57,11 +57,13 @@ class Value:
 
 
 class Call:
-    """What a trace rule is given besides the call's arguments: the backend (``bk``) and where
-    the call is (``where``: the node, its ATen op, the module it is in), for :meth:`refuse`."""
+    """What a trace rule is given besides the call's arguments: the backend (``bk``), where the
+    call is (``where``: the node, its ATen op, the module it is in), for :meth:`refuse`, and the
+    graph's input (``input``, a :class:`Value`: an op whose output follows the batch size, such as
+    a parameter expanded over the batch, takes it as an input)."""
 
-    def __init__(self, bk, where):
-        self.bk, self.where = bk, where
+    def __init__(self, bk, where, input=None):
+        self.bk, self.where, self.input = bk, where, input
 
     def refuse(self, what):
         """Stop the import: the call has a setting the op does not compute."""
@@ -241,7 +243,7 @@ class Importer:
         for node in ep.graph.nodes:
             if node.op == "placeholder":
                 if node.name not in arrays:
-                    self.values[node.name] = Value(INPUT, node.meta["val"].shape)
+                    self.input = self.values[node.name] = Value(INPUT, node.meta["val"].shape)
                     continue
                 kind, target, tensor = arrays[node.name]
                 if kind == InputKind.PARAMETER:                   # a buffer: made when a node reads it
@@ -279,7 +281,7 @@ class Importer:
                                   f"{', '.join(supported)}")
         op, rule = rules[target]
         self.node = node.name
-        result = rule(Call(self.bk, where(node)), *args, **kwargs)
+        result = rule(Call(self.bk, where(node), self.input), *args, **kwargs)
         meta = node.meta.get("val")
         if isinstance(result, list):
             self.values[node.name] = [self.build(op, spec, f"{node.name}_{i}", m.shape)
