@@ -108,3 +108,16 @@ def test_the_import_runs_at_another_batch(torchvision_models, torch, name):
     x = torch.rand((3, *shape), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     np.testing.assert_allclose(model.forward(model.bk.asarray(x.numpy())), module(x).detach().numpy(),
                                rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_model_with_auxiliary_outputs_is_compared_on_its_first(torchvision_models, mode, capsys):
+    """GoogLeNet with its auxiliary heads (the builder's default): in training mode its forward
+    returns the logits and two auxiliary outputs; the first is compared and carries the loss (the
+    heads get zero gradients on both sides); in evaluation mode the heads do not run and their
+    running statistics are not compared."""
+    status = verify_main(["--torchvision", "googlenet", "--input-shape", "3", "32", "32", "--batch", "2",
+                          *(["--train"] if mode == "train" else [])])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert ("aux1.conv.bn.running_mean" in printed) == (mode == "train")

@@ -253,10 +253,10 @@ class Importer:
             elif node.op == "call_function" and node.name in self.live:
                 self.call(node, rules, order, run)
         outputs = [spec.arg.name for spec in ep.graph_signature.output_specs if spec.kind == OutputKind.USER_OUTPUT]
-        result = self.values.get(outputs[0]) if len(outputs) == 1 else None
+        result = self.values.get(outputs[0]) if outputs else None     # several (auxiliary heads): the first
         if not isinstance(result, Value):
-            raise ConversionError(f"cannot import {type(module).__name__}: its forward must return one tensor "
-                                  f"that depends on the input, got outputs {outputs}")
+            raise ConversionError(f"cannot import {type(module).__name__}: its forward must return a tensor that "
+                                  f"depends on the input (or a tuple whose first entry is one), got outputs {outputs}")
         graph = Graph(self.bk, self.nodes, input_shape, output=result.node)
         graph.training = module.training
         return graph
