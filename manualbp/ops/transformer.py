@@ -242,7 +242,7 @@ def gather_forward(xp, table, index):
 
 def gather_backward(xp, delta, cache, need):
     """``dL/dtable``: zeros with each row of ``delta`` added at its index (a row picked several
-    times gathers every contribution); the integer index has none."""
+    times gathers every contribution: ``add.at`` is unbuffered); the integer index has none."""
     shape, index = cache
     dtable = None
     if need[0]:

@@ -130,6 +130,12 @@ def compare(name, ours, theirs, rtol, atol, spread=None, exact=None):
     return row
 
 
+def spread_of(again, first):
+    """``max|again - first|`` of two host arrays (0 for empty ones): how far a second run moved
+    the result of the first."""
+    return float(abs(again.astype("float64") - first.astype("float64")).max()) if first.size else 0.0
+
+
 def perturbed(array, seed=0, ulps=PERTURBATION_ULPS):
     """A copy of the host array with every entry moved by up to ``ulps`` units of its last place,
     at random (an integer array: unchanged): run on such copies, a computation differs from
@@ -184,7 +190,6 @@ def verify_model(model, x, y, against="torch", rtol=None, atol=None, title=""):
         moved = ((lambda a, seed: a.astype("float64") if a.dtype.name == "float32" else a.copy())
                  if bk.dtype.name == "float32" else perturbed)
         again = reference(moved(bk.to_host(x), 0), {name: moved(a, i + 1) for i, (name, a) in enumerate(arrays.items())})
-        report.rows = [compare(name, ours[name], theirs[name], rtol, atol,
-                               float(abs(again[name].astype("float64") - theirs[name]).max()) if theirs[name].size
-                               else 0.0) for name in ours]
+        report.rows = [compare(name, ours[name], theirs[name], rtol, atol, spread_of(again[name], theirs[name]))
+                       for name in ours]
     return report

@@ -12,7 +12,7 @@ import torch
 
 from ..backend import get_backend
 from ..layers import Dropout, SoftmaxCrossEntropy
-from .compare import TOLERANCES, Report, compare
+from .compare import TOLERANCES, Report, compare, spread_of
 from .compare import perturbed as perturb
 from .trace import Importer, TracedRun, export, import_module, inexact_calls
 
@@ -68,8 +68,8 @@ def compare_torch(module, x, y, dtype="float64", rtol=None, atol=None, kernels="
     report.rows = [compare(name, ours[name], theirs[name], rtol, atol) for name in order]
     if not report.passed:
         spread = roundoff(ep, twin, run, leaves, x, yt, statistics, theirs, model, before, ours)
-        report.inexact = {str(n.target): inexact_calls()[str(n.target)][0] for n in ep.graph.nodes
-                          if str(n.target) in inexact_calls()}
+        inexact = inexact_calls()
+        report.inexact = {str(n.target): inexact[str(n.target)][0] for n in ep.graph.nodes if str(n.target) in inexact}
         exact = None
         if report.inexact:               # PyTorch's own error: the program with exact rules in place
             copies = {name: p.detach().clone().requires_grad_(True) for name, p in leaves.items()}
@@ -124,11 +124,6 @@ def roundoff(ep, twin, run, leaves, x, y, statistics, theirs, model, before, our
         spread = {name: max(value, spread_of(again[name], theirs[name]), spread_of(ours_again[name], ours[name]))
                   for name, value in spread.items()}
     return spread
-
-
-def spread_of(again, first):
-    """``max|again - first|`` (0 for empty arrays)."""
-    return float(abs(again.astype("float64") - first.astype("float64")).max()) if first.size else 0.0
 
 
 def roundoff_run(ep, twin, run, leaves, x, y, statistics, seed=0):

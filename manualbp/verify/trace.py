@@ -137,9 +137,10 @@ class TracedRun:
         import torch
         self.values, self.masks = {}, dict(like.masks) if like else {}
         self.inputs = {}
-        for name, (kind, target, tensor) in state(ep, module).items():
+        arrays = state(ep, module)
+        for name, (kind, target, tensor) in arrays.items():
             self.inputs[name] = (trained or {}).get(target, tensor.detach().clone())
-        self.buffers = {target: self.inputs[name] for name, (kind, target, _) in state(ep, module).items()}
+        self.buffers = {target: self.inputs[name] for name, (kind, target, _) in arrays.items()}
         interpreter = torch.fx.Interpreter(ep.graph_module)
         run_node, call = interpreter.run_node, interpreter.call_function
         live = depends(ep)
